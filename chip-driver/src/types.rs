@@ -93,22 +93,43 @@ pub struct KeySpec {
 
 impl KeySpec {
     /// EC P-256.
-    pub const EC_P256: Self = Self { key_type: KeyType::EcP256, bits: 256 };
+    pub const EC_P256: Self = Self {
+        key_type: KeyType::EcP256,
+        bits: 256,
+    };
     /// SM2.
-    pub const SM2: Self = Self { key_type: KeyType::Sm2, bits: 256 };
+    pub const SM2: Self = Self {
+        key_type: KeyType::Sm2,
+        bits: 256,
+    };
     /// RSA-2048.
-    pub const RSA_2048: Self = Self { key_type: KeyType::Rsa, bits: 2048 };
+    pub const RSA_2048: Self = Self {
+        key_type: KeyType::Rsa,
+        bits: 2048,
+    };
     /// RSA-3072.
-    pub const RSA_3072: Self = Self { key_type: KeyType::Rsa, bits: 3072 };
+    pub const RSA_3072: Self = Self {
+        key_type: KeyType::Rsa,
+        bits: 3072,
+    };
     /// AES-256.
-    pub const AES_256: Self = Self { key_type: KeyType::Aes, bits: 256 };
+    pub const AES_256: Self = Self {
+        key_type: KeyType::Aes,
+        bits: 256,
+    };
     /// SM4.
-    pub const SM4: Self = Self { key_type: KeyType::Sm4, bits: 128 };
+    pub const SM4: Self = Self {
+        key_type: KeyType::Sm4,
+        bits: 128,
+    };
 
     /// A generic secret (HMAC key) of `bytes` bytes.
     #[must_use]
     pub fn generic_secret(bytes: u32) -> Self {
-        Self { key_type: KeyType::GenericSecret, bits: bytes * 8 }
+        Self {
+            key_type: KeyType::GenericSecret,
+            bits: bytes * 8,
+        }
     }
 
     /// Size in whole bytes.
@@ -201,7 +222,13 @@ impl KeyBlob {
 impl fmt::Debug for KeyBlob {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.header() {
-            Ok(h) => write!(f, "KeyBlob({:?}, {:?}, {} bytes)", h.id, h.spec, self.0.len()),
+            Ok(h) => write!(
+                f,
+                "KeyBlob({:?}, {:?}, {} bytes)",
+                h.id,
+                h.spec,
+                self.0.len()
+            ),
             Err(_) => write!(f, "KeyBlob(malformed, {} bytes)", self.0.len()),
         }
     }
@@ -230,7 +257,10 @@ impl BlobHeader {
     pub fn parse(b: &[u8]) -> crate::Result<Self> {
         use crate::ChipError::BlobInvalid;
         if b.len() < BLOB_HEADER_LEN {
-            return Err(BlobInvalid(format!("{} bytes is shorter than a blob header", b.len())));
+            return Err(BlobInvalid(format!(
+                "{} bytes is shorter than a blob header",
+                b.len()
+            )));
         }
         if b[0] != BLOB_VERSION {
             return Err(BlobInvalid(format!("unknown blob version {}", b[0])));
@@ -262,7 +292,11 @@ impl BlobHeader {
         out[9..25].copy_from_slice(&self.id.0);
         out[25] = self.spec.key_type as u8;
         // bits fit in u16: the largest supported key is RSA-3072 / a 4096-bit secret.
-        out[26..28].copy_from_slice(&u16::try_from(self.spec.bits).unwrap_or(u16::MAX).to_be_bytes());
+        out[26..28].copy_from_slice(
+            &u16::try_from(self.spec.bits)
+                .unwrap_or(u16::MAX)
+                .to_be_bytes(),
+        );
         out[28..32].copy_from_slice(&self.usage.bits().to_be_bytes());
         out
     }

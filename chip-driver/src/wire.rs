@@ -1,1 +1,1906 @@
-//! (being written)
+//! Command codes and the binary payload encodings of the serial protocol.
+//!
+//! Every [`Request`] and [`Response`] has exactly one encoding, built from a handful of
+//! primitives (all integers big-endian):
+//!
+//! | primitive | encoding |
+//! |---|---|
+//! | `u8`, `u16`, `u32` | 1, 2, 4 bytes, big-endian |
+//! | `bool` | one byte, `00` or `01` (anything else is malformed) |
+//! | `bytes` | `u16` length, then that many bytes |
+//! | `str` | `bytes` holding UTF-8 |
+//! | `KeyId` | 16 bytes |
+//! | `opt<T>` | `00`, or `01` followed by `T` |
+//!
+//! A payload must be consumed exactly: trailing bytes are malformed. The layouts of every
+//! command are in `PROTOCOL.md` beside this crate; the unit tests below pin them byte by byte.
+//!
+//! Decoding is strict, so re-encoding a decoded value gives back the same bytes. A request that
+//! does not decode is answered by the chip with [`ChipError::DataInvalid`] (or
+//! [`ChipError::MechanismInvalid`] for an unknown mechanism or hash, [`ChipError::Protocol`]
+//! for an unknown command); a response that does not decode is a [`ChipError::Protocol`] error
+//! on the host.
+
+use std::time::Duration;
+
+use crate::types::{
+    ChipInfo, CipherMech, DomainInfo, HashAlg, KeyBlob, KeyId, KeyRef, KeySpec, KeyTemplate,
+    KeyType, KeyUsage, NewKey, PublicKey, SecretBytes, SignMech, WrapMech,
+};
+use crate::{Chip, ChipError, Result};
+
+/// Command codes: the CMD byte of a frame.
+pub mod cmd {
+    /// Model, serial, firmware, slots, identity key, domain.
+    pub const INFO: u8 = 0x01;
+    /// Run the known-answer self tests.
+    pub const SELF_TEST: u8 = 0x02;
+    /// Generate a key pair, return its blob and public key.
+    pub const GENERATE_KEY_PAIR: u8 = 0x10;
+    /// Generate a secret key, return its blob.
+    pub const GENERATE_SECRET_KEY: u8 = 0x11;
+    /// Import clear key material, return its blob.
+    pub const IMPORT_KEY: u8 = 0x12;
+    /// Load a blob into a key slot.
+    pub const LOAD_KEY: u8 = 0x13;
+    /// Free a key slot.
+    pub const EVICT_KEY: u8 = 0x14;
+    /// Public key of a loaded key pair.
+    pub const PUBLIC_KEY: u8 = 0x15;
+    /// Sign or MAC.
+    pub const SIGN: u8 = 0x20;
+    /// Verify a signature or MAC.
+    pub const VERIFY: u8 = 0x21;
+    /// Encrypt.
+    pub const ENCRYPT: u8 = 0x22;
+    /// Decrypt.
+    pub const DECRYPT: u8 = 0x23;
+    /// Wrap a loaded key.
+    pub const WRAP_KEY: u8 = 0x24;
+    /// Unwrap into a new blob.
+    pub const UNWRAP_KEY: u8 = 0x25;
+    /// ECDH into a new secret-key blob.
+    pub const DERIVE_ECDH: u8 = 0x26;
+    /// Random bytes.
+    pub const RANDOM: u8 = 0x30;
+    /// Generate the domain key (cluster bootstrap).
+    pub const DOMAIN_GENERATE: u8 = 0x40;
+    /// Export the domain key to another chip's identity key.
+    pub const DOMAIN_EXPORT: u8 = 0x41;
+    /// Import a domain key package.
+    pub const DOMAIN_IMPORT: u8 = 0x42;
+
+    /// Every command code, in numeric order.
+    pub const ALL: [u8; 19] = [
+        INFO,
+        SELF_TEST,
+        GENERATE_KEY_PAIR,
+        GENERATE_SECRET_KEY,
+        IMPORT_KEY,
+        LOAD_KEY,
+        EVICT_KEY,
+        PUBLIC_KEY,
+        SIGN,
+        VERIFY,
+        ENCRYPT,
+        DECRYPT,
+        WRAP_KEY,
+        UNWRAP_KEY,
+        DERIVE_ECDH,
+        RANDOM,
+        DOMAIN_GENERATE,
+        DOMAIN_EXPORT,
+        DOMAIN_IMPORT,
+    ];
+
+    /// The name of a command code (as [`Request::name`](super::Request::name)), `None` for an
+    /// unknown code.
+    #[must_use]
+    pub fn name(code: u8) -> Option<&'static str> {
+        Some(match code {
+            INFO => "info",
+            SELF_TEST => "self_test",
+            GENERATE_KEY_PAIR => "generate_key_pair",
+            GENERATE_SECRET_KEY => "generate_secret_key",
+            IMPORT_KEY => "import_key",
+            LOAD_KEY => "load_key",
+            EVICT_KEY => "evict_key",
+            PUBLIC_KEY => "public_key",
+            SIGN => "sign",
+            VERIFY => "verify",
+            ENCRYPT => "encrypt",
+            DECRYPT => "decrypt",
+            WRAP_KEY => "wrap_key",
+            UNWRAP_KEY => "unwrap_key",
+            DERIVE_ECDH => "derive_ecdh",
+            RANDOM => "random",
+            DOMAIN_GENERATE => "domain_generate",
+            DOMAIN_EXPORT => "domain_export",
+            DOMAIN_IMPORT => "domain_import",
+            _ => return None,
+        })
+    }
+}
+
+/// STATUS of a successful response.
+pub const STATUS_OK: u8 = 0x00;
+/// STATUS of the chip's NAK: it received a frame whose header was good but whose payload CRC was
+/// not ([`crate::frame::Event::Corrupt`]). The NAK echoes the corrupt frame's SEQ and CMD and has
+/// an empty payload; the request was not executed, and the host retransmits it at once.
+pub const STATUS_BAD_FRAME: u8 = 0x01;
+/// STATUS a chip may send when a request arrives while it is still executing an earlier one (after
+/// a host timeout). Empty payload; the request was not executed, and the host may resend it after
+/// a pause. Optional for a chip: one that queues or drops such requests never sends it.
+pub const STATUS_BUSY: u8 = 0x02;
+
+/// The line speed [`Request::default_timeout`] allows for: the default of the serial driver.
+const TIMEOUT_BAUD: u32 = 115_200;
+
+/// The largest detail text [`encode_error`] puts in an error payload, in bytes.
+pub const MAX_ERROR_DETAIL: usize = 255;
+
+/// A command with its arguments: the payload of a request frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// [`Chip::info`].
+    Info,
+    /// [`Chip::self_test`].
+    SelfTest,
+    /// [`Chip::generate_key_pair`].
+    GenerateKeyPair(KeyTemplate),
+    /// [`Chip::generate_secret_key`].
+    GenerateSecretKey(KeyTemplate),
+    /// [`Chip::import_key`].
+    ImportKey {
+        /// The new key's id, spec and usage.
+        template: KeyTemplate,
+        /// The clear key material (encodings on [`Chip::import_key`]).
+        material: SecretBytes,
+    },
+    /// [`Chip::load_key`].
+    LoadKey(KeyBlob),
+    /// [`Chip::evict_key`].
+    EvictKey(KeyId),
+    /// [`Chip::public_key`].
+    PublicKey(KeyId),
+    /// [`Chip::sign`].
+    Sign {
+        /// The loaded key.
+        key: KeyId,
+        /// The mechanism.
+        mech: SignMech,
+        /// What to sign.
+        data: Vec<u8>,
+    },
+    /// [`Chip::verify`].
+    Verify {
+        /// A loaded key or a public key.
+        key: KeyRef,
+        /// The mechanism.
+        mech: SignMech,
+        /// What was signed.
+        data: Vec<u8>,
+        /// The signature or MAC.
+        signature: Vec<u8>,
+    },
+    /// [`Chip::encrypt`].
+    Encrypt {
+        /// A loaded key or a public key.
+        key: KeyRef,
+        /// The mechanism.
+        mech: CipherMech,
+        /// Plaintext.
+        data: Vec<u8>,
+    },
+    /// [`Chip::decrypt`].
+    Decrypt {
+        /// The loaded key.
+        key: KeyId,
+        /// The mechanism.
+        mech: CipherMech,
+        /// Ciphertext.
+        data: Vec<u8>,
+    },
+    /// [`Chip::wrap_key`].
+    WrapKey {
+        /// The wrapping key.
+        wrapping: KeyRef,
+        /// The mechanism.
+        mech: WrapMech,
+        /// The loaded key to wrap.
+        target: KeyId,
+    },
+    /// [`Chip::unwrap_key`].
+    UnwrapKey {
+        /// The loaded unwrapping key.
+        unwrapping: KeyId,
+        /// The mechanism.
+        mech: WrapMech,
+        /// The wrapped key.
+        wrapped: Vec<u8>,
+        /// What the unwrapped key is to be.
+        target: KeyTemplate,
+    },
+    /// [`Chip::derive_ecdh`].
+    DeriveEcdh {
+        /// The loaded EC/SM2 key.
+        key: KeyId,
+        /// The peer's uncompressed point.
+        peer_point: Vec<u8>,
+        /// What the derived key is to be.
+        target: KeyTemplate,
+    },
+    /// [`Chip::random`] with this many bytes.
+    Random(u32),
+    /// [`Chip::domain_generate`].
+    DomainGenerate,
+    /// [`Chip::domain_export`] to this recipient identity key.
+    DomainExport(Vec<u8>),
+    /// [`Chip::domain_import`] of this package.
+    DomainImport(Vec<u8>),
+}
+
+impl Request {
+    /// The command code (CMD byte).
+    #[must_use]
+    pub fn cmd(&self) -> u8 {
+        match self {
+            Self::Info => cmd::INFO,
+            Self::SelfTest => cmd::SELF_TEST,
+            Self::GenerateKeyPair(_) => cmd::GENERATE_KEY_PAIR,
+            Self::GenerateSecretKey(_) => cmd::GENERATE_SECRET_KEY,
+            Self::ImportKey { .. } => cmd::IMPORT_KEY,
+            Self::LoadKey(_) => cmd::LOAD_KEY,
+            Self::EvictKey(_) => cmd::EVICT_KEY,
+            Self::PublicKey(_) => cmd::PUBLIC_KEY,
+            Self::Sign { .. } => cmd::SIGN,
+            Self::Verify { .. } => cmd::VERIFY,
+            Self::Encrypt { .. } => cmd::ENCRYPT,
+            Self::Decrypt { .. } => cmd::DECRYPT,
+            Self::WrapKey { .. } => cmd::WRAP_KEY,
+            Self::UnwrapKey { .. } => cmd::UNWRAP_KEY,
+            Self::DeriveEcdh { .. } => cmd::DERIVE_ECDH,
+            Self::Random(_) => cmd::RANDOM,
+            Self::DomainGenerate => cmd::DOMAIN_GENERATE,
+            Self::DomainExport(_) => cmd::DOMAIN_EXPORT,
+            Self::DomainImport(_) => cmd::DOMAIN_IMPORT,
+        }
+    }
+
+    /// The command's name for logs and errors: `"sign"`, `"load_key"`, ... (the
+    /// [`Chip`] method's name).
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        cmd::name(self.cmd()).unwrap_or("unknown")
+    }
+
+    /// True when resending the request after a lost or corrupt reply is safe: executing it twice
+    /// leaves the chip in the same state and gives an equally valid answer.
+    ///
+    /// Not idempotent: `GenerateKeyPair`, `GenerateSecretKey`, `ImportKey`, `UnwrapKey` and
+    /// `DeriveEcdh` (each execution makes a new blob; a resend after a timeout would also queue
+    /// a second, possibly long, generation behind the first) and `DomainGenerate` (the second
+    /// execution fails with `DomainAlreadySet` although the first succeeded).
+    ///
+    /// `DomainExport` is idempotent: it changes nothing in the chip; a resend gives a package
+    /// with another ephemeral key that the recipient accepts just the same. `DomainImport` is
+    /// idempotent because importing the domain a chip already holds succeeds. `LoadKey` and
+    /// `EvictKey` are idempotent by the [`Chip`] contract.
+    #[must_use]
+    pub fn is_idempotent(&self) -> bool {
+        !matches!(
+            self,
+            Self::GenerateKeyPair(_)
+                | Self::GenerateSecretKey(_)
+                | Self::ImportKey { .. }
+                | Self::UnwrapKey { .. }
+                | Self::DeriveEcdh { .. }
+                | Self::DomainGenerate
+        )
+    }
+
+    /// How long the host waits for the response to one transmission of the request on a line
+    /// at the default 115 200 baud: [`timeout_at`](Self::timeout_at)`(115_200)`.
+    #[must_use]
+    pub fn default_timeout(&self) -> Duration {
+        self.timeout_at(TIMEOUT_BAUD)
+    }
+
+    /// How long the host waits for the response to one transmission of the request, counted
+    /// from the start of its transmission on a line at `baud`: the chip's execution budget plus
+    /// the line time of the request and of the largest expected response.
+    ///
+    /// Execution budgets: 30 s for RSA key-pair generation; 10 s for the self test; 5 s for other
+    /// key generation, domain generation, export and import, and the import or unwrap of an RSA
+    /// key; 2 s for everything else. Line time: 10 bits per byte (8N1) of both frames, so a
+    /// 16 KiB `ENCRYPT` at 115 200 baud gets about 2.9 s on top of its 2 s.
+    #[must_use]
+    pub fn timeout_at(&self, baud: u32) -> Duration {
+        let frames = 2 * (crate::frame::HEADER_LEN + crate::frame::TRAILER_LEN);
+        let bytes = self.request_len_bound() + self.response_len_bound() + frames;
+        let bits = u64::try_from(bytes).unwrap_or(u64::MAX).saturating_mul(10);
+        let micros = bits.saturating_mul(1_000_000) / u64::from(baud.max(1));
+        self.execution_budget()
+            .saturating_add(Duration::from_micros(micros))
+    }
+
+    /// The chip's time budget for executing the request; see [`timeout_at`](Self::timeout_at).
+    fn execution_budget(&self) -> Duration {
+        const SECS_2: Duration = Duration::from_secs(2);
+        const SECS_5: Duration = Duration::from_secs(5);
+        match self {
+            Self::GenerateKeyPair(t) if t.spec.key_type == KeyType::Rsa => Duration::from_secs(30),
+            Self::SelfTest => Duration::from_secs(10),
+            Self::GenerateKeyPair(_)
+            | Self::GenerateSecretKey(_)
+            | Self::DomainGenerate
+            | Self::DomainExport(_)
+            | Self::DomainImport(_) => SECS_5,
+            Self::ImportKey { template: t, .. } | Self::UnwrapKey { target: t, .. }
+                if t.spec.key_type == KeyType::Rsa =>
+            {
+                SECS_5
+            }
+            _ => SECS_2,
+        }
+    }
+
+    /// An upper bound of the length of [`encode`](Self::encode)'s output (without encoding:
+    /// the payload may hold key material), capped at the frame maximum.
+    fn request_len_bound(&self) -> usize {
+        // Fixed fields: key ids, templates, tags, lengths, IVs: well under 128 bytes.
+        const FIXED: usize = 128;
+        let mech_len = |m: &SignMech| match m {
+            SignMech::Sm2 { user_id } => user_id.len(),
+            _ => 0,
+        };
+        let cipher_len = |m: &CipherMech| match m {
+            CipherMech::AesGcm { iv, aad, .. } => iv.len() + aad.len(),
+            CipherMech::RsaOaep { label, .. } => label.len(),
+            _ => 0,
+        };
+        let wrap_len = |m: &WrapMech| match m {
+            WrapMech::RsaOaep { label, .. } => label.len(),
+            _ => 0,
+        };
+        let key_len = |k: &KeyRef| match k {
+            KeyRef::Loaded(_) => 0,
+            KeyRef::Public(PublicKey::EcP256(p) | PublicKey::Sm2(p)) => p.len(),
+            KeyRef::Public(PublicKey::Rsa { n, e }) => n.len() + e.len(),
+        };
+        let variable = match self {
+            Self::Info
+            | Self::SelfTest
+            | Self::DomainGenerate
+            | Self::GenerateKeyPair(_)
+            | Self::GenerateSecretKey(_)
+            | Self::EvictKey(_)
+            | Self::PublicKey(_)
+            | Self::Random(_) => 0,
+            Self::ImportKey { material, .. } => material.expose().len(),
+            Self::LoadKey(blob) => blob.as_bytes().len(),
+            Self::Sign { mech, data, .. } => mech_len(mech) + data.len(),
+            Self::Verify {
+                key,
+                mech,
+                data,
+                signature,
+            } => key_len(key) + mech_len(mech) + data.len() + signature.len(),
+            Self::Encrypt { key, mech, data } => key_len(key) + cipher_len(mech) + data.len(),
+            Self::Decrypt { mech, data, .. } => cipher_len(mech) + data.len(),
+            Self::WrapKey { wrapping, mech, .. } => key_len(wrapping) + wrap_len(mech),
+            Self::UnwrapKey { mech, wrapped, .. } => wrap_len(mech) + wrapped.len(),
+            Self::DeriveEcdh { peer_point, .. } => peer_point.len(),
+            Self::DomainExport(b) | Self::DomainImport(b) => b.len(),
+        };
+        variable
+            .saturating_add(FIXED)
+            .min(crate::frame::MAX_PAYLOAD)
+    }
+
+    /// An upper bound of the length of the response payload, capped at the frame maximum.
+    fn response_len_bound(&self) -> usize {
+        // Signatures, key ids, public keys, one RSA block, error details.
+        const SMALL: usize = 512;
+        // New keys (an RSA-3072 blob and its public key), wrapped keys, chip info, packages.
+        const KEY: usize = 4096;
+        let n = match self {
+            Self::Encrypt { data, .. } | Self::Decrypt { data, .. } => {
+                data.len().saturating_add(SMALL)
+            }
+            Self::Random(n) => usize::try_from(*n)
+                .unwrap_or(usize::MAX)
+                .saturating_add(SMALL),
+            Self::SelfTest
+            | Self::LoadKey(_)
+            | Self::EvictKey(_)
+            | Self::PublicKey(_)
+            | Self::Sign { .. }
+            | Self::Verify { .. } => SMALL,
+            Self::Info
+            | Self::GenerateKeyPair(_)
+            | Self::GenerateSecretKey(_)
+            | Self::ImportKey { .. }
+            | Self::WrapKey { .. }
+            | Self::UnwrapKey { .. }
+            | Self::DeriveEcdh { .. }
+            | Self::DomainGenerate
+            | Self::DomainExport(_)
+            | Self::DomainImport(_) => KEY,
+        };
+        n.min(crate::frame::MAX_PAYLOAD)
+    }
+
+    /// The request payload.
+    ///
+    /// A `bytes` field longer than 65 535 bytes cannot be represented; its length is written as
+    /// `0xFFFF` and the whole encoding is then longer than [`crate::frame::MAX_PAYLOAD`], so
+    /// [`crate::frame::encode`] refuses it with [`ChipError::DataLenRange`]. Payloads of
+    /// [`ImportKey`](Self::ImportKey) carry clear key material: zeroize them after use.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        match self {
+            Self::Info | Self::SelfTest | Self::DomainGenerate => {}
+            Self::GenerateKeyPair(t) | Self::GenerateSecretKey(t) => put_template(&mut w, t),
+            Self::ImportKey { template, material } => {
+                put_template(&mut w, template);
+                put_bytes(&mut w, material.expose());
+            }
+            Self::LoadKey(blob) => put_bytes(&mut w, blob.as_bytes()),
+            Self::EvictKey(id) | Self::PublicKey(id) => w.extend_from_slice(&id.0),
+            Self::Sign { key, mech, data } => {
+                w.extend_from_slice(&key.0);
+                put_sign_mech(&mut w, mech);
+                put_bytes(&mut w, data);
+            }
+            Self::Verify {
+                key,
+                mech,
+                data,
+                signature,
+            } => {
+                put_key_ref(&mut w, key);
+                put_sign_mech(&mut w, mech);
+                put_bytes(&mut w, data);
+                put_bytes(&mut w, signature);
+            }
+            Self::Encrypt { key, mech, data } => {
+                put_key_ref(&mut w, key);
+                put_cipher_mech(&mut w, mech);
+                put_bytes(&mut w, data);
+            }
+            Self::Decrypt { key, mech, data } => {
+                w.extend_from_slice(&key.0);
+                put_cipher_mech(&mut w, mech);
+                put_bytes(&mut w, data);
+            }
+            Self::WrapKey {
+                wrapping,
+                mech,
+                target,
+            } => {
+                put_key_ref(&mut w, wrapping);
+                put_wrap_mech(&mut w, mech);
+                w.extend_from_slice(&target.0);
+            }
+            Self::UnwrapKey {
+                unwrapping,
+                mech,
+                wrapped,
+                target,
+            } => {
+                w.extend_from_slice(&unwrapping.0);
+                put_wrap_mech(&mut w, mech);
+                put_bytes(&mut w, wrapped);
+                put_template(&mut w, target);
+            }
+            Self::DeriveEcdh {
+                key,
+                peer_point,
+                target,
+            } => {
+                w.extend_from_slice(&key.0);
+                put_bytes(&mut w, peer_point);
+                put_template(&mut w, target);
+            }
+            Self::Random(n) => w.extend_from_slice(&n.to_be_bytes()),
+            Self::DomainExport(b) | Self::DomainImport(b) => put_bytes(&mut w, b),
+        }
+        w
+    }
+
+    /// Parses the payload of a request frame with command code `cmd`.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for an unknown command; [`ChipError::MechanismInvalid`] for an
+    /// unknown mechanism tag or hash; [`ChipError::DataInvalid`] for any other malformed payload,
+    /// including trailing bytes.
+    pub fn decode(cmd: u8, payload: &[u8]) -> Result<Request> {
+        let mut r = Reader::new(payload);
+        let req = match cmd {
+            cmd::INFO => Self::Info,
+            cmd::SELF_TEST => Self::SelfTest,
+            cmd::GENERATE_KEY_PAIR => Self::GenerateKeyPair(r.template()?),
+            cmd::GENERATE_SECRET_KEY => Self::GenerateSecretKey(r.template()?),
+            cmd::IMPORT_KEY => Self::ImportKey {
+                template: r.template()?,
+                material: SecretBytes::new(r.bytes("material")?.to_vec()),
+            },
+            cmd::LOAD_KEY => Self::LoadKey(KeyBlob(r.bytes("blob")?.to_vec())),
+            cmd::EVICT_KEY => Self::EvictKey(r.key_id()?),
+            cmd::PUBLIC_KEY => Self::PublicKey(r.key_id()?),
+            cmd::SIGN => Self::Sign {
+                key: r.key_id()?,
+                mech: r.sign_mech()?,
+                data: r.bytes("data")?.to_vec(),
+            },
+            cmd::VERIFY => Self::Verify {
+                key: r.key_ref()?,
+                mech: r.sign_mech()?,
+                data: r.bytes("data")?.to_vec(),
+                signature: r.bytes("signature")?.to_vec(),
+            },
+            cmd::ENCRYPT => Self::Encrypt {
+                key: r.key_ref()?,
+                mech: r.cipher_mech()?,
+                data: r.bytes("data")?.to_vec(),
+            },
+            cmd::DECRYPT => Self::Decrypt {
+                key: r.key_id()?,
+                mech: r.cipher_mech()?,
+                data: r.bytes("data")?.to_vec(),
+            },
+            cmd::WRAP_KEY => Self::WrapKey {
+                wrapping: r.key_ref()?,
+                mech: r.wrap_mech()?,
+                target: r.key_id()?,
+            },
+            cmd::UNWRAP_KEY => Self::UnwrapKey {
+                unwrapping: r.key_id()?,
+                mech: r.wrap_mech()?,
+                wrapped: r.bytes("wrapped key")?.to_vec(),
+                target: r.template()?,
+            },
+            cmd::DERIVE_ECDH => Self::DeriveEcdh {
+                key: r.key_id()?,
+                peer_point: r.bytes("peer point")?.to_vec(),
+                target: r.template()?,
+            },
+            cmd::RANDOM => Self::Random(r.u32("length")?),
+            cmd::DOMAIN_GENERATE => Self::DomainGenerate,
+            cmd::DOMAIN_EXPORT => Self::DomainExport(r.bytes("identity key")?.to_vec()),
+            cmd::DOMAIN_IMPORT => Self::DomainImport(r.bytes("package")?.to_vec()),
+            other => {
+                return Err(ChipError::Protocol(format!(
+                    "unknown command 0x{other:02x}"
+                )))
+            }
+        };
+        r.finish()?;
+        Ok(req)
+    }
+}
+
+/// The payload of a successful response; its shape is determined by the command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// To `INFO`.
+    Info(ChipInfo),
+    /// To `SELF_TEST`, `EVICT_KEY` and `VERIFY`: empty payload.
+    Done,
+    /// To `GENERATE_KEY_PAIR`, `GENERATE_SECRET_KEY`, `IMPORT_KEY`, `UNWRAP_KEY`, `DERIVE_ECDH`.
+    NewKey(NewKey),
+    /// To `LOAD_KEY`.
+    KeyId(KeyId),
+    /// To `PUBLIC_KEY`.
+    PublicKey(PublicKey),
+    /// To `SIGN`, `ENCRYPT`, `DECRYPT`, `WRAP_KEY`, `RANDOM`, `DOMAIN_EXPORT`.
+    Bytes(Vec<u8>),
+    /// To `DOMAIN_GENERATE` and `DOMAIN_IMPORT`.
+    Domain(DomainInfo),
+}
+
+/// The shapes of [`Response`], for [`Response::decode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Shape {
+    Info,
+    Done,
+    NewKey,
+    KeyId,
+    PublicKey,
+    Bytes,
+    Domain,
+}
+
+fn shape(code: u8) -> Option<Shape> {
+    Some(match code {
+        cmd::INFO => Shape::Info,
+        cmd::SELF_TEST | cmd::EVICT_KEY | cmd::VERIFY => Shape::Done,
+        cmd::GENERATE_KEY_PAIR
+        | cmd::GENERATE_SECRET_KEY
+        | cmd::IMPORT_KEY
+        | cmd::UNWRAP_KEY
+        | cmd::DERIVE_ECDH => Shape::NewKey,
+        cmd::LOAD_KEY => Shape::KeyId,
+        cmd::PUBLIC_KEY => Shape::PublicKey,
+        cmd::SIGN
+        | cmd::ENCRYPT
+        | cmd::DECRYPT
+        | cmd::WRAP_KEY
+        | cmd::RANDOM
+        | cmd::DOMAIN_EXPORT => Shape::Bytes,
+        cmd::DOMAIN_GENERATE | cmd::DOMAIN_IMPORT => Shape::Domain,
+        _ => return None,
+    })
+}
+
+impl Response {
+    /// The response payload. As with [`Request::encode`], a `bytes` field over 65 535 bytes
+    /// makes an encoding that [`crate::frame::encode`] refuses.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Vec::new();
+        match self {
+            Self::Info(info) => put_chip_info(&mut w, info),
+            Self::Done => {}
+            Self::NewKey(k) => put_new_key(&mut w, k),
+            Self::KeyId(id) => w.extend_from_slice(&id.0),
+            Self::PublicKey(pk) => put_public_key(&mut w, pk),
+            Self::Bytes(b) => put_bytes(&mut w, b),
+            Self::Domain(d) => w.extend_from_slice(&d.kcv),
+        }
+        w
+    }
+
+    /// Parses the payload of a successful (`STATUS_OK`) response to command `cmd`.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for an unknown command or a malformed payload.
+    pub fn decode(cmd: u8, payload: &[u8]) -> Result<Response> {
+        let Some(shape) = shape(cmd) else {
+            return Err(ChipError::Protocol(format!(
+                "response to unknown command 0x{cmd:02x}"
+            )));
+        };
+        let mut r = Reader::new(payload);
+        let parsed = (|| {
+            let resp = match shape {
+                Shape::Info => Self::Info(r.chip_info()?),
+                Shape::Done => Self::Done,
+                Shape::NewKey => Self::NewKey(r.new_key()?),
+                Shape::KeyId => Self::KeyId(r.key_id()?),
+                Shape::PublicKey => Self::PublicKey(r.public_key()?),
+                Shape::Bytes => Self::Bytes(r.bytes("data")?.to_vec()),
+                Shape::Domain => Self::Domain(DomainInfo {
+                    kcv: r.array("domain kcv")?,
+                }),
+            };
+            r.finish()?;
+            Ok(resp)
+        })();
+        parsed.map_err(|e: ChipError| {
+            let name = cmd::name(cmd).unwrap_or("unknown");
+            ChipError::Protocol(format!("malformed {name} response: {}", detail(&e)))
+        })
+    }
+
+    fn mismatch(self, wanted: &str) -> ChipError {
+        ChipError::Protocol(format!(
+            "expected a {wanted} response, got {}",
+            self.shape_name()
+        ))
+    }
+
+    fn shape_name(&self) -> &'static str {
+        match self {
+            Self::Info(_) => "chip info",
+            Self::Done => "empty",
+            Self::NewKey(_) => "new key",
+            Self::KeyId(_) => "key id",
+            Self::PublicKey(_) => "public key",
+            Self::Bytes(_) => "bytes",
+            Self::Domain(_) => "domain",
+        }
+    }
+
+    /// The chip info of an [`Info`](Self::Info) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_info(self) -> Result<ChipInfo> {
+        match self {
+            Self::Info(i) => Ok(i),
+            other => Err(other.mismatch("chip info")),
+        }
+    }
+
+    /// Checks for a [`Done`](Self::Done) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_done(self) -> Result<()> {
+        match self {
+            Self::Done => Ok(()),
+            other => Err(other.mismatch("empty")),
+        }
+    }
+
+    /// The key of a [`NewKey`](Self::NewKey) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_new_key(self) -> Result<NewKey> {
+        match self {
+            Self::NewKey(k) => Ok(k),
+            other => Err(other.mismatch("new key")),
+        }
+    }
+
+    /// The id of a [`KeyId`](Self::KeyId) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_key_id(self) -> Result<KeyId> {
+        match self {
+            Self::KeyId(id) => Ok(id),
+            other => Err(other.mismatch("key id")),
+        }
+    }
+
+    /// The key of a [`PublicKey`](Self::PublicKey) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_public_key(self) -> Result<PublicKey> {
+        match self {
+            Self::PublicKey(pk) => Ok(pk),
+            other => Err(other.mismatch("public key")),
+        }
+    }
+
+    /// The bytes of a [`Bytes`](Self::Bytes) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_bytes(self) -> Result<Vec<u8>> {
+        match self {
+            Self::Bytes(b) => Ok(b),
+            other => Err(other.mismatch("bytes")),
+        }
+    }
+
+    /// The domain of a [`Domain`](Self::Domain) response.
+    ///
+    /// # Errors
+    /// [`ChipError::Protocol`] for another shape.
+    pub fn into_domain(self) -> Result<DomainInfo> {
+        match self {
+            Self::Domain(d) => Ok(d),
+            other => Err(other.mismatch("domain")),
+        }
+    }
+}
+
+/// Executes a request on a chip: the chip side of the protocol (the emulator's dispatcher).
+///
+/// # Errors
+/// Whatever the chip returns.
+pub fn execute(chip: &dyn Chip, req: Request) -> Result<Response> {
+    Ok(match req {
+        Request::Info => Response::Info(chip.info()?),
+        Request::SelfTest => {
+            chip.self_test()?;
+            Response::Done
+        }
+        Request::GenerateKeyPair(t) => Response::NewKey(chip.generate_key_pair(t)?),
+        Request::GenerateSecretKey(t) => Response::NewKey(chip.generate_secret_key(t)?),
+        Request::ImportKey { template, material } => {
+            Response::NewKey(chip.import_key(template, material.expose())?)
+        }
+        Request::LoadKey(blob) => Response::KeyId(chip.load_key(&blob)?),
+        Request::EvictKey(id) => {
+            chip.evict_key(id)?;
+            Response::Done
+        }
+        Request::PublicKey(id) => Response::PublicKey(chip.public_key(id)?),
+        Request::Sign { key, mech, data } => Response::Bytes(chip.sign(key, &mech, &data)?),
+        Request::Verify {
+            key,
+            mech,
+            data,
+            signature,
+        } => {
+            chip.verify(&key, &mech, &data, &signature)?;
+            Response::Done
+        }
+        Request::Encrypt { key, mech, data } => Response::Bytes(chip.encrypt(&key, &mech, &data)?),
+        Request::Decrypt { key, mech, data } => Response::Bytes(chip.decrypt(key, &mech, &data)?),
+        Request::WrapKey {
+            wrapping,
+            mech,
+            target,
+        } => Response::Bytes(chip.wrap_key(&wrapping, &mech, target)?),
+        Request::UnwrapKey {
+            unwrapping,
+            mech,
+            wrapped,
+            target,
+        } => Response::NewKey(chip.unwrap_key(unwrapping, &mech, &wrapped, target)?),
+        Request::DeriveEcdh {
+            key,
+            peer_point,
+            target,
+        } => Response::NewKey(chip.derive_ecdh(key, &peer_point, target)?),
+        Request::Random(n) => {
+            Response::Bytes(chip.random(usize::try_from(n).unwrap_or(usize::MAX))?)
+        }
+        Request::DomainGenerate => Response::Domain(chip.domain_generate()?),
+        Request::DomainExport(recipient) => Response::Bytes(chip.domain_export(&recipient)?),
+        Request::DomainImport(package) => Response::Domain(chip.domain_import(&package)?),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// The permission names [`ChipError::KeyFunctionNotPermitted`] carries; anything else decodes
+/// as `"operation"`.
+const PERMISSIONS: [&str; 7] = [
+    "sign", "verify", "encrypt", "decrypt", "wrap", "unwrap", "derive",
+];
+
+/// The STATUS byte and payload of an error response.
+///
+/// | variants | payload |
+/// |---|---|
+/// | `KeyNotLoaded`, `KeyNotExtractable` | the key id, 16 bytes |
+/// | `SlotsFull` | `u32` slot count |
+/// | `WrongDomain` | blob's domain kcv (8 bytes), chip's domain kcv (8 bytes) |
+/// | `Timeout` | `u32` milliseconds, then the command name as UTF-8 |
+/// | `Busy` | `u32` milliseconds |
+/// | unit variants | empty |
+/// | all others | detail text, UTF-8, at most [`MAX_ERROR_DETAIL`] bytes |
+///
+/// `WrongDomain` carries its kcvs as hex strings; one that is not 16 hex digits is sent as 8
+/// zero bytes. Longer details are cut at a character boundary.
+#[must_use]
+pub fn encode_error(e: &ChipError) -> (u8, Vec<u8>) {
+    let payload = match e {
+        ChipError::KeyNotLoaded(id) | ChipError::KeyNotExtractable(id) => id.0.to_vec(),
+        ChipError::SlotsFull(n) => n.to_be_bytes().to_vec(),
+        ChipError::WrongDomain { blob, chip } => {
+            let mut p = kcv_from_hex(blob).to_vec();
+            p.extend_from_slice(&kcv_from_hex(chip));
+            p
+        }
+        ChipError::Timeout { command, after } => {
+            let mut p = millis(*after).to_be_bytes().to_vec();
+            p.extend_from_slice(truncate_utf8(command, MAX_ERROR_DETAIL - 4).as_bytes());
+            p
+        }
+        ChipError::Busy(after) => millis(*after).to_be_bytes().to_vec(),
+        ChipError::NoDomain
+        | ChipError::DomainAlreadySet
+        | ChipError::BlobAuthFailed
+        | ChipError::EncryptedDataInvalid
+        | ChipError::WrappedKeyInvalid
+        | ChipError::SignatureInvalid => Vec::new(),
+        ChipError::KeyFunctionNotPermitted(what) => {
+            truncate_utf8(what, MAX_ERROR_DETAIL).as_bytes().to_vec()
+        }
+        ChipError::BlobInvalid(s)
+        | ChipError::DomainPackageInvalid(s)
+        | ChipError::MechanismInvalid(s)
+        | ChipError::KeyTypeInconsistent(s)
+        | ChipError::KeySizeRange(s)
+        | ChipError::KeyInvalid(s)
+        | ChipError::DataLenRange(s)
+        | ChipError::DataInvalid(s)
+        | ChipError::SelfTestFailed(s)
+        | ChipError::DeviceLost(s)
+        | ChipError::Protocol(s)
+        | ChipError::Internal(s) => truncate_utf8(s, MAX_ERROR_DETAIL).as_bytes().to_vec(),
+    };
+    (e.status(), payload)
+}
+
+/// Rebuilds the error a chip reported with `status` and `payload` (the inverse of
+/// [`encode_error`]). Never fails: an unknown status, [`STATUS_OK`], [`STATUS_BAD_FRAME`],
+/// [`STATUS_BUSY`] or a payload that does not fit the status give a [`ChipError::Protocol`].
+/// Detail text that is not UTF-8 is decoded lossily.
+#[must_use]
+pub fn decode_error(status: u8, payload: &[u8]) -> ChipError {
+    let text = || String::from_utf8_lossy(payload).into_owned();
+    let bad = |what: &str| {
+        ChipError::Protocol(format!(
+            "malformed payload for status 0x{status:02x}: {what} ({} bytes)",
+            payload.len()
+        ))
+    };
+    let empty = |e: ChipError| {
+        if payload.is_empty() {
+            e
+        } else {
+            bad("expected no payload")
+        }
+    };
+    let key_id = || <[u8; 16]>::try_from(payload).map(KeyId);
+    match status {
+        STATUS_OK => ChipError::Protocol("status OK decoded as an error".into()),
+        STATUS_BAD_FRAME => ChipError::Protocol("the chip received a corrupt frame (NAK)".into()),
+        STATUS_BUSY => ChipError::Protocol("the chip is busy with an earlier request".into()),
+        0x10 => key_id().map_or_else(
+            |_| bad("expected a 16-byte key id"),
+            ChipError::KeyNotLoaded,
+        ),
+        0x11 => <[u8; 4]>::try_from(payload).map_or_else(
+            |_| bad("expected a u32"),
+            |b| ChipError::SlotsFull(u32::from_be_bytes(b)),
+        ),
+        0x12 => empty(ChipError::NoDomain),
+        0x13 => empty(ChipError::DomainAlreadySet),
+        0x14 => match payload.split_at_checked(8) {
+            Some((blob, chip)) if chip.len() == 8 => ChipError::WrongDomain {
+                blob: hex::encode(blob),
+                chip: hex::encode(chip),
+            },
+            _ => bad("expected two 8-byte kcvs"),
+        },
+        0x15 => ChipError::BlobInvalid(text()),
+        0x16 => empty(ChipError::BlobAuthFailed),
+        0x17 => ChipError::DomainPackageInvalid(text()),
+        0x20 => ChipError::MechanismInvalid(text()),
+        0x21 => ChipError::KeyTypeInconsistent(text()),
+        0x22 => ChipError::KeySizeRange(text()),
+        0x23 => {
+            let name = PERMISSIONS
+                .iter()
+                .find(|p| p.as_bytes() == payload)
+                .copied();
+            ChipError::KeyFunctionNotPermitted(name.unwrap_or("operation"))
+        }
+        0x24 => key_id().map_or_else(
+            |_| bad("expected a 16-byte key id"),
+            ChipError::KeyNotExtractable,
+        ),
+        0x25 => ChipError::KeyInvalid(text()),
+        0x30 => ChipError::DataLenRange(text()),
+        0x31 => ChipError::DataInvalid(text()),
+        0x32 => empty(ChipError::EncryptedDataInvalid),
+        0x33 => empty(ChipError::WrappedKeyInvalid),
+        0x34 => empty(ChipError::SignatureInvalid),
+        0x40 => ChipError::SelfTestFailed(text()),
+        0x41 => ChipError::Internal(text()),
+        0xE0 => match payload {
+            [a, b, c, d, name @ ..] => {
+                let name = cmd::ALL
+                    .iter()
+                    .filter_map(|&c| cmd::name(c))
+                    .find(|n| n.as_bytes() == name)
+                    .unwrap_or("command");
+                ChipError::Timeout {
+                    command: name,
+                    after: Duration::from_millis(u64::from(u32::from_be_bytes([*a, *b, *c, *d]))),
+                }
+            }
+            _ => bad("expected u32 milliseconds"),
+        },
+        0xE1 => ChipError::DeviceLost(text()),
+        0xE2 => ChipError::Protocol(text()),
+        0xE3 => <[u8; 4]>::try_from(payload).map_or_else(
+            |_| bad("expected u32 milliseconds"),
+            |b| ChipError::Busy(Duration::from_millis(u64::from(u32::from_be_bytes(b)))),
+        ),
+        other => ChipError::Protocol(format!("unknown status 0x{other:02x}")),
+    }
+}
+
+fn millis(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+fn kcv_from_hex(s: &str) -> [u8; 8] {
+    let mut kcv = [0u8; 8];
+    if hex::decode_to_slice(s, &mut kcv).is_err() {
+        kcv = [0u8; 8];
+    }
+    kcv
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while end > 0 && !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The detail text of an error made by [`Reader`] (without the variant's prefix).
+fn detail(e: &ChipError) -> String {
+    match e {
+        ChipError::DataInvalid(s) | ChipError::MechanismInvalid(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding
+
+fn put_bytes(w: &mut Vec<u8>, b: &[u8]) {
+    // Over-long fields are marked with the largest length; see Request::encode.
+    let len = u16::try_from(b.len()).unwrap_or(u16::MAX);
+    w.extend_from_slice(&len.to_be_bytes());
+    w.extend_from_slice(b);
+}
+
+fn put_template(w: &mut Vec<u8>, t: &KeyTemplate) {
+    w.extend_from_slice(&t.id.0);
+    put_spec(w, t.spec);
+    w.extend_from_slice(&t.usage.bits().to_be_bytes());
+}
+
+fn put_spec(w: &mut Vec<u8>, s: KeySpec) {
+    w.push(s.key_type as u8);
+    w.extend_from_slice(&s.bits.to_be_bytes());
+}
+
+fn put_public_key(w: &mut Vec<u8>, pk: &PublicKey) {
+    match pk {
+        PublicKey::EcP256(point) => {
+            w.push(KeyType::EcP256 as u8);
+            put_bytes(w, point);
+        }
+        PublicKey::Sm2(point) => {
+            w.push(KeyType::Sm2 as u8);
+            put_bytes(w, point);
+        }
+        PublicKey::Rsa { n, e } => {
+            w.push(KeyType::Rsa as u8);
+            put_bytes(w, n);
+            put_bytes(w, e);
+        }
+    }
+}
+
+const KEY_REF_LOADED: u8 = 0x00;
+const KEY_REF_PUBLIC: u8 = 0x01;
+
+fn put_key_ref(w: &mut Vec<u8>, k: &KeyRef) {
+    match k {
+        KeyRef::Loaded(id) => {
+            w.push(KEY_REF_LOADED);
+            w.extend_from_slice(&id.0);
+        }
+        KeyRef::Public(pk) => {
+            w.push(KEY_REF_PUBLIC);
+            put_public_key(w, pk);
+        }
+    }
+}
+
+mod tag {
+    pub const SIGN_ECDSA: u8 = 0x01;
+    pub const SIGN_RSA_PKCS1: u8 = 0x02;
+    pub const SIGN_RSA_PSS: u8 = 0x03;
+    pub const SIGN_SM2: u8 = 0x04;
+    pub const SIGN_SM2_DIGEST: u8 = 0x05;
+    pub const SIGN_HMAC: u8 = 0x06;
+
+    pub const CIPHER_AES_GCM: u8 = 0x01;
+    pub const CIPHER_AES_CBC: u8 = 0x02;
+    pub const CIPHER_RSA_OAEP: u8 = 0x03;
+    pub const CIPHER_SM2: u8 = 0x04;
+    pub const CIPHER_SM4_CBC: u8 = 0x05;
+
+    pub const WRAP_AES_KW: u8 = 0x01;
+    pub const WRAP_AES_KWP: u8 = 0x02;
+    pub const WRAP_RSA_OAEP: u8 = 0x03;
+    pub const WRAP_SM2: u8 = 0x04;
+}
+
+fn put_sign_mech(w: &mut Vec<u8>, m: &SignMech) {
+    match m {
+        SignMech::Ecdsa => w.push(tag::SIGN_ECDSA),
+        SignMech::RsaPkcs1 => w.push(tag::SIGN_RSA_PKCS1),
+        SignMech::RsaPss { hash } => w.extend_from_slice(&[tag::SIGN_RSA_PSS, *hash as u8]),
+        SignMech::Sm2 { user_id } => {
+            w.push(tag::SIGN_SM2);
+            put_bytes(w, user_id);
+        }
+        SignMech::Sm2Digest => w.push(tag::SIGN_SM2_DIGEST),
+        SignMech::Hmac(hash) => w.extend_from_slice(&[tag::SIGN_HMAC, *hash as u8]),
+    }
+}
+
+fn put_cipher_mech(w: &mut Vec<u8>, m: &CipherMech) {
+    match m {
+        CipherMech::AesGcm { iv, aad, tag_bits } => {
+            w.push(tag::CIPHER_AES_GCM);
+            put_bytes(w, iv);
+            put_bytes(w, aad);
+            w.push(*tag_bits);
+        }
+        CipherMech::AesCbc { iv, pad } => {
+            w.push(tag::CIPHER_AES_CBC);
+            w.extend_from_slice(iv);
+            w.push(u8::from(*pad));
+        }
+        CipherMech::RsaOaep { hash, label } => {
+            w.extend_from_slice(&[tag::CIPHER_RSA_OAEP, *hash as u8]);
+            put_bytes(w, label);
+        }
+        CipherMech::Sm2 => w.push(tag::CIPHER_SM2),
+        CipherMech::Sm4Cbc { iv, pad } => {
+            w.push(tag::CIPHER_SM4_CBC);
+            w.extend_from_slice(iv);
+            w.push(u8::from(*pad));
+        }
+    }
+}
+
+fn put_wrap_mech(w: &mut Vec<u8>, m: &WrapMech) {
+    match m {
+        WrapMech::AesKeyWrap => w.push(tag::WRAP_AES_KW),
+        WrapMech::AesKeyWrapPad => w.push(tag::WRAP_AES_KWP),
+        WrapMech::RsaOaep { hash, label } => {
+            w.extend_from_slice(&[tag::WRAP_RSA_OAEP, *hash as u8]);
+            put_bytes(w, label);
+        }
+        WrapMech::Sm2 => w.push(tag::WRAP_SM2),
+    }
+}
+
+fn put_new_key(w: &mut Vec<u8>, k: &NewKey) {
+    put_bytes(w, k.blob.as_bytes());
+    match &k.public {
+        None => w.push(0),
+        Some(pk) => {
+            w.push(1);
+            put_public_key(w, pk);
+        }
+    }
+}
+
+fn put_chip_info(w: &mut Vec<u8>, i: &ChipInfo) {
+    put_bytes(w, i.model.as_bytes());
+    put_bytes(w, i.serial.as_bytes());
+    put_bytes(w, i.firmware.as_bytes());
+    w.extend_from_slice(&i.slots.to_be_bytes());
+    w.extend_from_slice(&i.loaded.to_be_bytes());
+    put_bytes(w, &i.identity_key);
+    match &i.domain {
+        None => w.push(0),
+        Some(d) => {
+            w.push(1);
+            w.extend_from_slice(&d.kcv);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decoding
+
+/// A cursor over a payload. Every read is bounds-checked; errors are
+/// [`ChipError::DataInvalid`], or [`ChipError::MechanismInvalid`] for unknown mechanisms.
+struct Reader<'a> {
+    rest: &'a [u8],
+    /// Offset of `rest` in the payload, for error messages.
+    at: usize,
+}
+
+fn malformed(msg: String) -> ChipError {
+    ChipError::DataInvalid(msg)
+}
+
+impl<'a> Reader<'a> {
+    fn new(payload: &'a [u8]) -> Self {
+        Self {
+            rest: payload,
+            at: 0,
+        }
+    }
+
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        if self.rest.len() < n {
+            return Err(malformed(format!(
+                "{what} at offset {}: needs {n} bytes, {} left",
+                self.at,
+                self.rest.len()
+            )));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        self.at += n;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N]> {
+        let b = self.take(N, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(b);
+        Ok(a)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.array::<1>(what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        Ok(u16::from_be_bytes(self.array(what)?))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        Ok(u32::from_be_bytes(self.array(what)?))
+    }
+
+    fn bool(&mut self, what: &str) -> Result<bool> {
+        let at = self.at;
+        match self.u8(what)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            other => Err(malformed(format!(
+                "{what} at offset {at}: 0x{other:02x} is not a bool"
+            ))),
+        }
+    }
+
+    fn bytes(&mut self, what: &str) -> Result<&'a [u8]> {
+        let len = self.u16(what)?;
+        self.take(usize::from(len), what)
+    }
+
+    fn str(&mut self, what: &str) -> Result<String> {
+        let at = self.at;
+        let b = self.bytes(what)?;
+        String::from_utf8(b.to_vec())
+            .map_err(|_| malformed(format!("{what} at offset {at} is not UTF-8")))
+    }
+
+    fn key_id(&mut self) -> Result<KeyId> {
+        Ok(KeyId(self.array("key id")?))
+    }
+
+    fn template(&mut self) -> Result<KeyTemplate> {
+        let id = self.key_id()?;
+        let spec = self.spec()?;
+        let at = self.at;
+        let bits = self.u32("usage")?;
+        let usage = KeyUsage::from_bits(bits).ok_or_else(|| {
+            malformed(format!(
+                "usage at offset {at}: unknown bits in 0x{bits:08x}"
+            ))
+        })?;
+        Ok(KeyTemplate { id, spec, usage })
+    }
+
+    fn spec(&mut self) -> Result<KeySpec> {
+        let at = self.at;
+        let t = self.u8("key type")?;
+        let key_type = KeyType::from_u8(t)
+            .ok_or_else(|| malformed(format!("key type at offset {at}: unknown 0x{t:02x}")))?;
+        let bits = self.u32("key bits")?;
+        Ok(KeySpec { key_type, bits })
+    }
+
+    fn hash(&mut self) -> Result<HashAlg> {
+        let at = self.at;
+        let h = self.u8("hash")?;
+        HashAlg::from_u8(h).ok_or_else(|| {
+            ChipError::MechanismInvalid(format!("hash at offset {at}: unknown 0x{h:02x}"))
+        })
+    }
+
+    fn public_key(&mut self) -> Result<PublicKey> {
+        let at = self.at;
+        let t = self.u8("public key type")?;
+        match KeyType::from_u8(t) {
+            Some(KeyType::EcP256) => Ok(PublicKey::EcP256(self.bytes("EC point")?.to_vec())),
+            Some(KeyType::Sm2) => Ok(PublicKey::Sm2(self.bytes("SM2 point")?.to_vec())),
+            Some(KeyType::Rsa) => Ok(PublicKey::Rsa {
+                n: self.bytes("RSA modulus")?.to_vec(),
+                e: self.bytes("RSA exponent")?.to_vec(),
+            }),
+            _ => Err(malformed(format!(
+                "public key type at offset {at}: unknown 0x{t:02x}"
+            ))),
+        }
+    }
+
+    fn key_ref(&mut self) -> Result<KeyRef> {
+        let at = self.at;
+        match self.u8("key reference")? {
+            KEY_REF_LOADED => Ok(KeyRef::Loaded(self.key_id()?)),
+            KEY_REF_PUBLIC => Ok(KeyRef::Public(self.public_key()?)),
+            other => Err(malformed(format!(
+                "key reference at offset {at}: unknown tag 0x{other:02x}"
+            ))),
+        }
+    }
+
+    fn sign_mech(&mut self) -> Result<SignMech> {
+        let at = self.at;
+        Ok(match self.u8("sign mechanism")? {
+            tag::SIGN_ECDSA => SignMech::Ecdsa,
+            tag::SIGN_RSA_PKCS1 => SignMech::RsaPkcs1,
+            tag::SIGN_RSA_PSS => SignMech::RsaPss { hash: self.hash()? },
+            tag::SIGN_SM2 => SignMech::Sm2 {
+                user_id: self.bytes("SM2 user id")?.to_vec(),
+            },
+            tag::SIGN_SM2_DIGEST => SignMech::Sm2Digest,
+            tag::SIGN_HMAC => SignMech::Hmac(self.hash()?),
+            other => {
+                return Err(ChipError::MechanismInvalid(format!(
+                    "sign mechanism at offset {at}: unknown tag 0x{other:02x}"
+                )))
+            }
+        })
+    }
+
+    fn cipher_mech(&mut self) -> Result<CipherMech> {
+        let at = self.at;
+        Ok(match self.u8("cipher mechanism")? {
+            tag::CIPHER_AES_GCM => CipherMech::AesGcm {
+                iv: self.bytes("GCM iv")?.to_vec(),
+                aad: self.bytes("GCM aad")?.to_vec(),
+                tag_bits: self.u8("GCM tag bits")?,
+            },
+            tag::CIPHER_AES_CBC => CipherMech::AesCbc {
+                iv: self.array("CBC iv")?,
+                pad: self.bool("CBC pad")?,
+            },
+            tag::CIPHER_RSA_OAEP => CipherMech::RsaOaep {
+                hash: self.hash()?,
+                label: self.bytes("OAEP label")?.to_vec(),
+            },
+            tag::CIPHER_SM2 => CipherMech::Sm2,
+            tag::CIPHER_SM4_CBC => CipherMech::Sm4Cbc {
+                iv: self.array("CBC iv")?,
+                pad: self.bool("CBC pad")?,
+            },
+            other => {
+                return Err(ChipError::MechanismInvalid(format!(
+                    "cipher mechanism at offset {at}: unknown tag 0x{other:02x}"
+                )))
+            }
+        })
+    }
+
+    fn wrap_mech(&mut self) -> Result<WrapMech> {
+        let at = self.at;
+        Ok(match self.u8("wrap mechanism")? {
+            tag::WRAP_AES_KW => WrapMech::AesKeyWrap,
+            tag::WRAP_AES_KWP => WrapMech::AesKeyWrapPad,
+            tag::WRAP_RSA_OAEP => WrapMech::RsaOaep {
+                hash: self.hash()?,
+                label: self.bytes("OAEP label")?.to_vec(),
+            },
+            tag::WRAP_SM2 => WrapMech::Sm2,
+            other => {
+                return Err(ChipError::MechanismInvalid(format!(
+                    "wrap mechanism at offset {at}: unknown tag 0x{other:02x}"
+                )))
+            }
+        })
+    }
+
+    fn new_key(&mut self) -> Result<NewKey> {
+        let blob = KeyBlob(self.bytes("blob")?.to_vec());
+        let public = if self.bool("public key present")? {
+            Some(self.public_key()?)
+        } else {
+            None
+        };
+        Ok(NewKey { blob, public })
+    }
+
+    fn chip_info(&mut self) -> Result<ChipInfo> {
+        Ok(ChipInfo {
+            model: self.str("model")?,
+            serial: self.str("serial")?,
+            firmware: self.str("firmware")?,
+            slots: self.u32("slots")?,
+            loaded: self.u32("loaded")?,
+            identity_key: self.bytes("identity key")?.to_vec(),
+            domain: if self.bool("domain present")? {
+                Some(DomainInfo {
+                    kcv: self.array("domain kcv")?,
+                })
+            } else {
+                None
+            },
+        })
+    }
+
+    fn finish(&self) -> Result<()> {
+        if self.rest.is_empty() {
+            Ok(())
+        } else {
+            Err(malformed(format!(
+                "{} trailing bytes at offset {}",
+                self.rest.len(),
+                self.at
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(b: u8) -> KeyId {
+        KeyId([b; 16])
+    }
+
+    fn template() -> KeyTemplate {
+        KeyTemplate {
+            id: id(0x11),
+            spec: KeySpec::EC_P256,
+            usage: KeyUsage::SIGN | KeyUsage::VERIFY | KeyUsage::SENSITIVE,
+        }
+    }
+
+    #[test]
+    fn random_request_layout() {
+        assert_eq!(Request::Random(16).encode(), [0x00, 0x00, 0x00, 0x10]);
+        assert_eq!(
+            Request::decode(cmd::RANDOM, &[0, 0, 0, 16]).unwrap(),
+            Request::Random(16)
+        );
+        assert_eq!(Request::Info.encode(), []);
+    }
+
+    #[test]
+    fn template_layout() {
+        #[rustfmt::skip]
+        let want = [
+            0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11,
+            0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, // key id
+            0x01,                   // key type EC P-256
+            0x00, 0x00, 0x01, 0x00, // bits 256
+            0x00, 0x00, 0x01, 0x03, // usage SIGN | VERIFY | SENSITIVE
+        ];
+        assert_eq!(Request::GenerateKeyPair(template()).encode(), want);
+    }
+
+    #[test]
+    fn sign_request_layout() {
+        let req = Request::Sign {
+            key: id(0x22),
+            mech: SignMech::Sm2 {
+                user_id: b"AB".to_vec(),
+            },
+            data: vec![0xDE, 0xAD],
+        };
+        let mut want = vec![0x22; 16];
+        want.extend_from_slice(&[0x04, 0x00, 0x02, b'A', b'B', 0x00, 0x02, 0xDE, 0xAD]);
+        assert_eq!(req.encode(), want);
+        assert_eq!(Request::decode(cmd::SIGN, &want).unwrap(), req);
+    }
+
+    #[test]
+    fn encrypt_request_layout() {
+        let req = Request::Encrypt {
+            key: KeyRef::Public(PublicKey::Rsa {
+                n: vec![0xC1, 0x02],
+                e: vec![1, 0, 1],
+            }),
+            mech: CipherMech::RsaOaep {
+                hash: HashAlg::Sha256,
+                label: vec![],
+            },
+            data: vec![0x55],
+        };
+        #[rustfmt::skip]
+        let want = [
+            0x01,                   // key ref: public key
+            0x03,                   // RSA
+            0x00, 0x02, 0xC1, 0x02, // n
+            0x00, 0x03, 0x01, 0x00, 0x01, // e
+            0x03, 0x02,             // RSA-OAEP, SHA-256
+            0x00, 0x00,             // empty label
+            0x00, 0x01, 0x55,       // data
+        ];
+        assert_eq!(req.encode(), want);
+        assert_eq!(Request::decode(cmd::ENCRYPT, &want).unwrap(), req);
+    }
+
+    #[test]
+    fn new_key_response_layout() {
+        let resp = Response::NewKey(NewKey {
+            blob: KeyBlob(vec![1, 2, 3]),
+            public: Some(PublicKey::EcP256(vec![4, 5])),
+        });
+        let want = [0x00, 0x03, 1, 2, 3, 0x01, 0x01, 0x00, 0x02, 4, 5];
+        assert_eq!(resp.encode(), want);
+        assert_eq!(
+            Response::decode(cmd::GENERATE_KEY_PAIR, &want).unwrap(),
+            resp
+        );
+        let secret = Response::NewKey(NewKey {
+            blob: KeyBlob(vec![9]),
+            public: None,
+        });
+        assert_eq!(secret.encode(), [0x00, 0x01, 9, 0x00]);
+    }
+
+    #[test]
+    fn info_response_layout() {
+        let info = ChipInfo {
+            model: "M".into(),
+            serial: "S1".into(),
+            firmware: "1".into(),
+            slots: 64,
+            loaded: 2,
+            identity_key: vec![0x04],
+            domain: Some(DomainInfo { kcv: [0xAA; 8] }),
+        };
+        #[rustfmt::skip]
+        let want = [
+            0x00, 0x01, b'M',
+            0x00, 0x02, b'S', b'1',
+            0x00, 0x01, b'1',
+            0x00, 0x00, 0x00, 0x40,
+            0x00, 0x00, 0x00, 0x02,
+            0x00, 0x01, 0x04,
+            0x01, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA, 0xAA,
+        ];
+        assert_eq!(Response::Info(info.clone()).encode(), want);
+        assert_eq!(
+            Response::decode(cmd::INFO, &want).unwrap(),
+            Response::Info(info)
+        );
+    }
+
+    #[test]
+    fn random_response_layout() {
+        let resp = Response::Bytes(vec![7; 3]);
+        assert_eq!(resp.encode(), [0x00, 0x03, 7, 7, 7]);
+        assert_eq!(
+            Response::decode(cmd::RANDOM, &[0, 3, 7, 7, 7]).unwrap(),
+            resp
+        );
+    }
+
+    #[test]
+    fn malformed_requests() {
+        // unknown command
+        assert!(matches!(
+            Request::decode(0x99, &[]),
+            Err(ChipError::Protocol(_))
+        ));
+        // trailing byte
+        assert!(matches!(
+            Request::decode(cmd::INFO, &[0]),
+            Err(ChipError::DataInvalid(_))
+        ));
+        // short
+        assert!(matches!(
+            Request::decode(cmd::RANDOM, &[0, 0, 1]),
+            Err(ChipError::DataInvalid(_))
+        ));
+        // length beyond the payload
+        assert!(matches!(
+            Request::decode(cmd::LOAD_KEY, &[0xFF, 0xFF, 1]),
+            Err(ChipError::DataInvalid(_))
+        ));
+        // unknown mechanism and hash
+        let mut sign = vec![0u8; 16];
+        sign.extend_from_slice(&[0x7F, 0x00, 0x00]);
+        assert!(matches!(
+            Request::decode(cmd::SIGN, &sign),
+            Err(ChipError::MechanismInvalid(_))
+        ));
+        sign[16..].copy_from_slice(&[tag::SIGN_HMAC, 0x09, 0x00]);
+        assert!(matches!(
+            Request::decode(cmd::SIGN, &sign),
+            Err(ChipError::MechanismInvalid(_))
+        ));
+        // unknown usage bit
+        let mut t = Request::GenerateSecretKey(template()).encode();
+        t[21] = 0x80;
+        assert!(matches!(
+            Request::decode(cmd::GENERATE_SECRET_KEY, &t),
+            Err(ChipError::DataInvalid(_))
+        ));
+        // bool other than 0/1
+        let mut cbc = vec![0u8; 16];
+        cbc.push(tag::CIPHER_AES_CBC);
+        cbc.extend_from_slice(&[0u8; 16]);
+        cbc.extend_from_slice(&[0x02, 0x00, 0x00]);
+        assert!(matches!(
+            Request::decode(cmd::DECRYPT, &cbc),
+            Err(ChipError::DataInvalid(_))
+        ));
+        cbc[33] = 0x01;
+        assert!(Request::decode(cmd::DECRYPT, &cbc).is_ok());
+    }
+
+    #[test]
+    fn malformed_responses_are_protocol_errors() {
+        assert!(matches!(
+            Response::decode(cmd::LOAD_KEY, &[1; 15]),
+            Err(ChipError::Protocol(_))
+        ));
+        assert!(matches!(
+            Response::decode(cmd::VERIFY, &[0]),
+            Err(ChipError::Protocol(_))
+        ));
+        assert!(matches!(
+            Response::decode(0x00, &[]),
+            Err(ChipError::Protocol(_))
+        ));
+        let info_bad_utf8 = [0x00, 0x01, 0xFF];
+        assert!(matches!(
+            Response::decode(cmd::INFO, &info_bad_utf8),
+            Err(ChipError::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn shape_accessors() {
+        assert_eq!(Response::Done.into_done(), Ok(()));
+        assert!(matches!(
+            Response::Done.into_bytes(),
+            Err(ChipError::Protocol(_))
+        ));
+        assert_eq!(Response::Bytes(vec![1]).into_bytes(), Ok(vec![1]));
+        assert_eq!(Response::KeyId(id(3)).into_key_id(), Ok(id(3)));
+        assert!(Response::KeyId(id(3)).into_new_key().is_err());
+        assert!(Response::Domain(DomainInfo { kcv: [0; 8] })
+            .into_domain()
+            .is_ok());
+        assert!(Response::Done.into_info().is_err());
+        assert!(Response::Done.into_public_key().is_err());
+    }
+
+    #[test]
+    fn every_command_has_a_name_and_a_response_shape() {
+        for c in cmd::ALL {
+            assert!(cmd::name(c).is_some(), "0x{c:02x}");
+            assert!(shape(c).is_some(), "0x{c:02x}");
+        }
+        assert_eq!(cmd::name(0x03), None);
+        assert_eq!(Request::LoadKey(KeyBlob(vec![])).name(), "load_key");
+        assert_eq!(
+            Request::Sign {
+                key: id(0),
+                mech: SignMech::Ecdsa,
+                data: vec![]
+            }
+            .name(),
+            "sign"
+        );
+    }
+
+    #[test]
+    fn idempotence_and_timeouts() {
+        let rsa = KeyTemplate {
+            spec: KeySpec::RSA_3072,
+            ..template()
+        };
+        assert!(!Request::GenerateKeyPair(template()).is_idempotent());
+        assert!(!Request::DomainGenerate.is_idempotent());
+        assert!(Request::DomainExport(vec![]).is_idempotent());
+        assert!(Request::DomainImport(vec![]).is_idempotent());
+        assert!(Request::LoadKey(KeyBlob(vec![])).is_idempotent());
+        let secs = |r: &Request| r.default_timeout().as_secs_f64();
+        // execution budget plus under 0.4 s of line time for small frames
+        let near = |r: Request, budget: f64| {
+            let t = secs(&r);
+            assert!(t > budget && t < budget + 0.4, "{r:?}: {t}");
+        };
+        near(Request::GenerateKeyPair(rsa), 30.0);
+        near(Request::GenerateKeyPair(template()), 5.0);
+        near(Request::SelfTest, 10.0);
+        near(Request::Random(1), 2.0);
+        near(
+            Request::Sign {
+                key: id(1),
+                mech: SignMech::Ecdsa,
+                data: vec![0; 32],
+            },
+            2.0,
+        );
+        // 16 KiB each way at 115 200 baud is about 2.85 s of line time
+        let big = Request::Encrypt {
+            key: KeyRef::Loaded(id(1)),
+            mech: CipherMech::Sm2,
+            data: vec![0; crate::frame::MAX_PAYLOAD - 64],
+        };
+        assert!((4.8..5.0).contains(&secs(&big)), "{}", secs(&big));
+        // a slower line gets more time, a faster one less
+        assert!(big.timeout_at(9600) > Duration::from_secs(30));
+        assert!(big.timeout_at(921_600) < Duration::from_millis(2400));
+        assert!(big.timeout_at(0) > Duration::from_secs(2));
+        assert_eq!(TIMEOUT_BAUD, crate::serial::DEFAULT_BAUD);
+    }
+
+    #[test]
+    fn oversized_field_cannot_be_framed() {
+        let req = Request::DomainImport(vec![0; 70_000]);
+        let payload = req.encode();
+        assert_eq!(&payload[..2], &[0xFF, 0xFF]);
+        let frame = crate::frame::Frame {
+            response: false,
+            seq: 0,
+            cmd: req.cmd(),
+            status: 0,
+            payload,
+        };
+        assert!(matches!(
+            crate::frame::encode(&frame),
+            Err(ChipError::DataLenRange(_))
+        ));
+    }
+
+    /// The worked examples of `PROTOCOL.md`, section 3, are what this implementation sends.
+    #[test]
+    fn protocol_md_examples() {
+        use crate::frame::{encode, Frame};
+        const DOC: &str = include_str!("../PROTOCOL.md");
+        let hex = |f: Frame| {
+            let bytes = encode(&f).unwrap();
+            bytes
+                .iter()
+                .map(|b| format!("{b:02X}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let request = |seq, req: &Request| Frame {
+            response: false,
+            seq,
+            cmd: req.cmd(),
+            status: STATUS_OK,
+            payload: req.encode(),
+        };
+        let response = |seq, cmd, status, payload| Frame {
+            response: true,
+            seq,
+            cmd,
+            status,
+            payload,
+        };
+        let random: [u8; 16] = [
+            0x3C, 0x91, 0x0E, 0x7A, 0x55, 0xD2, 0x18, 0xB4, 0x6F, 0x02, 0xE9, 0x47, 0xA8, 0x13,
+            0xCB, 0x60,
+        ];
+        let key = KeyId(std::array::from_fn(|i| 0x10 + i as u8));
+        let sign = Request::Sign {
+            key,
+            mech: SignMech::Ecdsa,
+            data: (0xA0..=0xBF).collect(),
+        };
+        let (status, payload) = encode_error(&ChipError::KeyNotLoaded(key));
+        let examples = [
+            hex(request(1, &Request::Random(16))),
+            hex(response(
+                1,
+                cmd::RANDOM,
+                STATUS_OK,
+                Response::Bytes(random.to_vec()).encode(),
+            )),
+            hex(response(1, cmd::RANDOM, STATUS_BAD_FRAME, vec![])),
+            hex(request(2, &sign)),
+            hex(response(2, cmd::SIGN, status, payload)),
+        ];
+        for e in examples {
+            assert!(DOC.contains(&format!("\n{e}\n")), "PROTOCOL.md lacks {e}");
+        }
+    }
+
+    fn all_errors() -> Vec<ChipError> {
+        vec![
+            ChipError::KeyNotLoaded(id(1)),
+            ChipError::SlotsFull(64),
+            ChipError::NoDomain,
+            ChipError::DomainAlreadySet,
+            ChipError::WrongDomain {
+                blob: "0011223344556677".into(),
+                chip: "8899aabbccddeeff".into(),
+            },
+            ChipError::BlobInvalid("short".into()),
+            ChipError::BlobAuthFailed,
+            ChipError::DomainPackageInvalid("not for this chip".into()),
+            ChipError::MechanismInvalid("x".into()),
+            ChipError::KeyTypeInconsistent("x".into()),
+            ChipError::KeySizeRange("x".into()),
+            ChipError::KeyFunctionNotPermitted("sign"),
+            ChipError::KeyFunctionNotPermitted("derive"),
+            ChipError::KeyNotExtractable(id(2)),
+            ChipError::KeyInvalid("x".into()),
+            ChipError::DataLenRange("x".into()),
+            ChipError::DataInvalid("x".into()),
+            ChipError::EncryptedDataInvalid,
+            ChipError::WrappedKeyInvalid,
+            ChipError::SignatureInvalid,
+            ChipError::SelfTestFailed("sm2 kat".into()),
+            ChipError::Timeout {
+                command: "sign",
+                after: Duration::from_millis(2500),
+            },
+            ChipError::DeviceLost("eof".into()),
+            ChipError::Protocol("unknown command 0x99".into()),
+            ChipError::Busy(Duration::from_millis(100)),
+            ChipError::Internal("".into()),
+        ]
+    }
+
+    #[test]
+    fn errors_round_trip() {
+        for e in all_errors() {
+            let (status, payload) = encode_error(&e);
+            assert_eq!(status, e.status());
+            assert_eq!(decode_error(status, &payload), e, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn error_layouts() {
+        assert_eq!(
+            encode_error(&ChipError::SlotsFull(64)),
+            (0x11, vec![0, 0, 0, 64])
+        );
+        assert_eq!(encode_error(&ChipError::SignatureInvalid), (0x34, vec![]));
+        assert_eq!(
+            encode_error(&ChipError::KeyNotLoaded(id(5))),
+            (0x10, vec![5; 16])
+        );
+        let e = ChipError::WrongDomain {
+            blob: "0011223344556677".into(),
+            chip: "zz".into(),
+        };
+        let mut want = vec![0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77];
+        want.extend_from_slice(&[0; 8]);
+        assert_eq!(encode_error(&e), (0x14, want));
+    }
+
+    #[test]
+    fn error_edge_cases() {
+        assert!(matches!(decode_error(0xFF, &[]), ChipError::Protocol(_)));
+        assert!(matches!(
+            decode_error(STATUS_OK, &[]),
+            ChipError::Protocol(_)
+        ));
+        assert!(matches!(
+            decode_error(STATUS_BAD_FRAME, &[]),
+            ChipError::Protocol(_)
+        ));
+        assert!(matches!(
+            decode_error(0x10, &[1, 2]),
+            ChipError::Protocol(_)
+        ));
+        assert!(matches!(decode_error(0x34, &[1]), ChipError::Protocol(_)));
+        assert!(matches!(
+            decode_error(0x14, &[0; 15]),
+            ChipError::Protocol(_)
+        ));
+        assert_eq!(
+            decode_error(0x23, b"fly"),
+            ChipError::KeyFunctionNotPermitted("operation")
+        );
+        assert_eq!(
+            decode_error(0x31, &[0x61, 0xFF]),
+            ChipError::DataInvalid("a\u{FFFD}".into())
+        );
+        // long details are cut at a character boundary
+        let long = "é".repeat(200);
+        let (_, p) = encode_error(&ChipError::Internal(long));
+        assert_eq!(p.len(), 254);
+        assert!(std::str::from_utf8(&p).is_ok());
+        // unknown command names in timeouts
+        let e = decode_error(0xE0, &[0, 0, 0, 1, b'x']);
+        assert_eq!(
+            e,
+            ChipError::Timeout {
+                command: "command",
+                after: Duration::from_millis(1)
+            }
+        );
+    }
+}
