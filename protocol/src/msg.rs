@@ -1,0 +1,695 @@
+//! The client protocol's messages.
+//!
+//! One bidirectional QUIC stream carries one [`ClientRequest`] and its [`ClientResponse`], each
+//! framed by [`crate::frame`]. Requests name PKCS#11 things by their PKCS#11 numbers
+//! (`CKA_*`, `CKM_*`, `CKO_*`), so the module passes templates and mechanisms through without
+//! translating them, and the node owns the object semantics.
+//!
+//! # Attribute values on the wire
+//! * `CK_BBOOL`: one byte, 0 or 1.
+//! * `CK_ULONG` (classes, key types, lengths, mechanism lists): 8 bytes, little-endian `u64`.
+//! * Everything else (labels, ids, `CKA_EC_POINT`, `CKA_MODULUS`, ...): the raw bytes PKCS#11
+//!   defines.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::error::WireError;
+
+/// A cluster-wide object identity: 16 random bytes, also the id bound into the object's chip
+/// blob.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ObjectId(pub [u8; 16]);
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ObjectId({self})")
+    }
+}
+
+/// A token (a PKCS#11 slot's token), numbered by the cluster when it is created.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TokenId(pub u64);
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// PKCS#11 user types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum UserType {
+    /// `CKU_SO`, the security officer.
+    So,
+    /// `CKU_USER`, the normal user.
+    User,
+}
+
+/// Secret bytes (PINs, key values in `CKA_VALUE`): zeroized on drop, never printed.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct Secret(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl Secret {
+    /// The secret's bytes.
+    #[must_use]
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.as_bytes().to_vec())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret([redacted; {}])", self.0.len())
+    }
+}
+
+/// Proof of a login: opaque to clients, MAC'd by the cluster, short-lived. Every node accepts it
+/// without re-checking the PIN.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct SessionGrant(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl fmt::Debug for SessionGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionGrant([redacted])")
+    }
+}
+
+/// Who a token request acts as: the token, and the session grant when logged in. Without a
+/// grant only public objects (`CKA_PRIVATE` false) are visible and nothing can be used that
+/// needs a login.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// The token.
+    pub token: TokenId,
+    /// The login, if any.
+    pub grant: Option<SessionGrant>,
+}
+
+/// One PKCS#11 attribute: type and value (encoding in the module docs).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attribute {
+    /// `CKA_*`.
+    pub ty: u64,
+    /// The value.
+    #[serde(with = "serde_bytes")]
+    pub value: Vec<u8>,
+}
+
+impl fmt::Debug for Attribute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // CKA_VALUE may be a secret key's value: never print values.
+        write!(f, "Attribute(0x{:x}, {} bytes)", self.ty, self.value.len())
+    }
+}
+
+impl Attribute {
+    /// A `CK_BBOOL` attribute.
+    #[must_use]
+    pub fn bool(ty: u64, v: bool) -> Self {
+        Self {
+            ty,
+            value: vec![u8::from(v)],
+        }
+    }
+
+    /// A `CK_ULONG` attribute.
+    #[must_use]
+    pub fn ulong(ty: u64, v: u64) -> Self {
+        Self {
+            ty,
+            value: v.to_le_bytes().to_vec(),
+        }
+    }
+
+    /// A byte-string attribute.
+    #[must_use]
+    pub fn bytes(ty: u64, v: impl Into<Vec<u8>>) -> Self {
+        Self {
+            ty,
+            value: v.into(),
+        }
+    }
+}
+
+/// The answer for one attribute of `GetAttributes`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttrValue {
+    /// The value.
+    Value(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The attribute exists but may not be revealed (`CKR_ATTRIBUTE_SENSITIVE`).
+    Sensitive,
+    /// The object has no such attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
+    Invalid,
+}
+
+impl fmt::Debug for AttrValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Value(v) => write!(f, "Value({} bytes)", v.len()),
+            Self::Sensitive => f.write_str("Sensitive"),
+            Self::Invalid => f.write_str("Invalid"),
+        }
+    }
+}
+
+/// A PKCS#11 mechanism: its `CKM_*` number and parameters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mechanism {
+    /// `CKM_*` (vendor SM2/SM3/SM4 numbers as documented in `pkcs11-module/VENDOR.md`).
+    pub ckm: u64,
+    /// Parameters.
+    pub param: MechParam,
+}
+
+impl Mechanism {
+    /// A mechanism without parameters.
+    #[must_use]
+    pub fn new(ckm: u64) -> Self {
+        Self {
+            ckm,
+            param: MechParam::None,
+        }
+    }
+}
+
+/// Mechanism parameters, by shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MechParam {
+    /// No parameter.
+    None,
+    /// An IV (`CKM_AES_CBC_PAD`, SM4-CBC).
+    Iv(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// `CK_GCM_PARAMS`.
+    Gcm {
+        /// IV.
+        #[serde(with = "serde_bytes")]
+        iv: Vec<u8>,
+        /// Additional authenticated data.
+        #[serde(with = "serde_bytes")]
+        aad: Vec<u8>,
+        /// Tag length in bits.
+        tag_bits: u32,
+    },
+    /// `CK_RSA_PKCS_PSS_PARAMS`.
+    Pss {
+        /// `CKM_SHA*` of the digest.
+        hash: u64,
+        /// `CKG_MGF1_*`.
+        mgf: u64,
+        /// Salt length in bytes.
+        salt_len: u64,
+    },
+    /// `CK_RSA_PKCS_OAEP_PARAMS` (source always `CKZ_DATA_SPECIFIED`).
+    Oaep {
+        /// `CKM_SHA*`.
+        hash: u64,
+        /// `CKG_MGF1_*`.
+        mgf: u64,
+        /// The label (`pSourceData`), empty for none.
+        #[serde(with = "serde_bytes")]
+        source: Vec<u8>,
+    },
+    /// `CK_ECDH1_DERIVE_PARAMS`.
+    Ecdh1 {
+        /// `CKD_*`; the cluster supports `CKD_NULL`.
+        kdf: u64,
+        /// Shared data for the KDF.
+        #[serde(with = "serde_bytes")]
+        shared_data: Vec<u8>,
+        /// The peer's public point (uncompressed, raw or DER OCTET STRING).
+        #[serde(with = "serde_bytes")]
+        public_data: Vec<u8>,
+    },
+    /// The SM2 distinguishing identifier for SM3-with-SM2 (default `1234567812345678`).
+    Sm2Id(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// What is signed or verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SignInput {
+    /// The data as PKCS#11 defines for the mechanism (for `CKM_ECDSA`, the digest; for
+    /// `CKM_SHA256_RSA_PKCS`, the message).
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// For hash-and-sign mechanisms only: the digest the client already computed over a
+    /// multi-part message (for SM3-with-SM2: `e = SM3(Z || M)`).
+    Digest(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// A cluster member: Raft node id and the address it serves on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Raft node id.
+    pub id: u64,
+    /// `host:port` (UDP, QUIC).
+    pub addr: String,
+}
+
+/// A request. The comment on each variant names its response.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Node and cluster state → [`Response::Status`]. Any role.
+    Status,
+    /// Operator: bootstrap a new cluster with these members (this node among them): generate
+    /// the domain key in one of this node's chips, initialise Raft → [`Response::Done`].
+    Init {
+        /// All initial members.
+        members: Vec<Member>,
+    },
+    /// Operator: add a node (as learner, then voter) → [`Response::Done`].
+    AddNode(Member),
+    /// Operator: remove a node from the membership → [`Response::Done`].
+    RemoveNode {
+        /// Raft node id.
+        id: u64,
+    },
+    /// Operator: create a token → [`Response::Token`].
+    CreateToken {
+        /// Unique label (at most 32 bytes, the `CK_TOKEN_INFO` label).
+        label: String,
+        /// The SO PIN.
+        so_pin: Secret,
+        /// The user PIN, if set now (else `C_InitPIN` sets it later).
+        user_pin: Option<Secret>,
+    },
+    /// Operator: delete a token and all its objects → [`Response::Done`].
+    DeleteToken(TokenId),
+    /// Operator: clear the failed-login counters and locks of a token → [`Response::Done`].
+    UnlockToken(TokenId),
+    /// All tokens → [`Response::Tokens`]. Any role.
+    ListTokens,
+    /// Operator: summaries of the objects of one token or all → [`Response::Objects`].
+    ListObjects {
+        /// Restrict to one token.
+        token: Option<TokenId>,
+    },
+    /// `C_InitToken`: with the SO PIN, wipe the token's objects and user PIN and relabel it
+    /// → [`Response::Done`].
+    InitToken {
+        /// The token.
+        token: TokenId,
+        /// The current SO PIN.
+        so_pin: Secret,
+        /// The new label.
+        label: String,
+    },
+    /// `C_Login` → [`Response::Session`]. A wrong PIN counts towards the lockout on every node.
+    Login {
+        /// The token.
+        token: TokenId,
+        /// Who logs in.
+        user: UserType,
+        /// The PIN.
+        pin: Secret,
+    },
+    /// `C_InitPIN` (SO session) → [`Response::Done`].
+    InitPin {
+        /// SO login.
+        auth: Auth,
+        /// The new user PIN.
+        pin: Secret,
+    },
+    /// `C_SetPIN` (the logged-in user's own PIN) → [`Response::Done`].
+    SetPin {
+        /// Login.
+        auth: Auth,
+        /// Current PIN.
+        old_pin: Secret,
+        /// New PIN.
+        new_pin: Secret,
+    },
+    /// `C_CreateObject` → [`Response::Object`].
+    CreateObject {
+        /// Who.
+        auth: Auth,
+        /// The template.
+        template: Vec<Attribute>,
+    },
+    /// `C_CopyObject` → [`Response::Object`].
+    CopyObject {
+        /// Who.
+        auth: Auth,
+        /// The original.
+        object: ObjectId,
+        /// Attributes to change in the copy.
+        template: Vec<Attribute>,
+    },
+    /// `C_DestroyObject` → [`Response::Done`].
+    DestroyObject {
+        /// Who.
+        auth: Auth,
+        /// The object.
+        object: ObjectId,
+    },
+    /// `C_GetAttributeValue` → [`Response::Attributes`], one answer per requested type.
+    GetAttributes {
+        /// Who.
+        auth: Auth,
+        /// The object.
+        object: ObjectId,
+        /// `CKA_*` wanted.
+        types: Vec<u64>,
+    },
+    /// `C_SetAttributeValue` → [`Response::Done`].
+    SetAttributes {
+        /// Who.
+        auth: Auth,
+        /// The object.
+        object: ObjectId,
+        /// New values.
+        template: Vec<Attribute>,
+    },
+    /// `C_FindObjects*` → [`Response::Objects`]. Objects whose attributes match every
+    /// attribute of the template, in creation order.
+    FindObjects {
+        /// Who.
+        auth: Auth,
+        /// The match template (empty matches all visible objects).
+        template: Vec<Attribute>,
+    },
+    /// `C_GenerateKey` → [`Response::Object`].
+    GenerateKey {
+        /// Who.
+        auth: Auth,
+        /// `CKM_*_KEY_GEN`.
+        mechanism: Mechanism,
+        /// The key's template.
+        template: Vec<Attribute>,
+    },
+    /// `C_GenerateKeyPair` → [`Response::KeyPair`].
+    GenerateKeyPair {
+        /// Who.
+        auth: Auth,
+        /// `CKM_*_KEY_PAIR_GEN`.
+        mechanism: Mechanism,
+        /// Public key template.
+        public_template: Vec<Attribute>,
+        /// Private key template.
+        private_template: Vec<Attribute>,
+    },
+    /// `C_Sign` → [`Response::Bytes`].
+    Sign {
+        /// Who.
+        auth: Auth,
+        /// The key.
+        key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// What to sign.
+        input: SignInput,
+    },
+    /// `C_Verify` → [`Response::Done`], or [`crate::ErrorCode::SignatureInvalid`].
+    Verify {
+        /// Who.
+        auth: Auth,
+        /// The key.
+        key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// What was signed.
+        input: SignInput,
+        /// The signature.
+        #[serde(with = "serde_bytes")]
+        signature: Vec<u8>,
+    },
+    /// `C_Encrypt` → [`Response::Bytes`].
+    Encrypt {
+        /// Who.
+        auth: Auth,
+        /// The key.
+        key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// Plaintext.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// `C_Decrypt` → [`Response::Bytes`].
+    Decrypt {
+        /// Who.
+        auth: Auth,
+        /// The key.
+        key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// Ciphertext.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// `C_WrapKey` → [`Response::Bytes`].
+    WrapKey {
+        /// Who.
+        auth: Auth,
+        /// The wrapping key.
+        wrapping_key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// The key to wrap.
+        key: ObjectId,
+    },
+    /// `C_UnwrapKey` → [`Response::Object`].
+    UnwrapKey {
+        /// Who.
+        auth: Auth,
+        /// The unwrapping key.
+        unwrapping_key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// The wrapped key.
+        #[serde(with = "serde_bytes")]
+        wrapped: Vec<u8>,
+        /// The new key's template.
+        template: Vec<Attribute>,
+    },
+    /// `C_DeriveKey` → [`Response::Object`].
+    DeriveKey {
+        /// Who.
+        auth: Auth,
+        /// The base key.
+        base_key: ObjectId,
+        /// The mechanism.
+        mechanism: Mechanism,
+        /// The new key's template.
+        template: Vec<Attribute>,
+    },
+    /// `C_GenerateRandom` → [`Response::Bytes`].
+    GenerateRandom {
+        /// How many bytes (at most 4096 per request).
+        len: u32,
+    },
+}
+
+impl Request {
+    /// True for requests that change replicated state (they go through the Raft leader).
+    /// `Login` counts as a read: only a failed attempt writes.
+    #[must_use]
+    pub fn is_write(&self) -> bool {
+        !matches!(
+            self,
+            Self::Status
+                | Self::ListTokens
+                | Self::ListObjects { .. }
+                | Self::Login { .. }
+                | Self::GetAttributes { .. }
+                | Self::FindObjects { .. }
+                | Self::Sign { .. }
+                | Self::Verify { .. }
+                | Self::Encrypt { .. }
+                | Self::Decrypt { .. }
+                | Self::WrapKey { .. }
+                | Self::GenerateRandom { .. }
+        )
+    }
+
+    /// A short name for logs and metrics.
+    #[must_use]
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Status => "status",
+            Self::Init { .. } => "init",
+            Self::AddNode(_) => "add_node",
+            Self::RemoveNode { .. } => "remove_node",
+            Self::CreateToken { .. } => "create_token",
+            Self::DeleteToken(_) => "delete_token",
+            Self::UnlockToken(_) => "unlock_token",
+            Self::ListTokens => "list_tokens",
+            Self::ListObjects { .. } => "list_objects",
+            Self::InitToken { .. } => "init_token",
+            Self::Login { .. } => "login",
+            Self::InitPin { .. } => "init_pin",
+            Self::SetPin { .. } => "set_pin",
+            Self::CreateObject { .. } => "create_object",
+            Self::CopyObject { .. } => "copy_object",
+            Self::DestroyObject { .. } => "destroy_object",
+            Self::GetAttributes { .. } => "get_attributes",
+            Self::SetAttributes { .. } => "set_attributes",
+            Self::FindObjects { .. } => "find_objects",
+            Self::GenerateKey { .. } => "generate_key",
+            Self::GenerateKeyPair { .. } => "generate_key_pair",
+            Self::Sign { .. } => "sign",
+            Self::Verify { .. } => "verify",
+            Self::Encrypt { .. } => "encrypt",
+            Self::Decrypt { .. } => "decrypt",
+            Self::WrapKey { .. } => "wrap_key",
+            Self::UnwrapKey { .. } => "unwrap_key",
+            Self::DeriveKey { .. } => "derive_key",
+            Self::GenerateRandom { .. } => "generate_random",
+        }
+    }
+}
+
+/// A token as listed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Id.
+    pub id: TokenId,
+    /// Label.
+    pub label: String,
+    /// A user PIN is set.
+    pub user_pin_initialized: bool,
+    /// Failed user logins since the last success.
+    pub user_failures: u32,
+    /// The user PIN is locked.
+    pub user_locked: bool,
+    /// Failed SO logins since the last success.
+    pub so_failures: u32,
+    /// The SO PIN is locked.
+    pub so_locked: bool,
+    /// Failed attempts that lock a PIN.
+    pub max_failures: u32,
+    /// Objects on the token.
+    pub objects: u64,
+}
+
+/// An object as the operator's `key list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectSummary {
+    /// Id.
+    pub id: ObjectId,
+    /// Token.
+    pub token: TokenId,
+    /// `CKO_*`.
+    pub class: u64,
+    /// `CKK_*`, for keys.
+    pub key_type: Option<u64>,
+    /// `CKA_LABEL`.
+    pub label: String,
+    /// `CKA_ID`, hex.
+    pub cka_id_hex: String,
+}
+
+/// One chip of a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChipLoad {
+    /// Model and serial.
+    pub name: String,
+    /// Jobs queued or running.
+    pub queued: u64,
+    /// Keys loaded.
+    pub loaded: u64,
+    /// Slots.
+    pub slots: u32,
+    /// Jobs done.
+    pub served: u64,
+    /// Still usable.
+    pub healthy: bool,
+    /// Holds the cluster's domain key.
+    pub has_domain: bool,
+}
+
+/// A node's view of itself and the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// This node's id.
+    pub id: u64,
+    /// This node's address.
+    pub addr: String,
+    /// The cluster has been initialised (and this node is part of it).
+    pub initialized: bool,
+    /// Current Raft term.
+    pub term: u64,
+    /// The leader this node knows of.
+    pub leader: Option<u64>,
+    /// Log index applied to this node's state.
+    pub applied: u64,
+    /// Voters and learners.
+    pub members: Vec<Member>,
+    /// This node's chips.
+    pub chips: Vec<ChipLoad>,
+    /// Key check value of the cluster's domain key, hex (empty before init).
+    pub domain_kcv: String,
+}
+
+/// A response. The `Result` around it is in [`ClientResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Success without a value.
+    Done,
+    /// Node status.
+    Status(NodeStatus),
+    /// A token.
+    Token(TokenInfo),
+    /// Tokens.
+    Tokens(Vec<TokenInfo>),
+    /// Object summaries.
+    Objects(Vec<ObjectSummary>),
+    /// Object ids (`FindObjects`).
+    Found(Vec<ObjectId>),
+    /// A login.
+    Session {
+        /// The grant to send with later requests.
+        grant: SessionGrant,
+        /// When it expires, milliseconds since the Unix epoch.
+        expires_unix_ms: u64,
+    },
+    /// One new object.
+    Object(ObjectId),
+    /// A new key pair.
+    KeyPair {
+        /// The public key object.
+        public: ObjectId,
+        /// The private key object.
+        private: ObjectId,
+    },
+    /// Attribute answers, in the order asked.
+    Attributes(Vec<AttrValue>),
+    /// Bytes: a signature, ciphertext, plaintext, wrapped key or random data.
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+/// What a client sends on a stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientRequest {
+    /// [`crate::PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The highest applied log index the client has seen; the node answers only once it has
+    /// applied at least this much (read-your-writes), or fails with `Stale` after a bound.
+    pub min_applied: u64,
+    /// The request.
+    pub request: Request,
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientResponse {
+    /// The node's applied log index when it answered (after any write it made).
+    pub applied: u64,
+    /// The answering node's id.
+    pub node: u64,
+    /// The outcome.
+    pub result: Result<Response, WireError>,
+}
