@@ -24,6 +24,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod nvram;
 pub mod pool;
 pub mod serial;
 pub mod soft;

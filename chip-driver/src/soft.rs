@@ -89,6 +89,7 @@ use sm2::elliptic_curve::{Group, PrimeField};
 use sm3::{Digest as _, Sm3};
 use zeroize::{Zeroize, Zeroizing};
 
+use crate::nvram::{self, SoftNvram};
 use crate::{
     BlobHeader, Chip, ChipError, ChipInfo, CipherMech, DomainInfo, HashAlg, KeyBlob, KeyId, KeyRef,
     KeySpec, KeyTemplate, KeyType, KeyUsage, NewKey, PublicKey, Result, SignMech, WrapMech,
@@ -148,8 +149,13 @@ pub struct SoftChipConfig {
     /// Simulated latency: when set, every command (all but [`Chip::info`]) sleeps this long
     /// before it runs, like a real chip behind a slow bus. Default none.
     pub latency: Option<Duration>,
-    /// Serial number (default: 16 random hex digits).
+    /// Serial number (default: 16 random hex digits). A chip with NVRAM keeps the serial it
+    /// was first powered on with.
     pub serial: String,
+    /// Non-volatile memory: when set, the chip keeps its serial number, identity key and domain
+    /// key sealed in this file across restarts (see [`crate::nvram`]). Without it the chip
+    /// forgets everything when dropped. Default none.
+    pub nvram: Option<SoftNvram>,
 }
 
 impl Default for SoftChipConfig {
@@ -164,6 +170,7 @@ impl Default for SoftChipConfig {
             slots: 64,
             latency: None,
             serial: hex::encode(serial),
+            nvram: None,
         }
     }
 }
@@ -182,6 +189,7 @@ pub struct SoftChip {
     identity_public: Vec<u8>,
     domain: RwLock<Option<Arc<DomainKey>>>,
     keys: RwLock<HashMap<KeyId, Arc<LoadedKey>>>,
+    nvram: Option<SoftNvram>,
 }
 
 impl fmt::Debug for SoftChip {
@@ -216,24 +224,66 @@ impl SoftChip {
                 "the serial number must not be empty".into(),
             ));
         }
-        let identity = agreement::PrivateKey::generate(&agreement::ECDH_P256)
-            .map_err(|_| internal("cannot generate the identity key"))?;
+        let mut serial = config.serial;
+        let mut domain = None;
+        let identity = match config
+            .nvram
+            .as_ref()
+            .map(nvram::load)
+            .transpose()?
+            .flatten()
+        {
+            Some(saved) => {
+                serial = saved.serial;
+                if let Some(key) = saved.domain {
+                    domain = Some(Arc::new(DomainKey::new(key)?));
+                }
+                agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, &saved.identity[..])
+                    .map_err(|_| internal("the NVRAM holds an invalid identity key"))?
+            }
+            None => agreement::PrivateKey::generate(&agreement::ECDH_P256)
+                .map_err(|_| internal("cannot generate the identity key"))?,
+        };
         let identity_public = identity
             .compute_public_key()
             .map_err(|_| internal("cannot compute the identity public key"))?
             .as_ref()
             .to_vec();
         let chip = Self {
-            serial: config.serial,
+            serial,
             slots: config.slots,
             latency: config.latency,
             identity,
             identity_public,
-            domain: RwLock::new(None),
+            domain: RwLock::new(domain),
             keys: RwLock::new(HashMap::new()),
+            nvram: config.nvram,
         };
+        // A first power-on records the identity, so the chip stays the same chip.
+        let current = chip.current_domain();
+        chip.persist(current.as_deref())?;
         run_self_tests()?;
         Ok(chip)
+    }
+
+    /// Writes serial, identity and `domain` to the NVRAM, if the chip has one.
+    fn persist(&self, domain: Option<&DomainKey>) -> Result<()> {
+        let Some(nv) = &self.nvram else { return Ok(()) };
+        let scalar: aws_lc_rs::encoding::EcPrivateKeyBin<'static> = self
+            .identity
+            .as_be_bytes()
+            .map_err(|_| internal("cannot export the identity key to the NVRAM"))?;
+        let mut identity = Zeroizing::new([0u8; 32]);
+        if scalar.as_ref().len() != 32 {
+            return Err(internal("the identity key is not a 32-byte scalar"));
+        }
+        identity.copy_from_slice(scalar.as_ref());
+        let contents = nvram::NvramContents {
+            serial: self.serial.clone(),
+            identity,
+            domain: domain.map(|d| d.key.clone()),
+        };
+        nvram::store(nv, &contents)
     }
 
     /// Sleeps for the configured latency, if any.
@@ -2012,6 +2062,9 @@ impl Chip for SoftChip {
         fill_random(&mut key[..])?;
         let key = Arc::new(DomainKey::new(key)?);
         let info = key.info();
+        // Durable first: a chip that answered "generated" must still hold the key after a
+        // restart.
+        self.persist(Some(&key))?;
         *domain = Some(key);
         Ok(info)
     }
@@ -2117,6 +2170,7 @@ impl Chip for SoftChip {
         }
         let new = Arc::new(DomainKey::new(domain_key)?);
         let info = new.info();
+        self.persist(Some(&new))?;
         *domain = Some(new);
         Ok(info)
     }

@@ -66,6 +66,13 @@ struct Args {
     /// Idle time after which a partially received frame is discarded, in milliseconds (0: never).
     #[arg(long, default_value_t = 100, value_name = "N")]
     frame_gap_ms: u64,
+    /// Keep the chip's serial, identity key and domain key across restarts in this file, sealed
+    /// under the key in --nvram-key-file. Without it the chip forgets everything on exit.
+    #[arg(long, value_name = "FILE", requires = "nvram_key_file")]
+    nvram: Option<std::path::PathBuf>,
+    /// The NVRAM key: a file of 32 raw bytes or 64 hex digits.
+    #[arg(long, value_name = "FILE", requires = "nvram")]
+    nvram_key_file: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +104,12 @@ fn run(args: &Args) -> Result<(), String> {
     }
     if let Some(serial) = &args.serial {
         cfg.serial.clone_from(serial);
+    }
+    if let (Some(path), Some(key_file)) = (&args.nvram, &args.nvram_key_file) {
+        cfg.nvram = Some(
+            cloudkey_chip::nvram::SoftNvram::with_key_file(path.clone(), key_file)
+                .map_err(|e| e.to_string())?,
+        );
     }
     let chip = SoftChip::new(cfg).map_err(|e| format!("cannot start the software chip: {e}"))?;
     let gap = (args.frame_gap_ms > 0).then(|| Duration::from_millis(args.frame_gap_ms));
