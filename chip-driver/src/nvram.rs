@@ -184,7 +184,7 @@ pub(crate) fn store(nv: &SoftNvram, contents: &NvramContents) -> Result<()> {
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(&head[..]),
-            &mut *body,
+            &mut body,
         )
         .map_err(|_| ChipError::Internal("sealing the NVRAM failed".into()))?;
     let mut file = Vec::with_capacity(HEADER_LEN + NONCE_LEN + body.len() + 16);
