@@ -10,7 +10,15 @@
 //! * [`config`], [`pki`], [`dev`]: node configuration, the cluster PKI, the local dev cluster.
 #![forbid(unsafe_code)]
 
+pub mod chips;
+pub mod config;
+pub mod dev;
 pub mod error;
+pub mod handler;
+pub mod pki;
+pub mod raft;
+pub mod server;
+pub mod service;
 pub mod state;
 
 pub use error::{NodeError, Result};

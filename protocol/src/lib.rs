@@ -7,6 +7,7 @@
 //!   role and name a peer's certificate gives it.
 //! * [`client`]: the async client: one pooled QUIC connection per node, many concurrent streams,
 //!   deadlines, failover, leader hints and read-your-writes via the highest applied index seen.
+//! * [`vendor`]: the vendor-defined `CKM_*`/`CKK_*` numbers of SM2, SM3 and SM4.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -15,6 +16,7 @@ pub mod error;
 pub mod frame;
 pub mod msg;
 pub mod tls;
+pub mod vendor;
 
 pub use error::{ErrorCode, WireError};
 

@@ -1,0 +1,937 @@
+//! Node configuration: a TOML file parsed, then validated into typed structs, before anything
+//! binds a socket or opens a device (style habit 9).
+//!
+//! [`Config::parse`] does no I/O: it turns the text into a [`Config`] whose every field has been
+//! range-checked, and reports the first problem as one line naming the field. [`Config::load`]
+//! reads the file and parses it; relative paths in the file are taken relative to the directory
+//! of the file, so a configuration means the same whatever the working directory of the node.
+//! What needs the file system (reading the TLS material and checking that the certificate names
+//! this node, reading the chips' nvram key) is done by [`Config::prepare`], still before binding.
+//!
+//! ```toml
+//! id = 1
+//! listen = "127.0.0.1:7301"          # "127.0.0.1:0": pick a port once, keep it across restarts
+//! data_dir = "/var/lib/cloudkey/node-1"
+//!
+//! [tls]
+//! ca = "/etc/cloudkey/pki/ca.pem"
+//! cert = "/etc/cloudkey/pki/node-1.pem"
+//! key = "/etc/cloudkey/pki/node-1.key"
+//!
+//! [[chips]]
+//! kind = "soft"
+//! count = 2
+//! slots = 64
+//! latency_us = 0
+//! nvram_key_file = "/etc/cloudkey/node-1.nvram-key"   # optional
+//!
+//! [[chips]]
+//! kind = "serial"
+//! path = "/dev/ttyUSB0"
+//! baud = 115200
+//! timeout_ms = 500                    # optional: per-attempt timeout
+//! retries = 3                         # optional: transmissions of an idempotent command
+//!
+//! [raft]                              # all optional
+//! heartbeat_ms = 100
+//! election_min_ms = 400
+//! election_max_ms = 800
+//! snapshot_logs = 5000
+//!
+//! [limits]                            # all optional
+//! max_connections = 4096
+//! max_streams = 1024
+//! max_inflight = 4096
+//! request_deadline_ms = 5000
+//! admin_deadline_ms = 90000
+//! read_wait_ms = 2000
+//! queue_depth = 256
+//! queue_timeout_ms = 2000
+//!
+//! [security]                          # all optional
+//! max_login_failures = 5
+//! session_ttl_s = 3600
+//! argon2_memory_kib = 19456
+//! argon2_iterations = 2
+//! argon2_parallelism = 1
+//! pin_hash_concurrency = 4
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use cloudkey_chip::SecretBytes;
+use serde::Deserialize;
+
+use crate::error::{NodeError, Result};
+
+/// The most chips one node drives.
+pub const MAX_CHIPS: usize = 64;
+/// Length of the key that seals the soft chips' nvram files.
+pub const NVRAM_KEY_LEN: usize = 32;
+
+/// A validated node configuration. See the [module docs](self) for the file format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Raft node id, at least 1; the node certificate's URI SAN must name it.
+    pub id: u64,
+    /// Address to bind (UDP). Port 0 picks a port on first start and keeps it afterwards (the
+    /// chosen address is stored in `data_dir/listen.addr`, since Raft membership records it).
+    pub listen: SocketAddr,
+    /// Where Raft's log and state, the bound address and the soft chips' nvram live.
+    pub data_dir: PathBuf,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// Chips, in pool order (chip 0 is where `cloudkey init` generates the domain key).
+    pub chips: Vec<ChipSpec>,
+    /// Raft timings.
+    pub raft: RaftSettings,
+    /// Limits and deadlines.
+    pub limits: Limits,
+    /// Login and PIN settings.
+    pub security: Security,
+}
+
+/// Paths of the node's TLS material (PEM).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// The cluster CA certificate.
+    pub ca: PathBuf,
+    /// This node's certificate (URI SAN `cloudkey://node/<id>`).
+    pub cert: PathBuf,
+    /// This node's private key.
+    pub key: PathBuf,
+}
+
+/// One chip of the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChipSpec {
+    /// An in-process software chip.
+    Soft {
+        /// Position among the node's soft chips (names its nvram file).
+        soft_index: usize,
+        /// Key slots.
+        slots: u32,
+        /// Simulated per-operation latency.
+        latency: Option<Duration>,
+        /// Key sealing the chip's nvram file (`data_dir/chip-soft-<soft_index>.nvram`); without
+        /// it the chip forgets its identity and domain when the node stops.
+        nvram_key_file: Option<PathBuf>,
+    },
+    /// A chip on a serial line.
+    Serial {
+        /// Device path.
+        path: String,
+        /// Line speed.
+        baud: u32,
+        /// Per-attempt command timeout, replacing the driver's per-command estimate.
+        timeout: Option<Duration>,
+        /// Transmissions of an idempotent command, the first included.
+        retries: u32,
+    },
+}
+
+/// Raft timings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftSettings {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Lower bound of the randomised election timeout.
+    pub election_min: Duration,
+    /// Upper bound of the randomised election timeout.
+    pub election_max: Duration,
+    /// Log entries between snapshots.
+    pub snapshot_logs: u64,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_min: Duration::from_millis(400),
+            election_max: Duration::from_millis(800),
+            snapshot_logs: 5000,
+        }
+    }
+}
+
+/// Limits: everything a client can make the node hold is bounded by one of these.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections (clients and peers) open at once; more are refused at the handshake.
+    pub max_connections: usize,
+    /// Concurrent request streams per client connection (the QUIC stream limit).
+    pub max_streams: u32,
+    /// Requests in progress on the whole node; beyond it requests are answered `Busy` at once.
+    pub max_inflight: usize,
+    /// Bound on one request, waiting included.
+    pub request_deadline: Duration,
+    /// Bound on administrative requests that wait for Raft membership changes (`Init`,
+    /// `AddNode`, `RemoveNode`).
+    pub admin_deadline: Duration,
+    /// Bound on waiting until the node has applied the client's `min_applied` index.
+    pub read_wait: Duration,
+    /// Jobs each chip's queue holds.
+    pub queue_depth: usize,
+    /// How long a job may wait for and in a chip queue before it fails `Busy`.
+    pub queue_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_streams: 1024,
+            max_inflight: 4096,
+            request_deadline: Duration::from_millis(5000),
+            admin_deadline: Duration::from_millis(90_000),
+            read_wait: Duration::from_millis(2000),
+            queue_depth: 256,
+            queue_timeout: Duration::from_millis(2000),
+        }
+    }
+}
+
+/// Login and PIN settings. `max_login_failures` and `session_ttl` are fixed cluster-wide by
+/// `cloudkey init` (from the configuration of the node that runs it); the argon2 parameters
+/// apply to PINs this node hashes (a stored hash carries its own parameters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Security {
+    /// Failed logins that lock a PIN.
+    pub max_login_failures: u32,
+    /// Lifetime of a session grant.
+    pub session_ttl: Duration,
+    /// argon2id memory cost, KiB.
+    pub argon2_memory_kib: u32,
+    /// argon2id iterations.
+    pub argon2_iterations: u32,
+    /// argon2id lanes.
+    pub argon2_parallelism: u32,
+    /// PIN hashes computed at once (each takes `argon2_memory_kib` of memory).
+    pub pin_hash_concurrency: usize,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Self {
+            max_login_failures: 5,
+            session_ttl: Duration::from_secs(3600),
+            argon2_memory_kib: 19_456,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            pin_hash_concurrency: 4,
+        }
+    }
+}
+
+/// What [`Config::prepare`] loads from disk.
+pub struct Prepared {
+    /// The node's TLS material, its certificate checked to name this node.
+    pub tls: cloudkey_protocol::tls::TlsMaterial,
+    /// The soft chips' nvram sealing key, when configured.
+    pub nvram_key: Option<SecretBytes>,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("nvram_key", &self.nvram_key.as_ref().map(|_| "[redacted]"))
+            .finish_non_exhaustive()
+    }
+}
+
+// ---- the file as written -------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    id: Option<u64>,
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    chips: Vec<RawChip>,
+    #[serde(default)]
+    raft: RawRaft,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    security: RawSecurity,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+/// One `[[chips]]` table. Flat, so that a field given for the wrong kind is reported by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawChip {
+    kind: Option<String>,
+    count: Option<u32>,
+    slots: Option<u32>,
+    latency_us: Option<u64>,
+    nvram_key_file: Option<PathBuf>,
+    path: Option<String>,
+    baud: Option<u32>,
+    timeout_ms: Option<u64>,
+    retries: Option<u32>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRaft {
+    heartbeat_ms: Option<u64>,
+    election_min_ms: Option<u64>,
+    election_max_ms: Option<u64>,
+    snapshot_logs: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<usize>,
+    max_streams: Option<u32>,
+    max_inflight: Option<usize>,
+    request_deadline_ms: Option<u64>,
+    admin_deadline_ms: Option<u64>,
+    read_wait_ms: Option<u64>,
+    queue_depth: Option<usize>,
+    queue_timeout_ms: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    max_login_failures: Option<u32>,
+    session_ttl_s: Option<u64>,
+    argon2_memory_kib: Option<u32>,
+    argon2_iterations: Option<u32>,
+    argon2_parallelism: Option<u32>,
+    pin_hash_concurrency: Option<usize>,
+}
+
+fn bad(msg: impl Into<String>) -> NodeError {
+    NodeError::Config(msg.into())
+}
+
+/// `value` if it lies in `range`, else an error naming `field`.
+fn in_range<T>(field: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(bad(format!(
+            "{field} = {value} is out of range ({}..={})",
+            range.start(),
+            range.end()
+        )))
+    }
+}
+
+fn millis(field: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<Duration> {
+    in_range(field, value, range).map(Duration::from_millis)
+}
+
+fn resolve(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+fn path_field(field: &str, p: Option<PathBuf>, base: &Path) -> Result<PathBuf> {
+    match p {
+        Some(p) if !p.as_os_str().is_empty() => Ok(resolve(base, p)),
+        Some(_) => Err(bad(format!("{field} must not be empty"))),
+        None => Err(bad(format!("{field} is missing"))),
+    }
+}
+
+/// One line for a TOML error: the message and where it is.
+fn toml_error(text: &str, e: &toml::de::Error) -> NodeError {
+    let message = e.message().trim().replace('\n', "; ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            bad(format!("line {line}, column {col}: {message}"))
+        }
+        None => bad(message),
+    }
+}
+
+impl Config {
+    /// Reads and parses the configuration file at `path`.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] with one line naming the file and the problem.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or_else(|| Path::new("."));
+        Self::parse(&text, base).map_err(|e| match e {
+            NodeError::Config(m) => bad(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates a configuration; relative paths are resolved against `base`. No
+    /// I/O.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] naming the first field in error.
+    pub fn parse(text: &str, base: &Path) -> Result<Self> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+
+        let id = raw.id.ok_or_else(|| bad("id is missing"))?;
+        if id == 0 {
+            return Err(bad("id must be at least 1"));
+        }
+        let listen_text = raw.listen.ok_or_else(|| bad("listen is missing"))?;
+        let listen: SocketAddr = listen_text.parse().map_err(|_| {
+            bad(format!(
+                "listen = {listen_text:?} is not an IP address and port (e.g. \"127.0.0.1:7301\")"
+            ))
+        })?;
+        let data_dir = path_field("data_dir", raw.data_dir, base)?;
+        let tls = raw.tls.ok_or_else(|| bad("[tls] is missing"))?;
+        let tls = TlsPaths {
+            ca: path_field("tls.ca", tls.ca, base)?,
+            cert: path_field("tls.cert", tls.cert, base)?,
+            key: path_field("tls.key", tls.key, base)?,
+        };
+        let chips = parse_chips(raw.chips, base)?;
+        let raft = parse_raft(raw.raft)?;
+        let limits = parse_limits(raw.limits)?;
+        let security = parse_security(raw.security)?;
+        Ok(Self {
+            id,
+            listen,
+            data_dir,
+            tls,
+            chips,
+            raft,
+            limits,
+            security,
+        })
+    }
+
+    /// Loads what the configuration names on disk and checks it: the TLS material (the
+    /// certificate must be a node certificate of this node's id) and the nvram key.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] with one line.
+    pub fn prepare(&self) -> Result<Prepared> {
+        use cloudkey_protocol::tls::{Role, TlsFiles, TlsMaterial};
+
+        let files = TlsFiles {
+            ca: self.tls.ca.clone(),
+            cert: self.tls.cert.clone(),
+            key: self.tls.key.clone(),
+        };
+        let tls = TlsMaterial::load(&files).map_err(|e| bad(format!("tls: {e}")))?;
+        match tls.identity() {
+            Ok(identity) => match identity.role {
+                Role::Node(n) if n == self.id => {}
+                Role::Node(n) => {
+                    return Err(bad(format!(
+                        "tls.cert {} is the certificate of node {n}, but id = {}",
+                        self.tls.cert.display(),
+                        self.id
+                    )))
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "tls.cert {} is not a node certificate (its identity is {})",
+                        self.tls.cert.display(),
+                        identity.name
+                    )))
+                }
+            },
+            Err(e) => return Err(bad(format!("tls.cert {}: {e}", self.tls.cert.display()))),
+        }
+        let nvram_key = self
+            .chips
+            .iter()
+            .find_map(|c| match c {
+                ChipSpec::Soft {
+                    nvram_key_file: Some(f),
+                    ..
+                } => Some(f),
+                _ => None,
+            })
+            .map(|f| read_nvram_key(f))
+            .transpose()?;
+        Ok(Prepared { tls, nvram_key })
+    }
+}
+
+fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
+    if raw.is_empty() {
+        return Err(bad("no [[chips]]: a node needs at least one chip"));
+    }
+    let mut chips = Vec::new();
+    let mut soft_index = 0usize;
+    let mut nvram_key: Option<PathBuf> = None;
+    for (i, c) in raw.into_iter().enumerate() {
+        let at = format!("chips[{i}]");
+        let kind = c
+            .kind
+            .as_deref()
+            .ok_or_else(|| bad(format!("{at}.kind is missing (\"soft\" or \"serial\")")))?;
+        let reject = |field: &str, given: bool| -> Result<()> {
+            if given {
+                Err(bad(format!(
+                    "{at}.{field} does not apply to kind = \"{kind}\""
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match kind {
+            "soft" => {
+                reject("path", c.path.is_some())?;
+                reject("baud", c.baud.is_some())?;
+                reject("timeout_ms", c.timeout_ms.is_some())?;
+                reject("retries", c.retries.is_some())?;
+                let count = in_range(
+                    &format!("{at}.count"),
+                    c.count.unwrap_or(1),
+                    1..=MAX_CHIPS as u32,
+                )?;
+                let slots = in_range(&format!("{at}.slots"), c.slots.unwrap_or(64), 1..=65_535)?;
+                let latency_us = in_range(
+                    &format!("{at}.latency_us"),
+                    c.latency_us.unwrap_or(0),
+                    0..=1_000_000,
+                )?;
+                let nvram_key_file = match c.nvram_key_file {
+                    Some(p) if p.as_os_str().is_empty() => {
+                        return Err(bad(format!("{at}.nvram_key_file must not be empty")))
+                    }
+                    Some(p) => Some(resolve(base, p)),
+                    None => None,
+                };
+                // One key seals every soft chip of the node: the node reads one key file.
+                if let Some(f) = &nvram_key_file {
+                    match &nvram_key {
+                        Some(first) if first != f => {
+                            return Err(bad(format!(
+                                "{at}.nvram_key_file differs from an earlier entry's; use one \
+                                 key file for all soft chips"
+                            )))
+                        }
+                        _ => nvram_key = Some(f.clone()),
+                    }
+                }
+                for _ in 0..count {
+                    chips.push(ChipSpec::Soft {
+                        soft_index,
+                        slots,
+                        latency: (latency_us > 0).then(|| Duration::from_micros(latency_us)),
+                        nvram_key_file: nvram_key_file.clone(),
+                    });
+                    soft_index += 1;
+                }
+            }
+            "serial" => {
+                reject("count", c.count.is_some())?;
+                reject("slots", c.slots.is_some())?;
+                reject("latency_us", c.latency_us.is_some())?;
+                reject("nvram_key_file", c.nvram_key_file.is_some())?;
+                let path = c
+                    .path
+                    .filter(|p| !p.is_empty())
+                    .ok_or_else(|| bad(format!("{at}.path is missing")))?;
+                let baud = in_range(
+                    &format!("{at}.baud"),
+                    c.baud.unwrap_or(cloudkey_chip::serial::DEFAULT_BAUD),
+                    50..=4_000_000,
+                )?;
+                let timeout = c
+                    .timeout_ms
+                    .map(|t| millis(&format!("{at}.timeout_ms"), t, 1..=60_000))
+                    .transpose()?;
+                let retries = in_range(
+                    &format!("{at}.retries"),
+                    c.retries.unwrap_or(cloudkey_chip::serial::DEFAULT_RETRIES),
+                    1..=10,
+                )?;
+                chips.push(ChipSpec::Serial {
+                    path,
+                    baud,
+                    timeout,
+                    retries,
+                });
+            }
+            other => {
+                return Err(bad(format!(
+                    "{at}.kind = {other:?} is unknown (\"soft\" or \"serial\")"
+                )))
+            }
+        }
+        if chips.len() > MAX_CHIPS {
+            return Err(bad(format!("more than {MAX_CHIPS} chips")));
+        }
+    }
+    Ok(chips)
+}
+
+fn parse_raft(r: RawRaft) -> Result<RaftSettings> {
+    let d = RaftSettings::default();
+    let heartbeat = r.heartbeat_ms.map_or(Ok(d.heartbeat), |v| {
+        millis("raft.heartbeat_ms", v, 10..=10_000)
+    })?;
+    let election_min = r.election_min_ms.map_or(Ok(d.election_min), |v| {
+        millis("raft.election_min_ms", v, 20..=60_000)
+    })?;
+    let election_max = r.election_max_ms.map_or(Ok(d.election_max), |v| {
+        millis("raft.election_max_ms", v, 20..=60_000)
+    })?;
+    // A follower must hear at least two heartbeats before it may start an election.
+    if election_min < heartbeat * 2 {
+        return Err(bad(format!(
+            "raft.election_min_ms ({}) must be at least twice raft.heartbeat_ms ({})",
+            election_min.as_millis(),
+            heartbeat.as_millis()
+        )));
+    }
+    if election_max <= election_min {
+        return Err(bad(format!(
+            "raft.election_max_ms ({}) must be greater than raft.election_min_ms ({})",
+            election_max.as_millis(),
+            election_min.as_millis()
+        )));
+    }
+    let snapshot_logs = in_range(
+        "raft.snapshot_logs",
+        r.snapshot_logs.unwrap_or(d.snapshot_logs),
+        10..=10_000_000,
+    )?;
+    Ok(RaftSettings {
+        heartbeat,
+        election_min,
+        election_max,
+        snapshot_logs,
+    })
+}
+
+fn parse_limits(r: RawLimits) -> Result<Limits> {
+    let d = Limits::default();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let max_connections = in_range(
+        "limits.max_connections",
+        r.max_connections.unwrap_or(d.max_connections),
+        1..=1_000_000,
+    )?;
+    let max_streams = in_range(
+        "limits.max_streams",
+        r.max_streams.unwrap_or(d.max_streams),
+        1..=65_535,
+    )?;
+    let max_inflight = in_range(
+        "limits.max_inflight",
+        r.max_inflight.unwrap_or(d.max_inflight),
+        // A tokio semaphore holds at most `usize::MAX >> 3` permits; far beyond any sane bound.
+        1..=1_000_000,
+    )?;
+    let request_deadline = millis(
+        "limits.request_deadline_ms",
+        r.request_deadline_ms.unwrap_or(ms(d.request_deadline)),
+        100..=600_000,
+    )?;
+    let admin_deadline = millis(
+        "limits.admin_deadline_ms",
+        r.admin_deadline_ms.unwrap_or(ms(d.admin_deadline)),
+        1_000..=3_600_000,
+    )?;
+    let read_wait = millis(
+        "limits.read_wait_ms",
+        r.read_wait_ms.unwrap_or(ms(d.read_wait)),
+        0..=600_000,
+    )?;
+    if read_wait >= request_deadline {
+        return Err(bad(format!(
+            "limits.read_wait_ms ({}) must be less than limits.request_deadline_ms ({})",
+            read_wait.as_millis(),
+            request_deadline.as_millis()
+        )));
+    }
+    let queue_depth = in_range(
+        "limits.queue_depth",
+        r.queue_depth.unwrap_or(d.queue_depth),
+        1..=100_000,
+    )?;
+    let queue_timeout = millis(
+        "limits.queue_timeout_ms",
+        r.queue_timeout_ms.unwrap_or(ms(d.queue_timeout)),
+        1..=600_000,
+    )?;
+    Ok(Limits {
+        max_connections,
+        max_streams,
+        max_inflight,
+        request_deadline,
+        admin_deadline,
+        read_wait,
+        queue_depth,
+        queue_timeout,
+    })
+}
+
+fn parse_security(r: RawSecurity) -> Result<Security> {
+    let d = Security::default();
+    let max_login_failures = in_range(
+        "security.max_login_failures",
+        r.max_login_failures.unwrap_or(d.max_login_failures),
+        1..=100,
+    )?;
+    let session_ttl = Duration::from_secs(in_range(
+        "security.session_ttl_s",
+        r.session_ttl_s.unwrap_or(d.session_ttl.as_secs()),
+        1..=7 * 24 * 3600,
+    )?);
+    let argon2_parallelism = in_range(
+        "security.argon2_parallelism",
+        r.argon2_parallelism.unwrap_or(d.argon2_parallelism),
+        1..=16,
+    )?;
+    let argon2_memory_kib = in_range(
+        "security.argon2_memory_kib",
+        r.argon2_memory_kib.unwrap_or(d.argon2_memory_kib),
+        // argon2 needs 8 KiB per lane; 1 GiB per hash is more than any PIN deserves.
+        8 * argon2_parallelism..=1 << 20,
+    )?;
+    let argon2_iterations = in_range(
+        "security.argon2_iterations",
+        r.argon2_iterations.unwrap_or(d.argon2_iterations),
+        1..=100,
+    )?;
+    let pin_hash_concurrency = in_range(
+        "security.pin_hash_concurrency",
+        r.pin_hash_concurrency.unwrap_or(d.pin_hash_concurrency),
+        1..=64,
+    )?;
+    argon2::Params::new(
+        argon2_memory_kib,
+        argon2_iterations,
+        argon2_parallelism,
+        None,
+    )
+    .map_err(|e| bad(format!("security.argon2_*: {e}")))?;
+    Ok(Security {
+        max_login_failures,
+        session_ttl,
+        argon2_memory_kib,
+        argon2_iterations,
+        argon2_parallelism,
+        pin_hash_concurrency,
+    })
+}
+
+/// Reads the nvram key: exactly 32 raw bytes, or 64 hex digits (surrounding whitespace
+/// ignored).
+fn read_nvram_key(path: &Path) -> Result<SecretBytes> {
+    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
+        bad(format!(
+            "cannot read nvram_key_file {}: {e}",
+            path.display()
+        ))
+    })?);
+    warn_if_exposed(path);
+    if bytes.len() == NVRAM_KEY_LEN {
+        return Ok(SecretBytes::new(bytes.to_vec()));
+    }
+    let text = std::str::from_utf8(&bytes).unwrap_or("").trim();
+    if text.len() == 2 * NVRAM_KEY_LEN {
+        if let Ok(key) = hex::decode(text) {
+            return Ok(SecretBytes::new(key));
+        }
+    }
+    Err(bad(format!(
+        "nvram_key_file {} must hold {NVRAM_KEY_LEN} raw bytes or {} hex digits",
+        path.display(),
+        2 * NVRAM_KEY_LEN
+    )))
+}
+
+/// A key file others can read is a configuration mistake worth a warning (not a refusal: the
+/// operator may protect the directory instead).
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                path = %path.display(),
+                mode = format!("{:o}", mode & 0o777),
+                "nvram key file is readable by group or others; chmod 600 it"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        id = 3
+        listen = "127.0.0.1:0"
+        data_dir = "data"
+        [tls]
+        ca = "/pki/ca.pem"
+        cert = "node-3.pem"
+        key = "node-3.key"
+        [[chips]]
+        kind = "soft"
+    "#;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/ck"))
+    }
+
+    fn err(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => panic!("accepted: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolved_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.id, 3);
+        assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(c.data_dir, PathBuf::from("/etc/ck/data"));
+        assert_eq!(c.tls.ca, PathBuf::from("/pki/ca.pem"));
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/ck/node-3.pem"));
+        assert_eq!(
+            c.chips,
+            vec![ChipSpec::Soft {
+                soft_index: 0,
+                slots: 64,
+                latency: None,
+                nvram_key_file: None
+            }]
+        );
+        assert_eq!(c.raft, RaftSettings::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.security, Security::default());
+    }
+
+    #[test]
+    fn full_config() {
+        let text = r#"
+            id = 1
+            listen = "[::1]:7301"
+            data_dir = "/var/lib/ck"
+            [tls]
+            ca = "/p/ca.pem"
+            cert = "/p/n.pem"
+            key = "/p/n.key"
+            [[chips]]
+            kind = "soft"
+            count = 2
+            slots = 8
+            latency_us = 250
+            nvram_key_file = "/p/nv.key"
+            [[chips]]
+            kind = "serial"
+            path = "/dev/pts/7"
+            baud = 9600
+            timeout_ms = 300
+            [raft]
+            heartbeat_ms = 50
+            election_min_ms = 150
+            election_max_ms = 300
+            snapshot_logs = 100
+            [limits]
+            max_streams = 16
+            max_inflight = 32
+            request_deadline_ms = 1000
+            read_wait_ms = 500
+            queue_depth = 4
+            queue_timeout_ms = 100
+            [security]
+            max_login_failures = 3
+            session_ttl_s = 60
+            argon2_memory_kib = 64
+            argon2_iterations = 1
+            argon2_parallelism = 1
+        "#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.chips.len(), 3);
+        assert_eq!(
+            c.chips[1],
+            ChipSpec::Soft {
+                soft_index: 1,
+                slots: 8,
+                latency: Some(Duration::from_micros(250)),
+                nvram_key_file: Some("/p/nv.key".into())
+            }
+        );
+        assert_eq!(
+            c.chips[2],
+            ChipSpec::Serial {
+                path: "/dev/pts/7".into(),
+                baud: 9600,
+                timeout: Some(Duration::from_millis(300)),
+                retries: cloudkey_chip::serial::DEFAULT_RETRIES
+            }
+        );
+        assert_eq!(c.raft.heartbeat, Duration::from_millis(50));
+        assert_eq!(c.limits.max_inflight, 32);
+        assert_eq!(c.security.session_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn errors_name_the_field_on_one_line() {
+        let cases: &[(&str, &str)] = &[
+            ("id = 3", "id = 0"),
+            ("listen = \"127.0.0.1:0\"", "listen = \"localhost:1\""),
+            ("kind = \"soft\"", "kind = \"magic\""),
+            ("kind = \"soft\"", "kind = \"soft\"\npath = \"/dev/x\""),
+            ("kind = \"soft\"", "kind = \"soft\"\ncount = 0"),
+            ("kind = \"soft\"", "kind = \"serial\""),
+            ("id = 3", "id = 3\nbogus = 1"),
+            ("id = 3", "id = \"three\""),
+        ];
+        let expect = [
+            "id must be at least 1",
+            "listen",
+            "chips[0].kind",
+            "chips[0].path does not apply",
+            "chips[0].count = 0",
+            "chips[0].path is missing",
+            "bogus",
+            "line 2",
+        ];
+        for ((from, to), want) in cases.iter().zip(expect) {
+            let e = err(&MINIMAL.replace(from, to));
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+            assert!(!e.contains('\n'), "{e:?} is one line");
+        }
+        assert!(err(&MINIMAL.replace("[[chips]]\n        kind = \"soft\"", "")).contains("chips"));
+        assert!(err(&format!("{MINIMAL}\n[raft]\nheartbeat_ms = 300")).contains("twice"));
+        assert!(err(&format!("{MINIMAL}\n[limits]\nread_wait_ms = 9000")).contains("read_wait"));
+        assert!(
+            err(&format!("{MINIMAL}\n[security]\nargon2_memory_kib = 4"))
+                .contains("argon2_memory_kib")
+        );
+    }
+}

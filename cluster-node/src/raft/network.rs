@@ -1,0 +1,766 @@
+//! Node-to-node traffic over QUIC with mutual TLS, ALPN `cloudkey-raft/1`: Raft RPCs, write
+//! forwarding, membership requests and domain key transfer.
+//!
+//! One request per bidirectional stream: a [`PeerRequest`] frame out, a [`PeerResponse`] frame
+//! back (both bounded by [`MAX_FRAME`]). Both ends insist on node certificates
+//! (`cloudkey://node/<id>`): the client checks the server's, and [`serve_peer`] closes any
+//! connection whose client certificate is not a node's.
+//!
+//! [`PeerNetwork`] keeps one connection per peer address. A connection is cloned out of the pool
+//! (the lock is never held across an `await`), and re-dialled only when it has failed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudkey_chip::pool::ChipPool;
+use cloudkey_chip::wire::Request as ChipRequest;
+use cloudkey_protocol::frame::{self, reset, FrameError, MAX_FRAME};
+use cloudkey_protocol::tls::{self, Role, TlsMaterial};
+use cloudkey_protocol::{WireError, ALPN_RAFT};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Timeout,
+    Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, RPCTypes};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use super::{RaftNode, TypeConfig};
+use crate::error::{NodeError, Result};
+use crate::state::CommandResult;
+
+/// Connections kept in the pool at most (peers are few; this bounds misuse).
+const MAX_POOLED: usize = 64;
+/// Streams one peer connection may have in service at once; more are refused as overloaded.
+const MAX_STREAMS_PER_PEER: usize = 256;
+/// QUIC application close code for a connection from a certificate that is not a node's.
+pub const CLOSE_FORBIDDEN: u32 = 0x403;
+/// How long a peer may take to send its request once it opened a stream (a snapshot chunk is
+/// 1 MiB at most), so idle streams cannot hold the per-connection permits.
+const REQUEST_READ_DEADLINE: Duration = Duration::from_secs(10);
+/// How long serving a domain export may take.
+const DOMAIN_EXPORT_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A request from one node to another.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Raft log replication and heartbeat.
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    /// Raft vote request.
+    Vote(openraft::raft::VoteRequest<u64>),
+    /// A chunk of a Raft snapshot.
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A write for the leader to commit. → [`PeerResponse::Written`].
+    Forward(crate::state::Command),
+    /// Add a node as a voter (leader only). → [`PeerResponse::Done`].
+    AddNode {
+        /// Node id.
+        id: u64,
+        /// Its QUIC address.
+        addr: String,
+    },
+    /// Remove a node (leader only). → [`PeerResponse::Done`].
+    RemoveNode {
+        /// Node id.
+        id: u64,
+    },
+    /// Export the domain key, encrypted to a joining chip's identity key.
+    /// → [`PeerResponse::DomainPackage`].
+    DomainExport {
+        /// The recipient chip's identity (public key encoding as the chip gives it).
+        #[serde(with = "serde_bytes")]
+        recipient_identity: Vec<u8>,
+    },
+}
+
+impl PeerRequest {
+    /// The request's name, for logs.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AppendEntries(_) => "append_entries",
+            Self::Vote(_) => "vote",
+            Self::InstallSnapshot(_) => "install_snapshot",
+            Self::Forward(_) => "forward",
+            Self::AddNode { .. } => "add_node",
+            Self::RemoveNode { .. } => "remove_node",
+            Self::DomainExport { .. } => "domain_export",
+        }
+    }
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// To [`PeerRequest::AppendEntries`].
+    AppendEntries(std::result::Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    /// To [`PeerRequest::Vote`].
+    Vote(std::result::Result<VoteResponse<u64>, RaftError<u64>>),
+    /// To [`PeerRequest::InstallSnapshot`].
+    InstallSnapshot(
+        std::result::Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>,
+    ),
+    /// To [`PeerRequest::Forward`]: the command's result and log index (applied on the leader).
+    Written {
+        /// What applying gave.
+        result: CommandResult,
+        /// The entry's log index.
+        index: u64,
+    },
+    /// To [`PeerRequest::AddNode`] and [`PeerRequest::RemoveNode`].
+    Done,
+    /// To [`PeerRequest::DomainExport`]: the package for the recipient chip.
+    DomainPackage(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The request failed.
+    Error(PeerError),
+}
+
+impl PeerResponse {
+    /// The response's name, for logs and errors.
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AppendEntries(_) => "append_entries",
+            Self::Vote(_) => "vote",
+            Self::InstallSnapshot(_) => "install_snapshot",
+            Self::Written { .. } => "written",
+            Self::Done => "done",
+            Self::DomainPackage(_) => "domain_package",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
+/// A failure as it crosses between nodes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The node is not the leader (and did not take the request).
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
+    /// A refusal with a wire error code.
+    #[error("{0}")]
+    Refused(WireError),
+    /// The node's Raft failed or is shutting down.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The operation did not complete in time; its outcome is unknown.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The node's chips failed.
+    #[error("chip: {0}")]
+    Chip(String),
+    /// The caller may not make this request.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// Anything else.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<&NodeError> for PeerError {
+    fn from(e: &NodeError) -> Self {
+        match e {
+            NodeError::NotLeader { leader } => Self::NotLeader {
+                leader: leader.clone(),
+            },
+            NodeError::Refused(w) => Self::Refused(w.clone()),
+            NodeError::Raft(s) => Self::Raft(s.clone()),
+            NodeError::Timeout(s) => Self::Timeout(s.clone()),
+            NodeError::Chip(c) => Self::Chip(c.to_string()),
+            NodeError::NotInitialized => Self::Raft("the cluster is not initialised".into()),
+            other => Self::Failed(other.to_string()),
+        }
+    }
+}
+
+impl From<PeerError> for NodeError {
+    fn from(e: PeerError) -> Self {
+        match e {
+            PeerError::NotLeader { leader } => NodeError::NotLeader { leader },
+            PeerError::Refused(w) => NodeError::Refused(w),
+            PeerError::Raft(s) => NodeError::Raft(s),
+            PeerError::Timeout(s) => NodeError::Timeout(s),
+            PeerError::Chip(s) => NodeError::Peer(format!("remote chip: {s}")),
+            PeerError::Forbidden(s) => NodeError::Peer(format!("forbidden: {s}")),
+            PeerError::Failed(s) => NodeError::Peer(s),
+        }
+    }
+}
+
+/// How a call failed, as far as the retry decision goes.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    /// Nothing was sent (no address, no connection, no stream): safe to retry.
+    Unreachable(String),
+    /// The request was sent (or partly sent) but no answer came: the outcome is unknown.
+    Failed(String),
+    /// The deadline passed (possibly after sending).
+    Timeout(Duration),
+    /// The request does not fit in a frame.
+    TooLarge,
+}
+
+impl CallError {
+    pub(crate) fn into_node_error(self, addr: &str) -> NodeError {
+        match self {
+            Self::Unreachable(e) => NodeError::Peer(format!("{addr} unreachable: {e}")),
+            Self::Failed(e) => NodeError::Peer(format!("{addr}: {e}")),
+            Self::Timeout(t) => NodeError::Timeout(format!("{addr} did not answer within {t:?}")),
+            Self::TooLarge => NodeError::Peer(format!("request to {addr} exceeds the frame bound")),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Self::Failed(e) => write!(f, "failed: {e}"),
+            Self::Timeout(t) => write!(f, "no answer within {t:?}"),
+            Self::TooLarge => f.write_str("request exceeds the frame bound"),
+        }
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// A pooled connection and the node its certificate names.
+#[derive(Clone)]
+struct Pooled {
+    conn: quinn::Connection,
+    node: u64,
+}
+
+struct NetInner {
+    endpoint: quinn::Endpoint,
+    client: quinn::ClientConfig,
+    pool: Mutex<HashMap<String, Pooled>>,
+}
+
+/// The client side of node-to-node traffic; openraft's [`RaftNetworkFactory`]. Cheap to clone.
+#[derive(Clone)]
+pub struct PeerNetwork {
+    inner: Arc<NetInner>,
+    /// This node's id, once [`RaftNode::start`] has set it (for openraft's timeout errors).
+    local: u64,
+}
+
+impl std::fmt::Debug for PeerNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pooled = self.inner.pool.lock().map_or(0, |p| p.len());
+        f.debug_struct("PeerNetwork")
+            .field("local", &self.local)
+            .field("pooled", &pooled)
+            .finish()
+    }
+}
+
+impl PeerNetwork {
+    /// A network over `endpoint` (the node's one QUIC endpoint, shared with its server), with
+    /// this node's certificate for client authentication.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] when the TLS material does not make a client configuration.
+    pub fn new(endpoint: quinn::Endpoint, tls: &TlsMaterial) -> Result<PeerNetwork> {
+        let client = tls::client_config(tls, ALPN_RAFT)
+            .map_err(|e| NodeError::Config(format!("peer TLS: {e}")))?;
+        Ok(PeerNetwork {
+            inner: Arc::new(NetInner {
+                endpoint,
+                client,
+                pool: Mutex::new(HashMap::new()),
+            }),
+            local: 0,
+        })
+    }
+
+    pub(crate) fn for_node(&self, id: u64) -> PeerNetwork {
+        PeerNetwork {
+            inner: self.inner.clone(),
+            local: id,
+        }
+    }
+
+    /// Sends `req` to the node at `addr` and waits (at most `timeout`) for its answer.
+    ///
+    /// # Errors
+    /// [`NodeError::Peer`] when the node cannot be reached or fails, [`NodeError::Timeout`]
+    /// when it does not answer in time. A [`PeerResponse::Error`] is a successful call.
+    pub async fn call(
+        &self,
+        addr: &str,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse> {
+        self.call_inner(addr, req, timeout)
+            .await
+            .map_err(|e| e.into_node_error(addr))
+    }
+
+    /// Closes every pooled connection.
+    pub(crate) fn close_all(&self) {
+        let drained: Vec<Pooled> = match self.inner.pool.lock() {
+            Ok(mut p) => p.drain().map(|(_, c)| c).collect(),
+            Err(_) => Vec::new(),
+        };
+        for p in drained {
+            p.conn.close(0u32.into(), b"shutdown");
+        }
+    }
+
+    pub(crate) async fn call_inner(
+        &self,
+        addr: &str,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> std::result::Result<PeerResponse, CallError> {
+        self.call_node(addr, None, &req, timeout).await
+    }
+
+    /// A call, optionally insisting that the peer's certificate names node `expect`.
+    async fn call_node(
+        &self,
+        addr: &str,
+        expect: Option<u64>,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> std::result::Result<PeerResponse, CallError> {
+        let bytes = match frame::encode(req) {
+            Ok(b) => b,
+            Err(FrameError::TooLarge(_)) => return Err(CallError::TooLarge),
+            Err(e) => return Err(CallError::Failed(e.to_string())),
+        };
+        match tokio::time::timeout(timeout, self.exchange(addr, expect, &bytes)).await {
+            Ok(res) => res,
+            Err(_) => Err(CallError::Timeout(timeout)),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        addr: &str,
+        expect: Option<u64>,
+        bytes: &[u8],
+    ) -> std::result::Result<PeerResponse, CallError> {
+        let (mut send, mut recv) = self.open_stream(addr, expect).await?;
+        send.write_all(bytes)
+            .await
+            .map_err(|e| CallError::Failed(format!("send: {e}")))?;
+        // The peer may already have answered and stopped reading: finishing then fails, harmlessly.
+        let _ = send.finish();
+        frame::read_frame::<PeerResponse>(&mut recv, MAX_FRAME)
+            .await
+            .map_err(|e| CallError::Failed(format!("answer: {e}")))
+    }
+
+    /// A new stream to `addr`, re-dialling once if the pooled connection has failed.
+    async fn open_stream(
+        &self,
+        addr: &str,
+        expect: Option<u64>,
+    ) -> std::result::Result<(quinn::SendStream, quinn::RecvStream), CallError> {
+        for attempt in 0..2 {
+            let pooled = self.connection(addr).await?;
+            if let Some(id) = expect {
+                if pooled.node != id {
+                    return Err(CallError::Unreachable(format!(
+                        "{addr} is node {}, not node {id}",
+                        pooled.node
+                    )));
+                }
+            }
+            match pooled.conn.open_bi().await {
+                Ok(streams) => return Ok(streams),
+                Err(e) => {
+                    self.evict(addr, &pooled.conn);
+                    if attempt == 1 {
+                        return Err(CallError::Unreachable(format!("open stream: {e}")));
+                    }
+                }
+            }
+        }
+        Err(CallError::Unreachable("no stream".into()))
+    }
+
+    fn evict(&self, addr: &str, conn: &quinn::Connection) {
+        if let Ok(mut pool) = self.inner.pool.lock() {
+            if pool
+                .get(addr)
+                .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
+            {
+                pool.remove(addr);
+            }
+        }
+    }
+
+    /// The pooled connection to `addr`, dialled if there is none or it has closed.
+    async fn connection(&self, addr: &str) -> std::result::Result<Pooled, CallError> {
+        let existing = self
+            .inner
+            .pool
+            .lock()
+            .ok()
+            .and_then(|p| p.get(addr).cloned());
+        if let Some(p) = existing {
+            if p.conn.close_reason().is_none() {
+                return Ok(p);
+            }
+            self.evict(addr, &p.conn);
+        }
+        let pooled = self.dial(addr).await?;
+        if let Ok(mut pool) = self.inner.pool.lock() {
+            if pool.len() >= MAX_POOLED {
+                pool.retain(|_, p| p.conn.close_reason().is_none());
+            }
+            if pool.len() < MAX_POOLED || pool.contains_key(addr) {
+                pool.insert(addr.to_string(), pooled.clone());
+            }
+        }
+        Ok(pooled)
+    }
+
+    async fn dial(&self, addr: &str) -> std::result::Result<Pooled, CallError> {
+        let sock: SocketAddr = match addr.parse() {
+            Ok(s) => s,
+            Err(_) => tokio::net::lookup_host(addr)
+                .await
+                .map_err(|e| CallError::Unreachable(format!("resolve {addr}: {e}")))?
+                .next()
+                .ok_or_else(|| CallError::Unreachable(format!("{addr} resolves to nothing")))?,
+        };
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(self.inner.client.clone(), sock, tls::SERVER_NAME)
+            .map_err(|e| CallError::Unreachable(format!("connect {addr}: {e}")))?;
+        let conn = connecting
+            .await
+            .map_err(|e| CallError::Unreachable(format!("connect {addr}: {e}")))?;
+        match tls::peer_identity(&conn) {
+            Ok(id) => match id.role {
+                Role::Node(node) => Ok(Pooled { conn, node }),
+                _ => {
+                    conn.close(CLOSE_FORBIDDEN.into(), b"not a node");
+                    Err(CallError::Unreachable(format!(
+                        "{addr} is {id}, not a node"
+                    )))
+                }
+            },
+            Err(e) => {
+                conn.close(CLOSE_FORBIDDEN.into(), b"no node identity");
+                Err(CallError::Unreachable(format!("{addr}: {e}")))
+            }
+        }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> PeerClient {
+        PeerClient {
+            net: self.clone(),
+            target,
+            addr: node.addr.clone(),
+        }
+    }
+}
+
+/// openraft's connection to one peer.
+pub struct PeerClient {
+    net: PeerNetwork,
+    target: u64,
+    addr: String,
+}
+
+type RpcResult<T, E = openraft::error::Infallible> =
+    std::result::Result<T, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+impl PeerClient {
+    async fn rpc(
+        &self,
+        req: PeerRequest,
+        action: RPCTypes,
+        option: &RPCOption,
+        entries: usize,
+    ) -> std::result::Result<PeerResponse, RPCError<u64, BasicNode, openraft::error::Infallible>>
+    {
+        let timeout = option.hard_ttl();
+        match self
+            .net
+            .call_node(&self.addr, Some(self.target), &req, timeout)
+            .await
+        {
+            Ok(resp) => Ok(resp),
+            Err(CallError::Unreachable(e)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))
+            }
+            Err(CallError::Failed(e)) => {
+                Err(RPCError::Network(NetworkError::new(&AnyError::error(e))))
+            }
+            Err(CallError::Timeout(t)) => Err(RPCError::Timeout(Timeout {
+                action,
+                id: self.net.local,
+                target: self.target,
+                timeout: t,
+            })),
+            Err(CallError::TooLarge) => Err(RPCError::PayloadTooLarge(
+                PayloadTooLarge::new_entries_hint((entries / 2).max(1) as u64),
+            )),
+        }
+    }
+
+    fn unexpected<E: std::error::Error>(
+        &self,
+        resp: &PeerResponse,
+    ) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+        let e = match resp {
+            PeerResponse::Error(e) => AnyError::error(format!("node {}: {e}", self.target)),
+            other => AnyError::error(format!(
+                "node {} answered {} to a raft request",
+                self.target,
+                other.kind()
+            )),
+        };
+        RPCError::Network(NetworkError::new(&e))
+    }
+}
+
+fn widen<E: std::error::Error>(
+    e: RPCError<u64, BasicNode, openraft::error::Infallible>,
+) -> RPCError<u64, BasicNode, RaftError<u64, E>> {
+    match e {
+        RPCError::Timeout(t) => RPCError::Timeout(t),
+        RPCError::Unreachable(u) => RPCError::Unreachable(u),
+        RPCError::PayloadTooLarge(p) => RPCError::PayloadTooLarge(p),
+        RPCError::Network(n) => RPCError::Network(n),
+        RPCError::RemoteError(r) => match r.source {},
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<u64>> {
+        let n = rpc.entries.len();
+        let resp = self
+            .rpc(
+                PeerRequest::AppendEntries(rpc),
+                RPCTypes::AppendEntries,
+                &option,
+                n,
+            )
+            .await
+            .map_err(widen)?;
+        match resp {
+            PeerResponse::AppendEntries(Ok(r)) => Ok(r),
+            PeerResponse::AppendEntries(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<u64>, InstallSnapshotError> {
+        let resp = self
+            .rpc(
+                PeerRequest::InstallSnapshot(rpc),
+                RPCTypes::InstallSnapshot,
+                &option,
+                1,
+            )
+            .await
+            .map_err(widen)?;
+        match resp {
+            PeerResponse::InstallSnapshot(Ok(r)) => Ok(r),
+            PeerResponse::InstallSnapshot(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<u64>> {
+        let resp = self
+            .rpc(PeerRequest::Vote(rpc), RPCTypes::Vote, &option, 0)
+            .await
+            .map_err(widen)?;
+        match resp {
+            PeerResponse::Vote(Ok(r)) => Ok(r),
+            PeerResponse::Vote(Err(e)) => {
+                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            other => Err(self.unexpected(&other)),
+        }
+    }
+
+    fn backoff(&self) -> openraft::network::Backoff {
+        // A dead peer is retried every 200 ms: quick to rejoin, cheap while it is gone.
+        openraft::network::Backoff::new(std::iter::repeat(Duration::from_millis(200)))
+    }
+}
+
+/// What [`serve_peer`] needs.
+#[derive(Clone, Debug)]
+pub struct PeerContext {
+    /// The local Raft node.
+    pub raft: RaftNode,
+    /// The local chips (for domain export).
+    pub pool: Arc<ChipPool>,
+}
+
+/// Serves one incoming `cloudkey-raft/1` connection until it closes: checks that the client
+/// certificate is a node's (else closes the connection with [`CLOSE_FORBIDDEN`]), then serves
+/// each bidirectional stream in its own task, at most [`MAX_STREAMS_PER_PEER`] at once.
+pub async fn serve_peer(conn: quinn::Connection, ctx: PeerContext) {
+    let peer = match tls::peer_identity(&conn) {
+        Ok(id) => match id.role {
+            Role::Node(n) => n,
+            _ => {
+                tracing::warn!(remote = %conn.remote_address(), peer = %id, "peer connection from a non-node certificate");
+                conn.close(CLOSE_FORBIDDEN.into(), b"node certificate required");
+                return;
+            }
+        },
+        Err(e) => {
+            tracing::warn!(remote = %conn.remote_address(), "peer connection without a node identity: {e}");
+            conn.close(CLOSE_FORBIDDEN.into(), b"node certificate required");
+            return;
+        }
+    };
+    let span = tracing::info_span!("peer", node = ctx.raft.id(), peer);
+    accept_streams(peer, conn, ctx).instrument(span).await;
+}
+
+async fn accept_streams(peer: u64, conn: quinn::Connection, ctx: PeerContext) {
+    let limit = Arc::new(Semaphore::new(MAX_STREAMS_PER_PEER));
+    loop {
+        let (mut send, mut recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(peer, "peer connection ended: {e}");
+                return;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            let _ = send.reset(reset::OVERLOADED.into());
+            let _ = recv.stop(reset::OVERLOADED.into());
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(
+            async move {
+                let _permit = permit;
+                serve_stream(peer, &ctx, send, recv).await;
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+async fn serve_stream(
+    peer: u64,
+    ctx: &PeerContext,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let read = frame::read_frame::<PeerRequest>(&mut recv, MAX_FRAME);
+    let req = match tokio::time::timeout(REQUEST_READ_DEADLINE, read).await {
+        Ok(Ok(r)) => r,
+        Err(_) => {
+            tracing::debug!(peer, "peer request not received in time");
+            let _ = recv.stop(reset::MALFORMED.into());
+            let _ = send.reset(reset::MALFORMED.into());
+            return;
+        }
+        Ok(Err(e)) => {
+            let code = match e {
+                FrameError::TooLarge(_) => reset::FRAME_TOO_LARGE,
+                _ => reset::MALFORMED,
+            };
+            tracing::debug!(peer, "bad peer request: {e}");
+            let _ = send.reset(code.into());
+            return;
+        }
+    };
+    let kind = req.kind();
+    let resp = dispatch(peer, ctx, req).await;
+    if let Err(e) = frame::write_frame(&mut send, &resp).await {
+        tracing::debug!(peer, kind, "cannot answer a peer request: {e}");
+        return;
+    }
+    let _ = send.finish();
+}
+
+/// The node id a Raft vote names, if any.
+fn voter(vote: &openraft::Vote<u64>) -> Option<u64> {
+    vote.leader_id().voted_for()
+}
+
+async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerResponse {
+    let raft = ctx.raft.raft();
+    let impersonation = |claimed: Option<u64>| {
+        PeerResponse::Error(PeerError::Forbidden(format!(
+            "node {peer} may not speak for node {claimed:?}"
+        )))
+    };
+    match req {
+        // A node may only campaign and lead as itself.
+        PeerRequest::AppendEntries(rpc) => {
+            if voter(&rpc.vote) != Some(peer) {
+                return impersonation(voter(&rpc.vote));
+            }
+            PeerResponse::AppendEntries(raft.append_entries(rpc).await)
+        }
+        PeerRequest::Vote(rpc) => {
+            if voter(&rpc.vote) != Some(peer) {
+                return impersonation(voter(&rpc.vote));
+            }
+            PeerResponse::Vote(raft.vote(rpc).await)
+        }
+        PeerRequest::InstallSnapshot(rpc) => {
+            if voter(&rpc.vote) != Some(peer) {
+                return impersonation(voter(&rpc.vote));
+            }
+            PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
+        }
+        req @ (PeerRequest::Forward(_)
+        | PeerRequest::AddNode { .. }
+        | PeerRequest::RemoveNode { .. }) => ctx.raft.serve_forwarded(req).await,
+        PeerRequest::DomainExport { recipient_identity } => {
+            tracing::info!(peer, "domain export requested");
+            let call = ctx
+                .pool
+                .call(ChipRequest::DomainExport(recipient_identity), &[]);
+            match tokio::time::timeout(DOMAIN_EXPORT_DEADLINE, call).await {
+                Ok(Ok(resp)) => match resp.into_bytes() {
+                    Ok(package) => PeerResponse::DomainPackage(package),
+                    Err(e) => PeerResponse::Error(PeerError::Chip(e.to_string())),
+                },
+                Ok(Err(e)) => PeerResponse::Error(PeerError::Chip(e.to_string())),
+                Err(_) => PeerResponse::Error(PeerError::Timeout("domain export".into())),
+            }
+        }
+    }
+}

@@ -1,0 +1,259 @@
+//! What requests do. The handler verifies a request's session grant, turns it into a
+//! [`Session`], and calls one function of these modules per request variant:
+//!
+//! * [`objects`]: the PKCS#11 object model (PKCS#11 3.0 base specification, §4): create, copy,
+//!   destroy, find, get and set attributes, with the spec's defaults, read-only and one-way
+//!   attributes, sensitivity and the visibility rules of public, user and SO sessions.
+//! * [`keys`]: key generation, signing, verification, encryption, key wrapping, unwrapping, ECDH
+//!   derivation and randomness, all done by chips through the [`ChipPool`]. The node itself only
+//!   hashes (for hash-and-sign mechanisms) and parses public keys.
+//! * [`mechanism`]: which `CKM_*` numbers the cluster supports and how each maps onto a chip
+//!   mechanism; the vendor SM2/SM3/SM4 numbers (from [`cloudkey_protocol::vendor`]).
+//!
+//! Writes go through a [`Replicator`] (Raft in the node, an in-memory applier in tests) and are
+//! acknowledged only once committed; reads and key use are served from the applied [`State`].
+//!
+//! # Where security attributes are enforced
+//! Every key use is checked twice: first by the node against the object's *replicated record*
+//! (class, key type, `CKA_SIGN`/`CKA_DECRYPT`/..., `CKA_EXTRACTABLE`, `CKA_ALLOWED_MECHANISMS`,
+//! `CKA_WRAP_WITH_TRUSTED`), then by the chip against the usage flags sealed into the key's blob.
+//! A blob's flags cannot change after the chip sealed them, so the node allows only those
+//! attribute changes that *narrow* what a key may do (a usage flag true → false,
+//! `CKA_EXTRACTABLE` true → false, `CKA_SENSITIVE` false → true): the record is then stricter than
+//! the blob, and the node-side check, which always runs first, enforces it. Widening a usage
+//! flag is refused with `CKR_ATTRIBUTE_READ_ONLY`, because the chip would refuse the use anyway.
+
+pub mod admin;
+pub mod keys;
+pub mod login;
+pub mod mechanism;
+pub mod objects;
+
+use std::sync::Arc;
+
+use cloudkey_chip::pool::ChipPool;
+use cloudkey_chip::ChipError;
+use cloudkey_protocol::msg::{TokenId, UserType};
+use cloudkey_protocol::ErrorCode;
+use futures::future::BoxFuture;
+
+use crate::state::{Command, CommandResult, State};
+use crate::{NodeError, Result};
+
+/// The write path: commits a [`Command`] to the replicated log and applies it.
+///
+/// In the node this is Raft (a follower forwards to the leader); in tests an in-memory applier.
+pub trait Replicator: Send + Sync + 'static {
+    /// Commits `cmd` and returns what applying it gave and its log index. Resolves only once
+    /// the command is committed and applied on this node.
+    ///
+    /// # Errors
+    /// [`NodeError::NotLeader`], [`NodeError::Raft`], [`NodeError::Timeout`] when the command
+    /// could not be committed.
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(CommandResult, u64)>>;
+}
+
+/// What the services work with.
+pub struct Ctx {
+    /// The applied replicated state.
+    pub state: Arc<State>,
+    /// This node's chips.
+    pub pool: Arc<ChipPool>,
+    /// The write path.
+    pub replicator: Arc<dyn Replicator>,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("applied", &self.state.applied())
+            .field("chips", &self.pool.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Who a request acts as, after the handler verified the session grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    /// The token the session is open on.
+    pub token: TokenId,
+    /// The logged-in user; `None` for a public session (not logged in).
+    pub user: Option<UserType>,
+}
+
+impl Session {
+    /// A public session (not logged in) on `token`.
+    #[must_use]
+    pub fn public(token: TokenId) -> Self {
+        Self { token, user: None }
+    }
+
+    /// A session logged in as the normal user.
+    #[must_use]
+    pub fn user(token: TokenId) -> Self {
+        Self {
+            token,
+            user: Some(UserType::User),
+        }
+    }
+
+    /// A session logged in as the security officer.
+    #[must_use]
+    pub fn so(token: TokenId) -> Self {
+        Self {
+            token,
+            user: Some(UserType::So),
+        }
+    }
+
+    /// True when logged in as the normal user: only then are private objects visible
+    /// (PKCS#11 3.0 §4.4: the SO has no access to private objects).
+    #[must_use]
+    pub fn is_user(&self) -> bool {
+        self.user == Some(UserType::User)
+    }
+}
+
+/// The wire code for a chip error. `handler.rs` uses this for [`NodeError::Chip`], so chip
+/// failures map to PKCS#11 codes in one place.
+#[must_use]
+pub fn chip_error_code(e: &ChipError) -> ErrorCode {
+    match e {
+        ChipError::Busy(_) => ErrorCode::Busy,
+        ChipError::MechanismInvalid(_) => ErrorCode::MechanismInvalid,
+        ChipError::KeyTypeInconsistent(_) => ErrorCode::KeyTypeInconsistent,
+        ChipError::KeySizeRange(_) => ErrorCode::KeySizeRange,
+        ChipError::KeyFunctionNotPermitted(_) => ErrorCode::KeyFunctionNotPermitted,
+        ChipError::KeyNotExtractable(_) => ErrorCode::KeyUnextractable,
+        ChipError::KeyInvalid(_) => ErrorCode::AttributeValueInvalid,
+        ChipError::DataLenRange(_) => ErrorCode::DataLenRange,
+        ChipError::DataInvalid(_) => ErrorCode::DataInvalid,
+        ChipError::EncryptedDataInvalid => ErrorCode::EncryptedDataInvalid,
+        ChipError::WrappedKeyInvalid => ErrorCode::WrappedKeyInvalid,
+        ChipError::SignatureInvalid => ErrorCode::SignatureInvalid,
+        // The chip or its transport failed, or a blob does not fit this cluster's domain: the
+        // request was fine, the device was not.
+        ChipError::KeyNotLoaded(_)
+        | ChipError::SlotsFull(_)
+        | ChipError::NoDomain
+        | ChipError::DomainAlreadySet
+        | ChipError::WrongDomain { .. }
+        | ChipError::BlobInvalid(_)
+        | ChipError::BlobAuthFailed
+        | ChipError::DomainPackageInvalid(_)
+        | ChipError::SelfTestFailed(_)
+        | ChipError::Timeout { .. }
+        | ChipError::DeviceLost(_)
+        | ChipError::Protocol(_)
+        | ChipError::Internal(_) => ErrorCode::DeviceError,
+        // A variant added to the chip crate later: a device condition until mapped here.
+        _ => ErrorCode::DeviceError,
+    }
+}
+
+/// Commits `cmd` and turns a refusal by the state into a [`NodeError::Refused`].
+///
+/// # Errors
+/// The replicator's error, or the refusal with the code the state gave.
+pub(crate) async fn commit(ctx: &Ctx, cmd: Command) -> Result<u64> {
+    let (result, index) = ctx.replicator.write(cmd).await?;
+    match result {
+        CommandResult::Refused { code, detail } => {
+            Err(NodeError::refuse(ErrorCode::from(code), detail))
+        }
+        _ => Ok(index),
+    }
+}
+
+/// In-process fixtures for the service tests: a chip pool of software chips sharing one domain,
+/// a [`State`], and a [`Replicator`] that applies commands directly.
+#[cfg(test)]
+pub(crate) mod testkit {
+    use std::sync::Mutex;
+
+    use cloudkey_chip::pool::PoolConfig;
+    use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
+    use cloudkey_chip::Chip;
+
+    use super::*;
+    use crate::state::{ClusterInfo, PinHash};
+
+    /// Applies every command at once, in order, to a [`State`].
+    pub struct MemReplicator {
+        state: Arc<State>,
+        next: Mutex<u64>,
+    }
+
+    impl Replicator for MemReplicator {
+        fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(CommandResult, u64)>> {
+            let applied = self
+                .next
+                .lock()
+                .map(|mut next| {
+                    *next += 1;
+                    (self.state.apply(*next, &cmd), *next)
+                })
+                .map_err(|_| NodeError::Internal("replicator lock poisoned".into()));
+            Box::pin(async move { applied })
+        }
+    }
+
+    /// A context with two software chips, an initialised cluster and two tokens.
+    pub struct Fixture {
+        pub ctx: Ctx,
+        pub t1: TokenId,
+        pub t2: TokenId,
+    }
+
+    pub fn fixture() -> Fixture {
+        let chips: Vec<Arc<SoftChip>> = (0..2)
+            .map(|_| Arc::new(SoftChip::new(SoftChipConfig::default()).expect("soft chip")))
+            .collect();
+        let domain = chips[0].domain_generate().expect("domain");
+        let package = chips[0]
+            .domain_export(&chips[1].info().expect("info").identity_key)
+            .expect("export");
+        chips[1].domain_import(&package).expect("import");
+        let pool = ChipPool::new(
+            chips.iter().map(|c| c.clone() as Arc<dyn Chip>).collect(),
+            PoolConfig::default(),
+        )
+        .expect("pool");
+        let state = Arc::new(State::new());
+        let replicator = MemReplicator {
+            state: state.clone(),
+            next: Mutex::new(0),
+        };
+        let write = |cmd| {
+            let mut next = replicator.next.lock().expect("lock");
+            *next += 1;
+            state.apply(*next, &cmd)
+        };
+        write(Command::Init(ClusterInfo {
+            domain_kcv: domain.kcv,
+            session_secret_blob: Vec::new(),
+            max_failures: 3,
+            session_ttl_ms: 60_000,
+        }));
+        let mut tokens = Vec::new();
+        for label in ["t1", "t2"] {
+            match write(Command::CreateToken {
+                label: label.into(),
+                so_pin: PinHash("so".into()),
+                user_pin: Some(PinHash("user".into())),
+            }) {
+                CommandResult::Token(t) => tokens.push(t),
+                other => panic!("create token: {other:?}"),
+            }
+        }
+        Fixture {
+            ctx: Ctx {
+                state,
+                pool: Arc::new(pool),
+                replicator: Arc::new(replicator),
+            },
+            t1: tokens[0],
+            t2: tokens[1],
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! Encryption and decryption (PKCS#11 3.0 §5.8, §5.9), the dual-function updates (§5.13)
+//! and the message-based functions of 3.0 (§5.10, §5.11), which are not supported.
+#![deny(unsafe_code)]
+
+use std::ffi::c_void;
+
+use cryptoki_sys::{
+    CK_BYTE, CK_FLAGS, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG,
+};
+
+use super::ptr::{self, OutBuf};
+use crate::error::Ckr;
+use crate::module;
+use crate::ops::Kind;
+
+pub(super) fn init(
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> Result<(), Ckr> {
+    let m = module::get()?;
+    m.op_init(h, kind, ptr::mechanism(mech), key)
+}
+
+pub(super) fn single(
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    let m = module::get()?;
+    let out = OutBuf::new(out, out_len)?;
+    let data = ptr::in_bytes(data, len)?;
+    out.deliver(m.crypt(h, kind, data, out.capacity())?)
+}
+
+pub(super) fn update(
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    part: *mut CK_BYTE,
+    len: CK_ULONG,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    let m = module::get()?;
+    if out_len.is_null() {
+        return Err(Ckr::ARGUMENTS_BAD);
+    }
+    m.op_update(h, kind, ptr::in_bytes(part, len)?)?;
+    // Parts are buffered and processed at the final call: no output yet.
+    ptr::out_value(out_len, 0)
+}
+
+pub(super) fn last(
+    h: CK_SESSION_HANDLE,
+    kind: Kind,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    let m = module::get()?;
+    let out = OutBuf::new(out, out_len)?;
+    out.deliver(m.crypt_final(h, kind, out.capacity())?)
+}
+
+ck_fn!(
+    /// §5.8 C_EncryptInit.
+    C_EncryptInit = encrypt_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+);
+pub(super) fn encrypt_init(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> Result<(), Ckr> {
+    init(h, Kind::Encrypt, mech, key)
+}
+
+ck_fn!(
+    /// §5.8 C_Encrypt.
+    C_Encrypt = encrypt(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+pub(super) fn encrypt(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    single(h, Kind::Encrypt, data, len, out, out_len)
+}
+
+ck_fn!(
+    /// §5.8 C_EncryptUpdate (buffers; output comes at `C_EncryptFinal`).
+    C_EncryptUpdate = encrypt_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+pub(super) fn encrypt_update(
+    h: CK_SESSION_HANDLE,
+    part: *mut CK_BYTE,
+    len: CK_ULONG,
+    _out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    update(h, Kind::Encrypt, part, len, out_len)
+}
+
+ck_fn!(
+    /// §5.8 C_EncryptFinal.
+    C_EncryptFinal = encrypt_final(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+pub(super) fn encrypt_final(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    last(h, Kind::Encrypt, out, out_len)
+}
+
+ck_fn!(
+    /// §5.9 C_DecryptInit.
+    C_DecryptInit = decrypt_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+);
+pub(super) fn decrypt_init(
+    h: CK_SESSION_HANDLE,
+    mech: *mut CK_MECHANISM,
+    key: CK_OBJECT_HANDLE,
+) -> Result<(), Ckr> {
+    init(h, Kind::Decrypt, mech, key)
+}
+
+ck_fn!(
+    /// §5.9 C_Decrypt.
+    C_Decrypt = decrypt(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+pub(super) fn decrypt(
+    h: CK_SESSION_HANDLE,
+    data: *mut CK_BYTE,
+    len: CK_ULONG,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    single(h, Kind::Decrypt, data, len, out, out_len)
+}
+
+ck_fn!(
+    /// §5.9 C_DecryptUpdate (buffers; output comes at `C_DecryptFinal`).
+    C_DecryptUpdate = decrypt_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+pub(super) fn decrypt_update(
+    h: CK_SESSION_HANDLE,
+    part: *mut CK_BYTE,
+    len: CK_ULONG,
+    _out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    update(h, Kind::Decrypt, part, len, out_len)
+}
+
+ck_fn!(
+    /// §5.9 C_DecryptFinal.
+    C_DecryptFinal = decrypt_final(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+pub(super) fn decrypt_final(
+    h: CK_SESSION_HANDLE,
+    out: *mut CK_BYTE,
+    out_len: *mut CK_ULONG,
+) -> Result<(), Ckr> {
+    last(h, Kind::Decrypt, out, out_len)
+}
+
+ck_fn!(
+    /// §5.13 C_DigestEncryptUpdate: not supported.
+    C_DigestEncryptUpdate => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+ck_fn!(
+    /// §5.13 C_DecryptDigestUpdate: not supported.
+    C_DecryptDigestUpdate => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+ck_fn!(
+    /// §5.13 C_SignEncryptUpdate: not supported.
+    C_SignEncryptUpdate => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+ck_fn!(
+    /// §5.13 C_DecryptVerifyUpdate: not supported.
+    C_DecryptVerifyUpdate => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+
+ck_fn!(
+    /// §5.10 C_MessageEncryptInit: message-based encryption is not supported.
+    C_MessageEncryptInit => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+);
+ck_fn!(
+    /// §5.10 C_EncryptMessage: not supported.
+    C_EncryptMessage => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, param: *mut c_void, param_len: CK_ULONG, aad: *mut CK_BYTE, aad_len: CK_ULONG,
+     data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+ck_fn!(
+    /// §5.10 C_EncryptMessageBegin: not supported.
+    C_EncryptMessageBegin => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, param: *mut c_void, param_len: CK_ULONG, aad: *mut CK_BYTE, aad_len: CK_ULONG)
+);
+ck_fn!(
+    /// §5.10 C_EncryptMessageNext: not supported.
+    C_EncryptMessageNext => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, param: *mut c_void, param_len: CK_ULONG, data: *mut CK_BYTE, len: CK_ULONG,
+     out: *mut CK_BYTE, out_len: *mut CK_ULONG, flags: CK_FLAGS)
+);
+ck_fn!(
+    /// §5.10 C_MessageEncryptFinal: not supported.
+    C_MessageEncryptFinal => Ckr::FUNCTION_NOT_SUPPORTED; (h: CK_SESSION_HANDLE)
+);
+ck_fn!(
+    /// §5.11 C_MessageDecryptInit: message-based decryption is not supported.
+    C_MessageDecryptInit => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+);
+ck_fn!(
+    /// §5.11 C_DecryptMessage: not supported.
+    C_DecryptMessage => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, param: *mut c_void, param_len: CK_ULONG, aad: *mut CK_BYTE, aad_len: CK_ULONG,
+     data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+);
+ck_fn!(
+    /// §5.11 C_DecryptMessageBegin: not supported.
+    C_DecryptMessageBegin => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, param: *mut c_void, param_len: CK_ULONG, aad: *mut CK_BYTE, aad_len: CK_ULONG)
+);
+ck_fn!(
+    /// §5.11 C_DecryptMessageNext: not supported.
+    C_DecryptMessageNext => Ckr::FUNCTION_NOT_SUPPORTED;
+    (h: CK_SESSION_HANDLE, param: *mut c_void, param_len: CK_ULONG, data: *mut CK_BYTE, len: CK_ULONG,
+     out: *mut CK_BYTE, out_len: *mut CK_ULONG, flags: CK_FLAGS)
+);
+ck_fn!(
+    /// §5.11 C_MessageDecryptFinal: not supported.
+    C_MessageDecryptFinal => Ckr::FUNCTION_NOT_SUPPORTED; (h: CK_SESSION_HANDLE)
+);
