@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit, property, known-answer, serial (real ptys and emulator
-# processes), pool, raft storage, and multi-process cluster tests. Needs the `openssl` 3 CLI (independent verification of signatures);
-# .ci/run installs it on a bare Debian 12 machine.
+# processes), pool, raft storage, and multi-process cluster tests, PKCS#11 clients included.
+# Needs the `openssl` 3 CLI (independent verification of signatures) and, for the PKCS#11
+# client tests, pkcs11-tool, p11tool, OpenSSL's libp11 engine and a C compiler; .ci/run
+# installs them on a bare Debian 12 machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v openssl >/dev/null 2>&1; then
-  echo "scripts/test.sh: the openssl CLI is missing (Debian: apt-get install openssl)" >&2
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v pkcs11-tool >/dev/null 2>&1 || missing+=(opensc)
+command -v p11tool >/dev/null 2>&1 || missing+=(gnutls-bin)
+engines=$(openssl version -e 2>/dev/null | sed -n 's/^ENGINESDIR: "\(.*\)"$/\1/p' || true)
+[ -n "$engines" ] && [ -e "$engines/pkcs11.so" ] || missing+=(libengine-pkcs11-openssl)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "scripts/test.sh: missing tools (Debian: apt-get install ${missing[*]})" >&2
   exit 1
 fi
 # The integration tests (tests/, crate cloudkey-tests) start the real `cloudkey-node` and

@@ -18,15 +18,25 @@
 //!   arithmetic, because `sm2::dsa::SigningKey` and `sm2::pke::DecryptingKey` neither zeroize
 //!   their scalar on drop nor accept a non-UTF-8 user id; the chip's SM2 key keeps `d` and
 //!   `(1 + d)^-1` (precomputed once per load, which makes signing faster) and zeroizes both.
+//! * **RustCrypto** `rsa` for the RSA PKCS#1 v1.5 input aws-lc-rs cannot sign or verify:
+//!   [`SignMech::RsaPkcs1`] (PKCS#11 `CKM_RSA_PKCS`) signs any input of at most `k - 11` bytes
+//!   (`k` the modulus length), but aws-lc-rs signs only a digest of a hash it knows. A DER
+//!   `DigestInfo` of SHA-256/384/512 is signed by aws-lc-rs (about four times faster at 2048 bits);
+//!   everything else — a SHA-1 or other `DigestInfo`, the TLS 1.0/1.1 `MD5 || SHA-1` value,
+//!   arbitrary data — by `rsa`'s unprefixed PKCS#1 v1.5, blinded with the aws-lc-rs random
+//!   generator. PKCS#1 v1.5 signatures are deterministic, so both give the same bytes for the
+//!   same input. The `rsa` form of a key is parsed from its PKCS#8 on first use only and
+//!   zeroizes on drop. Verification likewise: aws-lc-rs for `DigestInfo`s of SHA-1/256/384/512,
+//!   `rsa` for any other input.
 //!
 //! # Limits of this chip (documented, enforced with clear errors)
 //!
 //! * AES-GCM: the aws-lc-rs AEAD API takes 96-bit nonces and full 128-bit tags only, so
 //!   [`CipherMech::AesGcm`] needs a 12-byte `iv` and `tag_bits == 128`; anything else is
 //!   [`ChipError::MechanismInvalid`].
-//! * RSA signatures with SHA-1 (PKCS#1 v1.5 `DigestInfo` of SHA-1, or PSS with SHA-1): aws-lc-rs
-//!   offers no SHA-1 signing encoding, so signing is [`ChipError::MechanismInvalid`];
-//!   *verifying* a PKCS#1 v1.5 SHA-1 signature is supported (legacy).
+//! * RSA-PSS with SHA-1: aws-lc-rs offers no SHA-1 PSS encoding, so signing and verifying are
+//!   [`ChipError::MechanismInvalid`]. (PKCS#1 v1.5 has no such limit: see above.)
+//! * RSA PKCS#1 v1.5 input longer than `k - 11` bytes is [`ChipError::DataLenRange`].
 //! * AES key wrap (KW and KWP) with an AES-192 wrapping key: aws-lc-rs supports 128- and
 //!   256-bit key-encryption keys only ([`ChipError::MechanismInvalid`]).
 //!
@@ -59,7 +69,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::Duration;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
@@ -78,6 +88,10 @@ use aws_lc_rs::rsa;
 use aws_lc_rs::signature::{
     self, EcdsaKeyPair, KeyPair as _, ParsedPublicKey, RsaPublicKeyComponents,
 };
+// `rsa` alone is aws-lc-rs's module here; `::rsa` is the RustCrypto crate.
+use ::rsa::pkcs8::DecodePrivateKey as _;
+use ::rsa::traits::SignatureScheme as _;
+use ::rsa::{BoxedUint, Pkcs1v15Sign};
 use cbc::cipher::block_padding::{NoPadding, Pkcs7};
 use cbc::cipher::{BlockCipherEncrypt, BlockModeDecrypt, BlockModeEncrypt, KeyInit, KeyIvInit};
 use sm2::dsa::signature::hazmat::PrehashVerifier;
@@ -912,6 +926,10 @@ impl TryCryptoRng for AwsLcRng {}
 /// An RSA key pair, parsed once at load time.
 struct RsaKey {
     signing: rsa::KeyPair,
+    /// The same key for the RustCrypto `rsa` crate, which signs the PKCS#1 v1.5 inputs that
+    /// aws-lc-rs cannot (anything but a SHA-256/384/512 `DigestInfo`). Parsed from the key's
+    /// PKCS#8 on first use only; `::rsa::RsaPrivateKey` zeroizes its integers on drop.
+    raw: OnceLock<::rsa::RsaPrivateKey>,
     /// Built when the key may `DECRYPT` or `UNWRAP`.
     oaep: Option<rsa::OaepPrivateDecryptingKey>,
     n: Vec<u8>,
@@ -943,25 +961,51 @@ impl RsaKey {
         };
         Ok(Self {
             signing,
+            raw: OnceLock::new(),
             oaep,
             n,
             e,
         })
     }
 
+    /// RSASSA-PKCS1-v1_5 signature (EMSA-PKCS1-v1_5 type-1 padding) of `data` as it is, which
+    /// may be at most `k - 11` bytes (PKCS#11 `CKM_RSA_PKCS`). A DER `DigestInfo` of SHA-256,
+    /// SHA-384 or SHA-512 is signed by aws-lc-rs, every other input (other `DigestInfo`s such
+    /// as SHA-1's, the TLS 1.0/1.1 `MD5 || SHA-1` value, any data) by the RustCrypto `rsa`
+    /// crate, blinded with the aws-lc-rs random generator. Both give the same (deterministic)
+    /// signature for the same input.
     fn sign_pkcs1(&self, data: &[u8]) -> Result<Vec<u8>> {
-        let (hash, digest) = parse_digest_info(data)?;
-        let encoding: &'static signature::RsaSignatureEncoding = match hash {
-            HashAlg::Sha256 => &signature::RSA_PKCS1_SHA256,
-            HashAlg::Sha384 => &signature::RSA_PKCS1_SHA384,
-            HashAlg::Sha512 => &signature::RSA_PKCS1_SHA512,
-            HashAlg::Sha1 | HashAlg::Sm3 => {
-                return Err(ChipError::MechanismInvalid(
-                    "RSA PKCS#1 v1.5 signing with SHA-1 is not supported by this chip".into(),
-                ))
-            }
-        };
-        self.sign_digest(encoding, hash, digest)
+        check_pkcs1_len(self.signing.public_modulus_len(), data)?;
+        let known = parse_digest_info(data)
+            .and_then(|(hash, digest)| Some((pkcs1_sign_encoding(hash)?, hash, digest)));
+        match known {
+            Some((encoding, hash, digest)) => self.sign_digest(encoding, hash, digest),
+            None => self.sign_pkcs1_raw(data),
+        }
+    }
+
+    /// The `rsa` crate's unprefixed PKCS#1 v1.5 signature: `data` is the `T` of EMSA-PKCS1-v1_5.
+    fn sign_pkcs1_raw(&self, data: &[u8]) -> Result<Vec<u8>> {
+        Pkcs1v15Sign::new_unprefixed()
+            .sign(Some(&mut AwsLcRng), self.raw_key()?, data)
+            .map_err(|e| ChipError::Internal(format!("RSA PKCS#1 v1.5 signing failed: {e}")))
+    }
+
+    /// The key for the `rsa` crate, parsed on first use from the PKCS#8 the blob holds.
+    fn raw_key(&self) -> Result<&::rsa::RsaPrivateKey> {
+        if let Some(key) = self.raw.get() {
+            return Ok(key);
+        }
+        // `Pkcs8V1Der` zeroizes its buffer on drop.
+        let pkcs8 = self
+            .signing
+            .as_der()
+            .map_err(|_| internal("cannot serialise an RSA private key"))?;
+        let key = ::rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref()).map_err(|e| {
+            ChipError::Internal(format!("the RSA key is unusable for raw PKCS#1 v1.5: {e}"))
+        })?;
+        // Another thread may have won the race: then `key` is dropped (and zeroized) here.
+        Ok(self.raw.get_or_init(|| key))
     }
 
     fn sign_pss(&self, hash: HashAlg, data: &[u8]) -> Result<Vec<u8>> {
@@ -1046,7 +1090,9 @@ fn import_digest(hash: HashAlg, data: &[u8]) -> Result<digest::Digest> {
         .map_err(|_| internal("cannot import a digest"))
 }
 
-/// The DER `DigestInfo` prefixes (RFC 8017, 9.2, note 1) the chip accepts.
+/// The DER `DigestInfo` prefixes (RFC 8017, 9.2, note 1) that the aws-lc-rs PKCS#1 v1.5 paths
+/// know (signing: SHA-256/384/512; verification: also SHA-1). Other `CKM_RSA_PKCS` input goes
+/// to the RustCrypto `rsa` crate.
 const DIGEST_INFOS: [(HashAlg, &[u8]); 4] = [
     (
         HashAlg::Sha1,
@@ -1078,19 +1124,64 @@ const DIGEST_INFOS: [(HashAlg, &[u8]); 4] = [
     ),
 ];
 
-/// Splits a DER `DigestInfo` into its hash and digest.
-fn parse_digest_info(data: &[u8]) -> Result<(HashAlg, &[u8])> {
+/// Splits a DER `DigestInfo` of SHA-1/256/384/512 into its hash and digest; `None` for any
+/// other input.
+fn parse_digest_info(data: &[u8]) -> Option<(HashAlg, &[u8])> {
     DIGEST_INFOS
         .iter()
         .find(|(hash, prefix)| {
             data.len() == prefix.len() + hash.output_len() && data.starts_with(prefix)
         })
         .map(|(hash, prefix)| (*hash, &data[prefix.len()..]))
-        .ok_or_else(|| {
-            ChipError::DataInvalid(
-                "not a DER DigestInfo of SHA-1, SHA-256, SHA-384 or SHA-512".into(),
-            )
-        })
+}
+
+/// The aws-lc-rs PKCS#1 v1.5 signing encoding for `hash`, if there is one.
+fn pkcs1_sign_encoding(hash: HashAlg) -> Option<&'static signature::RsaSignatureEncoding> {
+    match hash {
+        HashAlg::Sha256 => Some(&signature::RSA_PKCS1_SHA256),
+        HashAlg::Sha384 => Some(&signature::RSA_PKCS1_SHA384),
+        HashAlg::Sha512 => Some(&signature::RSA_PKCS1_SHA512),
+        HashAlg::Sha1 | HashAlg::Sm3 => None,
+    }
+}
+
+/// EMSA-PKCS1-v1_5 needs at least 11 bytes of padding: `k - 11` bytes of input at most, with a
+/// `k`-byte modulus (RFC 8017, 9.2, step 3).
+fn check_pkcs1_len(k: usize, data: &[u8]) -> Result<()> {
+    let max = k.saturating_sub(11);
+    if data.len() > max {
+        return Err(ChipError::DataLenRange(format!(
+            "RSA PKCS#1 v1.5 with this key signs at most {max} bytes, not {}",
+            data.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A big-endian integer without its leading zero bytes.
+fn strip_leading_zeros(n: &[u8]) -> &[u8] {
+    let zeros = n.iter().take_while(|&&b| b == 0).count();
+    &n[zeros..]
+}
+
+/// Verifies an unprefixed PKCS#1 v1.5 signature (`data` is the `T` of EMSA-PKCS1-v1_5) with the
+/// RustCrypto `rsa` crate, under the same key-size policy as the aws-lc-rs verification
+/// (`RSA_PKCS1_2048_8192_*`).
+fn rsa_verify_pkcs1_raw(n: &[u8], e: &[u8], data: &[u8], sig: &[u8]) -> Result<()> {
+    let n = strip_leading_zeros(n);
+    if !(2048..=8192).contains(&modulus_bits(n)) {
+        return Err(ChipError::DataInvalid("not a usable RSA public key".into()));
+    }
+    if sig.len() != n.len() {
+        return Err(ChipError::SignatureInvalid);
+    }
+    let key = ::rsa::RsaPublicKey::new(
+        BoxedUint::from_be_slice_vartime(n),
+        BoxedUint::from_be_slice_vartime(e),
+    )
+    .map_err(|_| ChipError::DataInvalid("not a usable RSA public key".into()))?;
+    key.verify(Pkcs1v15Sign::new_unprefixed(), data, sig)
+        .map_err(|_| ChipError::SignatureInvalid)
 }
 
 fn oaep_alg(hash: HashAlg) -> Result<&'static rsa::OaepAlgorithm> {
@@ -1144,7 +1235,10 @@ fn rsa_encrypt_oaep(
 fn rsa_verify(n: &[u8], e: &[u8], mech: &SignMech, data: &[u8], sig: &[u8]) -> Result<()> {
     let (params, hash, digest): (&'static signature::RsaParameters, HashAlg, &[u8]) = match mech {
         SignMech::RsaPkcs1 => {
-            let (hash, digest) = parse_digest_info(data)?;
+            check_pkcs1_len(strip_leading_zeros(n).len(), data)?;
+            let Some((hash, digest)) = parse_digest_info(data) else {
+                return rsa_verify_pkcs1_raw(n, e, data, sig);
+            };
             let params: &'static signature::RsaParameters = match hash {
                 HashAlg::Sha1 => &signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
                 HashAlg::Sha256 => &signature::RSA_PKCS1_2048_8192_SHA256,
@@ -2426,13 +2520,42 @@ mod tests {
         let mut di = DIGEST_INFOS[1].1.to_vec();
         di.extend_from_slice(&[0xAA; 32]);
         assert_eq!(
-            parse_digest_info(&di).unwrap(),
-            (HashAlg::Sha256, &[0xAA; 32][..])
+            parse_digest_info(&di),
+            Some((HashAlg::Sha256, &[0xAA; 32][..]))
         );
         di.push(0);
+        assert_eq!(parse_digest_info(&di), None);
+    }
+
+    #[test]
+    fn rsa_pkcs1_paths_agree() {
+        // The same input through both PKCS#1 v1.5 implementations: aws-lc-rs (what a SHA-2
+        // DigestInfo normally takes) and the `rsa` crate (everything else) sign alike, and each
+        // verifier accepts the other's signature.
+        let pair = rsa::KeyPair::generate(rsa::KeySize::Rsa2048).unwrap();
+        let key = RsaKey::parse(pair.as_der().unwrap().as_ref(), 2048, KeyUsage::SIGN).unwrap();
+        assert!(
+            key.raw.get().is_none(),
+            "the rsa form is parsed on first use only"
+        );
+        for (hash, prefix) in &DIGEST_INFOS[1..] {
+            let mut di = prefix.to_vec();
+            di.extend((0..hash.output_len()).map(|i| i as u8));
+            let aws = key.sign_pkcs1(&di).unwrap();
+            let raw = key.sign_pkcs1_raw(&di).unwrap();
+            assert_eq!(aws, raw, "{hash:?}");
+            rsa_verify_pkcs1_raw(&key.n, &key.e, &di, &aws).unwrap();
+            rsa_verify(&key.n, &key.e, &SignMech::RsaPkcs1, &di, &raw).unwrap();
+        }
+        assert!(key.raw.get().is_some());
+        // Leading zeros of a caller's modulus do not matter.
+        let mut n0 = vec![0];
+        n0.extend_from_slice(&key.n);
+        let sig = key.sign_pkcs1(b"raw").unwrap();
+        rsa_verify(&n0, &key.e, &SignMech::RsaPkcs1, b"raw", &sig).unwrap();
         assert!(matches!(
-            parse_digest_info(&di),
-            Err(ChipError::DataInvalid(_))
+            key.sign_pkcs1(&[0; 256 - 10]),
+            Err(ChipError::DataLenRange(_))
         ));
     }
 

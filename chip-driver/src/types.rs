@@ -385,8 +385,11 @@ pub enum SignMech {
     /// 32 bytes are truncated to their leftmost 256 bits, as ECDSA specifies. Signature `r || s`,
     /// 64 bytes.
     Ecdsa,
-    /// RSA PKCS#1 v1.5 over a DER `DigestInfo` (PKCS#11 `CKM_RSA_PKCS` as used for signing).
-    /// The chip accepts DigestInfos of SHA-1/256/384/512.
+    /// RSA PKCS#1 v1.5 (PKCS#11 `CKM_RSA_PKCS`): EMSA-PKCS1-v1_5 type-1 padding of `data` as
+    /// it is, no hashing, no `DigestInfo` added. `data` is usually a DER `DigestInfo` (of any
+    /// hash, SHA-1 included) or the TLS 1.0/1.1 `MD5 || SHA-1` value, but may be any bytes, at
+    /// most `k - 11` of them for a `k`-byte modulus (else
+    /// [`ChipError::DataLenRange`](crate::ChipError::DataLenRange)). Signature modulus-sized.
     RsaPkcs1,
     /// RSA-PSS over a caller-computed digest of `hash`, MGF1 with the same hash, salt length equal
     /// to the digest length (PKCS#11 `CKM_RSA_PKCS_PSS`).

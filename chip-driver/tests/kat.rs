@@ -1,6 +1,7 @@
 //! Known-answer tests of the software chip against published vectors, and interoperability
 //! with independent implementations: RustCrypto `p256` for ECDSA, aws-lc-rs used directly for
-//! ECDH and key wrap, and the `openssl` 3 command line for RSA, SM2 and HMAC-SM3.
+//! ECDH and key wrap, RustCrypto `rsa` against the chip's aws-lc-rs PKCS#1 v1.5 signatures, and
+//! the `openssl` 3 command line for RSA, SM2 and HMAC-SM3.
 //!
 //! The OpenSSL tests skip (with a message on stderr) only when no `openssl` binary is on the
 //! PATH; CI installs it.
@@ -898,7 +899,8 @@ fn rsa_2048_pkcs1_and_pss_signatures_verify_with_openssl() {
         chip.verify(&public, &pss_mech, &sha256(b"other"), &pss),
         Err(ChipError::SignatureInvalid)
     );
-    // SHA-384/512 DigestInfos are accepted; SHA-1 signing is not available; garbage is refused.
+    // SHA-384/512 DigestInfos are signed too (any other input: see
+    // `rsa_pkcs1_signs_any_input_like_openssl`).
     for (prefix, len) in [
         ("3041300d060960864801650304020205000430", 48),
         ("3051300d060960864801650304020305000440", 64),
@@ -909,16 +911,6 @@ fn rsa_2048_pkcs1_and_pss_signatures_verify_with_openssl() {
         chip.verify(&public, &SignMech::RsaPkcs1, &di, &sig)
             .unwrap();
     }
-    let mut sha1 = h("3021300906052b0e03021a05000414");
-    sha1.extend([0u8; 20]);
-    assert!(matches!(
-        chip.sign(id, &SignMech::RsaPkcs1, &sha1),
-        Err(ChipError::MechanismInvalid(_))
-    ));
-    assert!(matches!(
-        chip.sign(id, &SignMech::RsaPkcs1, &digest),
-        Err(ChipError::DataInvalid(_))
-    ));
     assert!(matches!(
         chip.sign(id, &pss_mech, &digest[..31]),
         Err(ChipError::DataLenRange(_))
@@ -982,6 +974,263 @@ fn rsa_2048_pkcs1_and_pss_signatures_verify_with_openssl() {
             "-signature",
             "pss.sig",
             "msg"
+        ],
+    ));
+}
+
+/// PKCS#11 `CKM_RSA_PKCS` signs any input of at most k - 11 bytes with EMSA-PKCS1-v1_5 type-1
+/// padding: DigestInfos of any hash (SHA-1 here), the TLS 1.0/1.1 `MD5 || SHA-1` value,
+/// arbitrary data. The chip's signatures are checked against OpenSSL's (same bytes: PKCS#1 v1.5
+/// is deterministic) and verified by `openssl pkeyutl -verify` as raw PKCS#1 v1.5.
+#[test]
+fn rsa_pkcs1_signs_any_input_like_openssl() {
+    use rsa::pkcs8::DecodePrivateKey as _;
+
+    // An RSA key made outside the chip, so that OpenSSL and the `rsa` crate can sign too.
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let pkcs8 = pair.as_der().unwrap();
+    let chip = chip();
+    let (id, new) = import(
+        &chip,
+        KeySpec::RSA_2048,
+        KeyUsage::SIGN | KeyUsage::VERIFY,
+        pkcs8.as_ref(),
+    );
+    let Some(PublicKey::Rsa { n, e }) = new.public.clone() else {
+        panic!("RSA public key")
+    };
+    assert_eq!(n.len(), 256);
+    let public = KeyRef::Public(new.public.clone().unwrap());
+    let loaded = KeyRef::Loaded(id);
+
+    let msg = b"abc";
+    let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, msg);
+    let mut sha1_info = h("3021300906052b0e03021a05000414");
+    sha1_info.extend_from_slice(sha1.as_ref());
+    // TLS 1.0/1.1: MD5("abc") || SHA-1("abc") (RFC 1321 A.5, FIPS 180 examples).
+    let md5_sha1 = h("900150983cd24fb0d6963f7d28e17f72 a9993e364706816aba3e25717850c26c9cd0d89d");
+    assert_eq!(&md5_sha1[16..], sha1.as_ref());
+    let arbitrary: Vec<u8> = (0..100u8).map(|i| i.wrapping_mul(37) ^ 0x5c).collect();
+    let longest = vec![0xa5; 256 - 11];
+    let inputs: [(&str, &[u8]); 5] = [
+        ("sha1_info", &sha1_info),
+        ("md5_sha1", &md5_sha1),
+        ("arbitrary", &arbitrary),
+        ("longest", &longest),
+        ("empty", &[]),
+    ];
+
+    let mut sigs = Vec::new();
+    for (name, data) in inputs {
+        let sig = chip.sign(id, &SignMech::RsaPkcs1, data).unwrap();
+        assert_eq!(sig.len(), 256, "{name}");
+        // Blinded, yet deterministic.
+        assert_eq!(
+            chip.sign(id, &SignMech::RsaPkcs1, data).unwrap(),
+            sig,
+            "{name}"
+        );
+        chip.verify(&public, &SignMech::RsaPkcs1, data, &sig)
+            .unwrap();
+        chip.verify(&loaded, &SignMech::RsaPkcs1, data, &sig)
+            .unwrap();
+        let mut other = data.to_vec();
+        match other.first_mut() {
+            Some(b) => *b ^= 1,
+            None => other.push(0),
+        }
+        assert_eq!(
+            chip.verify(&public, &SignMech::RsaPkcs1, &other, &sig),
+            Err(ChipError::SignatureInvalid),
+            "{name}"
+        );
+        let mut bad = sig.clone();
+        bad[100] ^= 1;
+        assert_eq!(
+            chip.verify(&public, &SignMech::RsaPkcs1, data, &bad),
+            Err(ChipError::SignatureInvalid),
+            "{name}"
+        );
+        assert_eq!(
+            chip.verify(&public, &SignMech::RsaPkcs1, data, &sig[1..]),
+            Err(ChipError::SignatureInvalid),
+            "{name}"
+        );
+        sigs.push((name, data, sig));
+    }
+    // The SHA-1 DigestInfo signature is the ordinary SHA-1 PKCS#1 v1.5 signature of the message.
+    RsaPublicKeyComponents {
+        n: &n[..],
+        e: &e[..],
+    }
+    .verify(
+        &aws_lc_rs::signature::RSA_PKCS1_2048_8192_SHA1_FOR_LEGACY_USE_ONLY,
+        msg,
+        &sigs[0].2,
+    )
+    .expect("aws-lc-rs verifies the SHA-1 signature");
+
+    // The two implementations agree: a SHA-256 DigestInfo is signed by aws-lc-rs inside the chip;
+    // the RustCrypto `rsa` crate (the chip's path for all other input), given the same input
+    // unprefixed, yields the same bytes. And with SHA-384/512 DigestInfos.
+    let rc = rsa::RsaPrivateKey::from_pkcs8_der(pkcs8.as_ref()).unwrap();
+    for (prefix, alg) in [
+        (
+            "3031300d060960864801650304020105000420",
+            &aws_lc_rs::digest::SHA256,
+        ),
+        (
+            "3041300d060960864801650304020205000430",
+            &aws_lc_rs::digest::SHA384,
+        ),
+        (
+            "3051300d060960864801650304020305000440",
+            &aws_lc_rs::digest::SHA512,
+        ),
+    ] {
+        let mut di = h(prefix);
+        di.extend_from_slice(aws_lc_rs::digest::digest(alg, msg).as_ref());
+        let chip_sig = chip.sign(id, &SignMech::RsaPkcs1, &di).unwrap();
+        let rc_sig = rc.sign(rsa::Pkcs1v15Sign::new_unprefixed(), &di).unwrap();
+        assert_eq!(chip_sig, rc_sig, "aws-lc-rs and rsa agree on {alg:?}");
+    }
+    // Every signature of the first loop also verifies with the `rsa` crate used directly.
+    let rc_public = rsa::RsaPublicKey::from(&rc);
+    for (name, data, sig) in &sigs {
+        rc_public
+            .verify(rsa::Pkcs1v15Sign::new_unprefixed(), data, sig)
+            .unwrap_or_else(|err| panic!("{name}: {err}"));
+    }
+
+    // Longer than k - 11: DATA_LEN_RANGE, signing and verifying.
+    let too_long = vec![0xa5; 256 - 10];
+    assert!(matches!(
+        chip.sign(id, &SignMech::RsaPkcs1, &too_long),
+        Err(ChipError::DataLenRange(_))
+    ));
+    assert!(matches!(
+        chip.verify(&public, &SignMech::RsaPkcs1, &too_long, &sigs[0].2),
+        Err(ChipError::DataLenRange(_))
+    ));
+
+    if !have_openssl("rsa_pkcs1_signs_any_input_like_openssl (OpenSSL part)") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write_pem(d, "rsakey", pkcs8.as_ref(), false);
+    let spki = RsaPublicKeyComponents {
+        n: &n[..],
+        e: &e[..],
+    }
+    .as_der()
+    .unwrap();
+    write_pem(d, "rsapub", spki.as_ref(), true);
+    for (name, data, sig) in &sigs {
+        if data.is_empty() {
+            continue; // `openssl pkeyutl` reads no empty input
+        }
+        let data_file = format!("{name}.in");
+        let sig_file = format!("{name}.sig");
+        std::fs::write(d.join(&data_file), data).unwrap();
+        std::fs::write(d.join(&sig_file), sig).unwrap();
+        // No digest: raw PKCS#1 v1.5 type 1 over the input as it is. (`pkeyutl -sign` and
+        // `-verify` take at most 64 bytes of input, "too long to be a hash", so the longer inputs
+        // are checked by `-verifyrecover` alone: it checks the type-1 padding and returns what
+        // was padded, and since RSA is a permutation that also pins the signature's bytes.)
+        if data.len() <= 64 {
+            let theirs = openssl(
+                d,
+                &[
+                    "pkeyutl",
+                    "-sign",
+                    "-inkey",
+                    "rsakey.pem",
+                    "-in",
+                    &data_file,
+                ],
+            );
+            assert_eq!(&theirs, sig, "{name}: the chip and OpenSSL sign alike");
+            let out = openssl(
+                d,
+                &[
+                    "pkeyutl",
+                    "-verify",
+                    "-pubin",
+                    "-inkey",
+                    "rsapub.pem",
+                    "-in",
+                    &data_file,
+                    "-sigfile",
+                    &sig_file,
+                ],
+            );
+            assert!(
+                String::from_utf8_lossy(&out).contains("Signature Verified Successfully"),
+                "{name}"
+            );
+        }
+        let recovered = openssl(
+            d,
+            &[
+                "pkeyutl",
+                "-verifyrecover",
+                "-pubin",
+                "-inkey",
+                "rsapub.pem",
+                "-in",
+                &sig_file,
+            ],
+        );
+        assert_eq!(&recovered, data, "{name}: the padded input is the input");
+    }
+    // The SHA-1 DigestInfo signature, as OpenSSL's SHA-1 signatures see it: over the digest with
+    // `-pkeyopt digest:sha1`, and over the message with `dgst -sha1`.
+    std::fs::write(d.join("sha1.bin"), sha1.as_ref()).unwrap();
+    std::fs::write(d.join("msg"), msg).unwrap();
+    let out = openssl(
+        d,
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "rsapub.pem",
+            "-pkeyopt",
+            "digest:sha1",
+            "-in",
+            "sha1.bin",
+            "-sigfile",
+            "sha1_info.sig",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out).contains("Signature Verified Successfully"));
+    let out = openssl(
+        d,
+        &[
+            "dgst",
+            "-sha1",
+            "-verify",
+            "rsapub.pem",
+            "-signature",
+            "sha1_info.sig",
+            "msg",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out).contains("Verified OK"));
+    // OpenSSL refuses a signature over other data.
+    assert!(openssl_fails(
+        d,
+        &[
+            "pkeyutl",
+            "-verify",
+            "-pubin",
+            "-inkey",
+            "rsapub.pem",
+            "-in",
+            "sha1_info.in",
+            "-sigfile",
+            "md5_sha1.sig",
         ],
     ));
 }

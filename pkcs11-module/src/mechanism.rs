@@ -79,8 +79,8 @@ impl Hash {
 /// How the module feeds a signature mechanism.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SignKind {
-    /// The data is the input itself (`CKM_ECDSA`: a digest; `CKM_RSA_PKCS`: a `DigestInfo`):
-    /// single-part only.
+    /// The data is the input itself (`CKM_ECDSA`: a digest; `CKM_RSA_PKCS`: the bytes to pad,
+    /// usually a `DigestInfo`): single-part only.
     Raw,
     /// Hash-and-sign: the module hashes (in one part or many) and sends the digest.
     Hashed(Hash),
@@ -447,12 +447,16 @@ pub(crate) fn spec_of(wire: u64) -> Option<&'static Spec> {
 }
 
 impl Spec {
-    /// `CK_MECHANISM_INFO`.
+    /// `CK_MECHANISM_INFO`. `CKF_HW` ("performed by the device") is set for every mechanism
+    /// the cluster's chips perform, and not for the digests the module computes itself.
+    /// Applications rely on it: `pkcs11-tool` picks signing mechanisms (`--sign` without
+    /// `-m`, `--test`) only among those with `CKF_HW` unless given `--allow-sw`.
     pub(crate) fn info(&self) -> CK_MECHANISM_INFO {
+        let hw = if self.digest.is_some() { 0 } else { ck::CKF_HW };
         CK_MECHANISM_INFO {
             ulMinKeySize: self.min,
             ulMaxKeySize: self.max,
-            flags: self.flags,
+            flags: self.flags | hw,
         }
     }
 
@@ -786,6 +790,11 @@ mod tests {
         let ec = spec_of(ck::CKM_EC_KEY_PAIR_GEN).unwrap().info();
         assert_eq!((ec.ulMinKeySize, ec.ulMaxKeySize), (256, 256));
         assert_ne!(ec.flags & ck::CKF_EC_NAMEDCURVE, 0);
+        assert_ne!(ec.flags & ck::CKF_HW, 0);
+        assert_eq!(
+            spec_of(ck::CKM_SHA256).unwrap().info().flags,
+            ck::CKF_DIGEST
+        );
         assert_eq!(
             spec_of(ck::CKM_ECDSA).unwrap().signature_len(None),
             Some(64)

@@ -73,6 +73,15 @@ pub(crate) fn get() -> Result<Arc<Module>, Ckr> {
 /// functions all NULL or all set; given mutex functions need `CKF_OS_LOCKING_OK`, since the
 /// module only uses OS locking; the module must be allowed to create threads.
 ///
+/// `CKF_LIBRARY_CANT_CREATE_OS_THREADS` together with `CKF_OS_LOCKING_OK` is accepted (the
+/// module then creates its threads all the same): GnuTLS 3.7.9 as Debian 12 ships it
+/// (`3.7.9-2+deb12u7`, and upstream from its commit aa5f15a8 until f6680ada) passes exactly
+/// these two flags to ask for a thread-safe module, and treats `CKR_NEED_TO_CREATE_THREADS`
+/// as fatal instead of initialising again without arguments, so that `p11tool` and every
+/// GnuTLS application could not load the module at all. An application that allows the
+/// module the operating system's locking has native threads; one that forbids threads
+/// without allowing OS locking still gets `CKR_NEED_TO_CREATE_THREADS`.
+///
 /// # Errors
 /// `CKR_ARGUMENTS_BAD`, `CKR_CANT_LOCK`, `CKR_NEED_TO_CREATE_THREADS`.
 pub(crate) fn check_init_args(a: &CK_C_INITIALIZE_ARGS) -> Result<(), Ckr> {
@@ -92,7 +101,9 @@ pub(crate) fn check_init_args(a: &CK_C_INITIALIZE_ARGS) -> Result<(), Ckr> {
     if n == 4 && a.flags & cryptoki_sys::CKF_OS_LOCKING_OK == 0 {
         return Err(Ckr::CANT_LOCK);
     }
-    if a.flags & cryptoki_sys::CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0 {
+    if a.flags & cryptoki_sys::CKF_LIBRARY_CANT_CREATE_OS_THREADS != 0
+        && a.flags & cryptoki_sys::CKF_OS_LOCKING_OK == 0
+    {
         return Err(Ckr::NEED_TO_CREATE_THREADS);
     }
     Ok(())

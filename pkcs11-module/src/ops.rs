@@ -257,6 +257,20 @@ impl Module {
         r
     }
 
+    /// Checks that an operation of `kind` is active: the size query of `C_EncryptUpdate` and
+    /// `C_DecryptUpdate` (NULL output), which takes no part.
+    ///
+    /// # Errors
+    /// `CKR_SESSION_HANDLE_INVALID`, `CKR_OPERATION_NOT_INITIALIZED`.
+    pub(crate) fn op_active(&self, h: CK_SESSION_HANDLE, kind: Kind) -> Result<(), Ckr> {
+        let s = self.session(h)?;
+        let mut st = s.lock();
+        match kind.slot(&mut st) {
+            Some(_) => Ok(()),
+            None => Err(Ckr::OPERATION_NOT_INITIALIZED),
+        }
+    }
+
     /// The end of an operation that produces output (`C_Sign`, `C_SignFinal`, `C_Encrypt`,
     /// `C_EncryptFinal`, `C_Decrypt`, `C_DecryptFinal`).
     fn produce(

@@ -106,7 +106,15 @@ impl Drop for Remote {
         // without waiting long for tasks still in flight.
         if let Some(rt) = self.runtime.take() {
             if let Some(client) = self.client.take() {
-                let _guard = rt.enter();
+                // `C_Finalize` may come from an exit handler (OpenSSL's cleanup at exit
+                // finalises libp11's modules) after this thread's locals were destroyed, where
+                // entering the runtime panics. Closing and dropping the client needs no
+                // runtime context: it only wakes the endpoint's tasks.
+                let locals_gone = matches!(
+                    tokio::runtime::Handle::try_current(),
+                    Err(e) if e.is_thread_local_destroyed()
+                );
+                let _guard = (!locals_gone).then(|| rt.enter());
                 client.close();
                 drop(client);
             }

@@ -16,8 +16,8 @@ use common::{echo_node, ok, refuse, Handler, Pki, Relay, Reply, TestServer};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// Slack allowed past a deadline.
-const SLACK: Duration = Duration::from_millis(500);
+/// Scheduling slack on a loaded 2-core machine: the bounds prove "no hang", not latency.
+const SLACK: Duration = Duration::from_millis(1500);
 
 fn read() -> Request {
     Request::GenerateRandom { len: 16 }

@@ -9,16 +9,20 @@
 //!   client carries no applied index, so it could read a node that has not applied them yet).
 //!   Dropping a cluster kills its processes and removes its directory (kept when
 //!   `CLOUDKEY_KEEP_TEST_DIRS` is set; on a panic the logs' tails are printed).
+//! * [`Cluster::pkcs11_token`]: a token and a configuration file for the PKCS#11 module
+//!   (`libcloudkey_pkcs11.so`, [`pkcs11_module`]) showing it, for tests with real PKCS#11
+//!   clients (the `cryptoki` crate, `pkcs11-tool`, OpenSSL, GnuTLS).
 //! * [`wait_for`]: poll a condition until it holds or a deadline passes; tests never sleep for
 //!   a fixed time.
 //!
 //! Nodes are numbered from 1 (their Raft ids); every method taking a node takes that id.
 //!
 //! The node binary is `$CLOUDKEY_NODE_BIN`, else the one of the same cargo profile as the test
-//! executable. Cargo builds only the binaries of the package under test for integration tests,
-//! so the harness runs `cargo build -p cloudkey-node --bins` once per test process (a no-op
-//! when up to date; `CLOUDKEY_TEST_NO_BUILD=1` skips it), so that a stale binary is never
-//! tested.
+//! executable, and the PKCS#11 module and the load tester are the ones of that profile. Cargo
+//! builds only the binaries of the package under test for integration tests, so the harness
+//! runs `cargo build -p cloudkey-node -p cloudkey-pkcs11 -p cloudkey-loadtest` once per test
+//! process (a no-op when up to date; `CLOUDKEY_TEST_NO_BUILD=1` skips it), so that a stale
+//! binary or module is never tested.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -33,7 +37,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use cloudkey_node::dev::{self, NodeFiles, NodeOptions, RaftTimings};
 use cloudkey_node::pki::{self, Identity, PkiPaths};
 use cloudkey_protocol::client::{Client, ClientSettings};
-use cloudkey_protocol::msg::{Member, NodeStatus, Request, Response};
+use cloudkey_protocol::msg::{Member, NodeStatus, Request, Response, Secret, TokenId};
 use tempfile::TempDir;
 
 pub use cloudkey_node::dev::{cluster_ready, send_signal};
@@ -50,6 +54,45 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// Env var: keep test directories (and say where they are) instead of removing them.
 pub const KEEP_ENV: &str = "CLOUDKEY_KEEP_TEST_DIRS";
+/// User PIN of the tokens [`Cluster::pkcs11_token`] makes (that of `cloudkey dev up`'s token).
+pub const P11_USER_PIN: &str = dev::DEV_USER_PIN;
+/// SO PIN of the tokens [`Cluster::pkcs11_token`] makes (that of `cloudkey dev up`'s token).
+pub const P11_SO_PIN: &str = dev::DEV_SO_PIN;
+/// The environment variable naming the PKCS#11 module's configuration file. Tests pass it to
+/// the processes they start (`Command::env`), never to themselves.
+pub const P11_CONFIG_ENV: &str = "CLOUDKEY_PKCS11_CONFIG";
+
+/// A token made for PKCS#11 clients, and a module configuration that shows it as slot 0.
+#[derive(Clone, Debug)]
+pub struct Pkcs11Token {
+    /// The token's label.
+    pub label: String,
+    /// The token's id.
+    pub id: TokenId,
+    /// The module's configuration file (pass it as [`P11_CONFIG_ENV`]).
+    pub config: PathBuf,
+    /// The module, `libcloudkey_pkcs11.so` ([`pkcs11_module`]).
+    pub module: PathBuf,
+}
+
+/// Time bounds written into a module configuration (`deadline_ms`, `connect_timeout_ms`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pkcs11Timing {
+    /// Bound of every call, failover included, ms.
+    pub deadline_ms: u64,
+    /// Bound of one handshake, ms.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for Pkcs11Timing {
+    /// What `cloudkey dev up` writes.
+    fn default() -> Self {
+        Self {
+            deadline_ms: 10_000,
+            connect_timeout_ms: 1_000,
+        }
+    }
+}
 
 /// Who a client is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -388,6 +431,76 @@ impl Cluster {
         Client::new(&s).map_err(|e| anyhow!("client: {e}"))
     }
 
+    /// Creates the token `label` (SO PIN [`P11_SO_PIN`], user PIN [`P11_USER_PIN`]) as the
+    /// operator, lets every running node apply it (the module's client starts with no applied
+    /// index), and writes a module configuration showing it as slot 0 ([`Cluster::pkcs11_config`]
+    /// with the default timing).
+    ///
+    /// # Errors
+    /// If the token cannot be made, the nodes do not apply it in time, or the module is not
+    /// built.
+    pub async fn pkcs11_token(&self, label: &str) -> Result<Pkcs11Token> {
+        let req = Request::CreateToken {
+            label: label.into(),
+            so_pin: Secret::from(P11_SO_PIN),
+            user_pin: Some(Secret::from(P11_USER_PIN)),
+        };
+        let id = match self.admin.call(req).await {
+            Ok(Response::Token(t)) => t.id,
+            Ok(r) => bail!("create token {label}: unexpected {r:?}"),
+            Err(e) => bail!("create token {label}: {e}"),
+        };
+        self.settle(&self.admin).await?;
+        let config = self.pkcs11_config(&[label], Pkcs11Timing::default())?;
+        Ok(Pkcs11Token {
+            label: label.into(),
+            id,
+            config,
+            module: pkcs11_module()?,
+        })
+    }
+
+    /// Writes a configuration for the PKCS#11 module in the format `cloudkey dev up` writes
+    /// (`pkcs11.toml`): the client settings with every node's endpoint and the [`CLIENT`]
+    /// certificate, `timing`, and one `[[slots]]` per label, in order. Returns its path (in the
+    /// cluster's directory; one file per list of labels and timing).
+    ///
+    /// # Errors
+    /// For a label that is not 1 to 32 of `[A-Za-z0-9_.-]`, or if the file cannot be written.
+    pub fn pkcs11_config(&self, labels: &[&str], timing: Pkcs11Timing) -> Result<PathBuf> {
+        let mut text = String::new();
+        let settings =
+            dev::client_settings_toml(&self.addrs(), &self.pki_dir, &Role::Client.identity());
+        for line in settings.lines() {
+            if !line.starts_with("deadline_ms") && !line.starts_with("connect_timeout_ms") {
+                text.push_str(line);
+                text.push('\n');
+            }
+        }
+        text.push_str(&format!(
+            "deadline_ms = {}\nconnect_timeout_ms = {}\n",
+            timing.deadline_ms, timing.connect_timeout_ms
+        ));
+        for label in labels {
+            // Labels are written as TOML basic strings without escapes.
+            let plain = (1..=32).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+            if !plain {
+                bail!("token label {label:?}: use 1 to 32 of [A-Za-z0-9_.-]");
+            }
+            text.push_str(&format!("\n[[slots]]\ntoken = \"{label}\"\n"));
+        }
+        let path = self.root().join(format!(
+            "pkcs11-{}-{}.toml",
+            labels.join("+"),
+            timing.deadline_ms
+        ));
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
     /// Sends `Init` with every node as member to node 1, then waits until the cluster is ready
     /// (one leader, every node initialised, every chip holding the domain key).
     ///
@@ -659,6 +772,31 @@ pub fn node_binary() -> Result<PathBuf> {
     built_binary(dev::NODE_BIN)
 }
 
+/// The PKCS#11 module `libcloudkey_pkcs11.so` of the test executable's profile,
+/// `target/<profile>/libcloudkey_pkcs11.so` (built like [`node_binary`]).
+///
+/// # Errors
+/// If it cannot be built or found.
+pub fn pkcs11_module() -> Result<PathBuf> {
+    let found = built_binary(dev::PKCS11_LIB)?;
+    // Prefer target/<profile>/ (cargo's uplifted copy, what applications are pointed at) over
+    // target/<profile>/deps/; they are the same file after a build.
+    let uplifted = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join(dev::PKCS11_LIB))
+        .filter(|p| p.is_file());
+    Ok(uplifted.unwrap_or(found))
+}
+
+/// The `cloudkey-loadtest` binary (built like [`node_binary`]).
+///
+/// # Errors
+/// If it cannot be built or found.
+pub fn loadtest_binary() -> Result<PathBuf> {
+    built_binary("cloudkey-loadtest")
+}
+
 /// The `cloudkey` CLI binary (built like [`node_binary`]).
 ///
 /// # Errors
@@ -681,8 +819,9 @@ fn built_binary(name: &str) -> Result<PathBuf> {
     })
 }
 
-/// `cargo build -p cloudkey-node --bins` with the test executable's profile and target
-/// directory, unless `CLOUDKEY_TEST_NO_BUILD` is set.
+/// `cargo build -p cloudkey-node -p cloudkey-pkcs11 -p cloudkey-loadtest` (the node and CLI
+/// binaries, the PKCS#11 module, the load tester) with the test executable's profile and target directory, unless
+/// `CLOUDKEY_TEST_NO_BUILD` is set.
 fn build_bins() -> Result<(), String> {
     if std::env::var_os("CLOUDKEY_TEST_NO_BUILD").is_some() {
         return Ok(());
@@ -704,7 +843,17 @@ fn build_bins() -> Result<(), String> {
     cmd.arg("build")
         .arg("--manifest-path")
         .arg(&manifest)
-        .args(["-p", "cloudkey-node", "--bins", "--quiet"])
+        // One build for every binary the tests run: separate builds of different package
+        // sets would unify features differently and rebuild each other's dependencies.
+        .args([
+            "-p",
+            "cloudkey-node",
+            "-p",
+            "cloudkey-pkcs11",
+            "-p",
+            "cloudkey-loadtest",
+        ])
+        .arg("--quiet")
         .arg("--target-dir")
         .arg(target_dir);
     match profile {
@@ -723,7 +872,7 @@ fn build_bins() -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "cargo build -p cloudkey-node --bins failed:\n{}",
+            "cargo build -p cloudkey-node -p cloudkey-pkcs11 -p cloudkey-loadtest failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         ))
     }

@@ -1438,6 +1438,51 @@ mod tests {
         )
         .await
         .expect("node verifies");
+        // Raw CKM_RSA_PKCS pads any data of at most k - 11 bytes as it is (a SHA-1 DigestInfo,
+        // the TLS 1.0/1.1 MD5 || SHA-1 value, a message): the node passes it to the chip.
+        let sha1_info = mechanism::digest_info(
+            cloudkey_chip::HashAlg::Sha1,
+            &mechanism::digest(cloudkey_chip::HashAlg::Sha1, &msg).expect("sha1"),
+        )
+        .expect("sha1 info");
+        for data in [sha1_info, vec![0x5a; 36], msg.clone(), vec![0xa5; 256 - 11]] {
+            let s3 = sign(
+                &ctx,
+                user,
+                private,
+                &mech(ck::CKM_RSA_PKCS),
+                SignInput::Data(data.clone()),
+            )
+            .await
+            .expect("raw data");
+            assert_eq!(s3.len(), 256);
+            verify(
+                &ctx,
+                user,
+                public,
+                &mech(ck::CKM_RSA_PKCS),
+                SignInput::Data(data.clone()),
+                s3.clone(),
+            )
+            .await
+            .expect("raw verifies");
+            let mut other = data;
+            other[0] ^= 1;
+            assert_eq!(
+                code(
+                    verify(
+                        &ctx,
+                        user,
+                        public,
+                        &mech(ck::CKM_RSA_PKCS),
+                        SignInput::Data(other),
+                        s3
+                    )
+                    .await
+                ),
+                ErrorCode::SignatureInvalid
+            );
+        }
         assert_eq!(
             code(
                 sign(
@@ -1445,11 +1490,11 @@ mod tests {
                     user,
                     private,
                     &mech(ck::CKM_RSA_PKCS),
-                    SignInput::Data(msg.clone())
+                    SignInput::Data(vec![0xa5; 256 - 10])
                 )
                 .await
             ),
-            ErrorCode::DataInvalid
+            ErrorCode::DataLenRange
         );
 
         // PSS: salt = hash length, MGF1 of the same hash.

@@ -5,7 +5,7 @@
 //! | operation | mechanisms | key |
 //! |---|---|---|
 //! | sign / verify | `CKM_ECDSA`, `CKM_ECDSA_SHA256/384/512` | EC P-256 |
-//! | | `CKM_RSA_PKCS` (a DER `DigestInfo`), `CKM_SHA256/384/512_RSA_PKCS` (`CKM_SHA1_RSA_PKCS`: verify only) | RSA |
+//! | | `CKM_RSA_PKCS` (any data of at most k − 11 bytes, usually a DER `DigestInfo`), `CKM_SHA256/384/512_RSA_PKCS` (`CKM_SHA1_RSA_PKCS`: verify only) | RSA |
 //! | | `CKM_RSA_PKCS_PSS`, `CKM_SHA256/384/512_RSA_PKCS_PSS` (salt = hash length, MGF1 of the same hash) | RSA |
 //! | | `CKM_SHA256/384/512_HMAC` (full-length MAC) | generic secret |
 //! | | vendor `CKM_SM2` (over `e`), `CKM_SM3_SM2` (over the message, or `e` as [`SignInput::Digest`]) | SM2 |
@@ -20,8 +20,9 @@
 //!
 //! Deliberately refused with `CKR_MECHANISM_INVALID`: `CKM_RSA_PKCS` for encryption, decryption
 //! and key wrapping (PKCS#1 v1.5 encryption is open to padding-oracle attacks and the chips do not
-//! implement it; use OAEP), RSA or ECDSA signatures with SHA-1 (verification of
-//! `CKM_SHA1_RSA_PKCS` stays for old certificates), SHA-224, and every mechanism not listed.
+//! implement it; use OAEP), hash-and-sign RSA or ECDSA signatures with SHA-1 (verification of
+//! `CKM_SHA1_RSA_PKCS` stays for old certificates; raw `CKM_RSA_PKCS` signs whatever the caller
+//! gives, a SHA-1 `DigestInfo` too), SHA-224, and every mechanism not listed.
 
 use cloudkey_chip::{CipherMech, HashAlg, KeySpec, KeyType, SignMech, WrapMech};
 use cloudkey_protocol::ck;
@@ -288,8 +289,9 @@ pub enum SignOp {
         /// The hash the node applies to the data.
         prehash: Option<HashAlg>,
     },
-    /// RSA PKCS#1 v1.5 (*Mech* §2.1.6, §2.1.11): `CKM_RSA_PKCS` signs a `DigestInfo`;
-    /// `CKM_SHA*_RSA_PKCS` hash and encode it on the node.
+    /// RSA PKCS#1 v1.5 (*Mech* §2.1.6, §2.1.11): `CKM_RSA_PKCS` signs its data as it is (at most
+    /// k − 11 bytes, the chip checks; usually a `DigestInfo`, which the node does not inspect);
+    /// `CKM_SHA*_RSA_PKCS` hash and encode the `DigestInfo` on the node.
     RsaPkcs1 {
         /// The hash of the `CKM_SHA*_RSA_PKCS` mechanism.
         prehash: Option<HashAlg>,

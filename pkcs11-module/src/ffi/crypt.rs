@@ -42,13 +42,22 @@ pub(super) fn update(
     kind: Kind,
     part: *mut CK_BYTE,
     len: CK_ULONG,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
     if out_len.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    m.op_update(h, kind, ptr::in_bytes(part, len)?)?;
+    let part = ptr::in_bytes(part, len)?;
+    if out.is_null() {
+        // A size query (§5.2, the two-call protocol): it only says how much output the part
+        // would give, and the application calls again with the same part and a buffer, so the
+        // part is not taken (`cryptoki` and others always ask first).
+        m.op_active(h, kind)?;
+    } else {
+        m.op_update(h, kind, part)?;
+    }
     // Parts are buffered and processed at the final call: no output yet.
     ptr::out_value(out_len, 0)
 }
@@ -98,10 +107,10 @@ pub(super) fn encrypt_update(
     h: CK_SESSION_HANDLE,
     part: *mut CK_BYTE,
     len: CK_ULONG,
-    _out: *mut CK_BYTE,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    update(h, Kind::Encrypt, part, len, out_len)
+    update(h, Kind::Encrypt, part, len, out, out_len)
 }
 
 ck_fn!(
@@ -150,10 +159,10 @@ pub(super) fn decrypt_update(
     h: CK_SESSION_HANDLE,
     part: *mut CK_BYTE,
     len: CK_ULONG,
-    _out: *mut CK_BYTE,
+    out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    update(h, Kind::Decrypt, part, len, out_len)
+    update(h, Kind::Decrypt, part, len, out, out_len)
 }
 
 ck_fn!(

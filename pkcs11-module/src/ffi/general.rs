@@ -186,12 +186,19 @@ mod tests {
             call(&mut args(ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS, false)),
             Err(Ckr::NEED_TO_CREATE_THREADS)
         );
+        assert_eq!(
+            call(&mut args(ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS, true)),
+            Err(Ckr::CANT_LOCK)
+        );
         // Valid arguments reach the configuration, which the test process does not name.
         if std::env::var_os(crate::config::ENV_CONFIG).is_none() {
             assert_eq!(
                 call(&mut args(ck::CKF_OS_LOCKING_OK, true)),
                 Err(Ckr::GENERAL_ERROR)
             );
+            // What GnuTLS 3.7.9 (Debian 12) passes: accepted (see `check_init_args`).
+            let gnutls = ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS | ck::CKF_OS_LOCKING_OK;
+            assert_eq!(call(&mut args(gnutls, false)), Err(Ckr::GENERAL_ERROR));
             assert_eq!(initialize(null_mut()), Err(Ckr::GENERAL_ERROR));
         }
         assert_eq!(

@@ -328,6 +328,65 @@ fn c_level_flow_with_two_call_outputs() {
 }
 
 #[test]
+fn a_size_query_of_encrypt_update_takes_no_part() {
+    let _g = GLOBAL.lock();
+    let node = Arc::new(FakeNode::default());
+    module::install(Some(testing::module(Arc::clone(&node))));
+    let mut h: CK_SESSION_HANDLE = 0;
+    session::open_session(0, ck::CKF_SERIAL_SESSION, null_mut(), None, &mut h).unwrap();
+    // A session AES key given by value.
+    let (mut class, mut kt) = (ck::CKO_SECRET_KEY, ck::CKK_AES);
+    let mut value = [5u8; 32];
+    let mut t = [
+        CK_ATTRIBUTE {
+            type_: ck::CKA_CLASS,
+            pValue: (&raw mut class).cast(),
+            ulValueLen: 8,
+        },
+        CK_ATTRIBUTE {
+            type_: ck::CKA_KEY_TYPE,
+            pValue: (&raw mut kt).cast(),
+            ulValueLen: 8,
+        },
+        CK_ATTRIBUTE {
+            type_: ck::CKA_VALUE,
+            pValue: value.as_mut_ptr().cast(),
+            ulValueLen: 32,
+        },
+    ];
+    let mut key: CK_OBJECT_HANDLE = 0;
+    object::create_object(h, t.as_mut_ptr(), 3, &mut key).unwrap();
+    let mut iv = [0u8; 16];
+    let mut m = CK_MECHANISM {
+        mechanism: ck::CKM_AES_CBC_PAD,
+        pParameter: iv.as_mut_ptr().cast(),
+        ulParameterLen: 16,
+    };
+    crypt::encrypt_init(h, &mut m, key).unwrap();
+    // As `cryptoki` does: the size, then the call, for each part.
+    let mut part = *b"abc";
+    let mut out = [0u8; 32];
+    for _ in 0..2 {
+        let mut n: CK_ULONG = 99;
+        crypt::encrypt_update(h, part.as_mut_ptr(), 3, null_mut(), &mut n).unwrap();
+        assert_eq!(n, 0);
+        crypt::encrypt_update(h, part.as_mut_ptr(), 3, out.as_mut_ptr(), &mut n).unwrap();
+        assert_eq!(n, 0);
+    }
+    // The fake node reverses the data and appends 16 bytes: both parts, each once.
+    let mut n = 32;
+    crypt::encrypt_final(h, out.as_mut_ptr(), &mut n).unwrap();
+    assert_eq!(n, 6 + 16);
+    assert_eq!(&out[..6], b"cbacba");
+    // A size query needs an active operation all the same.
+    assert_eq!(
+        crypt::encrypt_update(h, part.as_mut_ptr(), 3, null_mut(), &mut n),
+        Err(Ckr::OPERATION_NOT_INITIALIZED)
+    );
+    general::finalize(null_mut()).unwrap();
+}
+
+#[test]
 fn panics_become_general_error() {
     assert_eq!(
         super::guard("test", || panic!("boom")),

@@ -9,14 +9,35 @@
 //! * `at_rest`: no key material in clear in any node's data directory or log.
 //! * `malformed`: hostile frames get error codes and the node stays up.
 //! * `dev_cli`: `cloudkey dev up`, `status`, `dev down` end to end.
-#![forbid(unsafe_code)]
+//! * `loadtest_smoke`: `cloudkey-loadtest` for two seconds against a cluster (protocol client)
+//!   and against in-process chips; no errors, every signature verified.
+//! * `pkcs11_cryptoki`: the `cryptoki` crate on `libcloudkey_pkcs11.so`: sessions, logins,
+//!   objects, every operation, the standard errors, SM2 (verified by OpenSSL), 64 threads.
+//! * `pkcs11_tool`, `pkcs11_openssl`, `pkcs11_gnutls`: OpenSC's `pkcs11-tool` (and its
+//!   `--test`), OpenSSL with the libp11 engine and `pkcs11:` URIs, GnuTLS's `p11tool`.
+//! * `pkcs11_fork`: a C program forks; the child initialises the module again and signs.
+//! * `pkcs11_failover`: SIGKILL of the node serving a signing application is invisible to it;
+//!   every node down gives `CKR_DEVICE_ERROR` in time, and a node back heals the sessions.
+//!
+//! `p11` and `p11_raw` are shared by the `pkcs11_*` tests; `p11_raw` is the one module with
+//! `unsafe` code (raw calls into the module under test).
+#![deny(unsafe_code)]
 
 mod at_rest;
 mod consistency;
 mod dev_cli;
 mod failover;
+mod loadtest_smoke;
 mod malformed;
 mod mtls;
+mod p11;
+mod p11_raw;
+mod pkcs11_cryptoki;
+mod pkcs11_failover;
+mod pkcs11_fork;
+mod pkcs11_gnutls;
+mod pkcs11_openssl;
+mod pkcs11_tool;
 mod restart;
 mod tokens;
 mod util;

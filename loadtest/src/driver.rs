@@ -1,0 +1,478 @@
+//! Running one step: N workers on N sessions of one target, closed or open loop, bounded by
+//! time and optionally by count, with a warm-up whose operations are not recorded.
+//!
+//! * **Closed loop**: each worker (an OS thread with its own session) issues its next request
+//!   when the previous one returns. Latency is from the call to its return.
+//! * **Open loop** (`rate`): a dispatcher releases requests at their *intended* start times
+//!   `t0 + i / rate` into a queue bounded by the number of workers; idle workers take them.
+//!   Latency is measured from the intended start, so time a request spends waiting for a
+//!   worker (because the target is slow) is counted: no coordinated omission. When the queue
+//!   is full the dispatcher waits, and the requests it releases late keep their intended
+//!   times. If the target is so slow that the schedule cannot be finished within a grace
+//!   period after the end, the rest of the schedule is counted as `missed`.
+//!
+//! Every loop is bounded: workers stop at the end time or when the count is reached; the open
+//! loop's dispatcher stops at the end of the schedule or of the grace period; a live progress
+//! line reads shared counters only.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::stats::{Mode, Recorder, StepResult};
+use crate::target::Session;
+use crate::workload::{data_for, Op, OpPicker, Verifier, Workload};
+
+/// A request started more than this after its intended time counts as a late start.
+const LATE: Duration = Duration::from_millis(1);
+/// How often the progress line is redrawn.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// What one step does.
+#[derive(Clone, Debug)]
+pub struct StepConfig {
+    /// Workers (each with its own session).
+    pub workers: usize,
+    /// Warm-up before measuring.
+    pub warmup: Duration,
+    /// Time bound of the measured part.
+    pub duration: Duration,
+    /// Operation bound of the measured part.
+    pub count: Option<u64>,
+    /// Open loop at this many requests per second; closed loop when `None`.
+    pub rate: Option<f64>,
+    /// Which operations.
+    pub workload: Workload,
+    /// Share of key generations in a mix, percent.
+    pub keygen_percent: u8,
+    /// Verify every n-th signature of each worker (and its first); 1 = all, 0 = none.
+    pub verify_every: u64,
+}
+
+impl StepConfig {
+    /// Open loop: how long after the end the dispatcher may still release late requests.
+    #[must_use]
+    pub fn grace(&self) -> Duration {
+        (self.duration / 10).clamp(Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
+/// The live progress line on stderr (hidden when stderr is not a terminal).
+#[derive(Debug)]
+pub struct Progress {
+    enabled: bool,
+}
+
+impl Progress {
+    /// A progress display; `enabled` false hides it.
+    #[must_use]
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled: enabled && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        }
+    }
+
+    fn bar(&self, total: Duration) -> ProgressBar {
+        if !self.enabled {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::with_draw_target(
+            Some(u64::try_from(total.as_millis()).unwrap_or(u64::MAX)),
+            ProgressDrawTarget::stderr(),
+        );
+        if let Ok(style) = ProgressStyle::with_template("{bar:30} {elapsed:>4} {msg}") {
+            bar.set_style(style);
+        }
+        bar
+    }
+}
+
+/// Counters the workers share with the dispatcher and the progress line.
+struct Shared {
+    stop: AtomicBool,
+    tickets: AtomicU64,
+    ok: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// One open-loop request.
+#[derive(Clone, Copy, Debug)]
+struct Ticket {
+    intended: Instant,
+    measured: bool,
+}
+
+/// Runs one operation on a session and records it. Returns whether it succeeded.
+#[allow(clippy::too_many_arguments)]
+fn one_op(
+    session: &mut dyn Session,
+    op: Op,
+    worker: usize,
+    seq: u64,
+    started: Instant,
+    measured: bool,
+    verifier: Option<&Verifier>,
+    verify_every: u64,
+    signed: &mut u64,
+    rec: &mut Recorder,
+    shared: &Shared,
+) {
+    let data = data_for(worker, seq);
+    let result = match op {
+        Op::Sign => session.sign(&data).map(Some),
+        Op::Keygen => session.generate().map(|()| None),
+    };
+    let latency = started.elapsed();
+    if !measured {
+        return;
+    }
+    match result {
+        Ok(sig) => {
+            rec.success(op, latency);
+            shared.ok.fetch_add(1, Ordering::Relaxed);
+            if let (Some(sig), Some(v)) = (sig, verifier) {
+                if verify_every > 0 && *signed % verify_every == 0 {
+                    let ok = v.verify(&data, &sig);
+                    rec.verification(ok);
+                    if !ok {
+                        shared.errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                *signed += 1;
+            }
+        }
+        Err(e) => {
+            rec.failure(&e);
+            shared.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn closed_worker(
+    worker: usize,
+    session: &mut dyn Session,
+    verifier: Option<&Verifier>,
+    cfg: &StepConfig,
+    measure_start: Instant,
+    end: Instant,
+    shared: &Shared,
+) -> Recorder {
+    let mut rec = Recorder::new();
+    let mut picker = OpPicker::new(cfg.workload, cfg.keygen_percent, worker);
+    let mut signed = 0u64;
+    for seq in 0u64.. {
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let started = Instant::now();
+        if started >= end {
+            break;
+        }
+        let measured = started >= measure_start;
+        if measured {
+            if let Some(c) = cfg.count {
+                if shared.tickets.fetch_add(1, Ordering::Relaxed) >= c {
+                    shared.stop.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        let op = picker.next_op();
+        one_op(
+            session,
+            op,
+            worker,
+            seq,
+            started,
+            measured,
+            verifier,
+            cfg.verify_every,
+            &mut signed,
+            &mut rec,
+            shared,
+        );
+    }
+    rec
+}
+
+fn open_worker(
+    worker: usize,
+    session: &mut dyn Session,
+    verifier: Option<&Verifier>,
+    cfg: &StepConfig,
+    queue: &Mutex<Receiver<Ticket>>,
+    shared: &Shared,
+) -> Recorder {
+    let mut rec = Recorder::new();
+    let mut picker = OpPicker::new(cfg.workload, cfg.keygen_percent, worker);
+    let mut signed = 0u64;
+    for seq in 0u64.. {
+        // The lock is held only while waiting for the next ticket; the channel closes when the
+        // dispatcher is done, which ends the loop.
+        let ticket = {
+            let rx = queue.lock().unwrap_or_else(|p| p.into_inner());
+            rx.recv()
+        };
+        let Ok(ticket) = ticket else { break };
+        if ticket.measured && ticket.intended.elapsed() > LATE {
+            rec.late_start();
+        }
+        let op = picker.next_op();
+        one_op(
+            session,
+            op,
+            worker,
+            seq,
+            ticket.intended,
+            ticket.measured,
+            verifier,
+            cfg.verify_every,
+            &mut signed,
+            &mut rec,
+            shared,
+        );
+    }
+    rec
+}
+
+/// Releases the open loop's schedule; returns how many measured requests were never released.
+fn dispatch(
+    cfg: &StepConfig,
+    rate: f64,
+    t0: Instant,
+    measure_start: Instant,
+    end: Instant,
+    tx: std::sync::mpsc::SyncSender<Ticket>,
+) -> u64 {
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let abandon = end + cfg.grace();
+    let scheduled_total = ((end - t0).as_secs_f64() * rate).ceil() as u64;
+    let warmup_total = ((measure_start - t0).as_secs_f64() * rate).ceil() as u64;
+    let measured_total = cfg.count.map_or(scheduled_total - warmup_total, |c| {
+        c.min(scheduled_total - warmup_total)
+    });
+    let last = warmup_total + measured_total;
+    let mut i = 0u64;
+    while i < last {
+        let intended = t0 + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if now > abandon {
+            break;
+        }
+        if intended > now {
+            std::thread::sleep(intended - now);
+        }
+        let ticket = Ticket {
+            intended,
+            measured: i >= warmup_total,
+        };
+        if tx.send(ticket).is_err() {
+            break;
+        }
+        i += 1;
+    }
+    last - i.max(warmup_total).min(last)
+}
+
+/// Runs one step of `target_name` on `sessions[..cfg.workers]`.
+///
+/// # Panics
+/// If there are fewer sessions than workers.
+#[must_use]
+pub fn run_step(
+    target_name: &str,
+    round: u32,
+    sessions: &mut [Box<dyn Session>],
+    verifier: Option<&Verifier>,
+    cfg: &StepConfig,
+    progress: &Progress,
+) -> StepResult {
+    assert!(sessions.len() >= cfg.workers, "fewer sessions than workers");
+    let shared = Shared {
+        stop: AtomicBool::new(false),
+        tickets: AtomicU64::new(0),
+        ok: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+    };
+    let done = AtomicBool::new(false);
+    let t0 = Instant::now();
+    let measure_start = t0 + cfg.warmup;
+    let end = measure_start + cfg.duration;
+    let bar = progress.bar(cfg.warmup + cfg.duration);
+    let mode = match cfg.rate {
+        Some(rate) => Mode::Open { rate },
+        None => Mode::Closed,
+    };
+    let (tx, rx) = sync_channel::<Ticket>(cfg.workers.max(1));
+    let queue = Mutex::new(rx);
+    let (recorders, missed) = std::thread::scope(|s| {
+        let handles: Vec<_> = sessions[..cfg.workers]
+            .iter_mut()
+            .enumerate()
+            .map(|(worker, session)| {
+                let (shared, queue) = (&shared, &queue);
+                std::thread::Builder::new()
+                    .name(format!("worker-{worker}"))
+                    .spawn_scoped(s, move || match cfg.rate {
+                        None => closed_worker(
+                            worker,
+                            session.as_mut(),
+                            verifier,
+                            cfg,
+                            measure_start,
+                            end,
+                            shared,
+                        ),
+                        Some(_) => {
+                            open_worker(worker, session.as_mut(), verifier, cfg, queue, shared)
+                        }
+                    })
+                    .expect("cannot start a worker thread")
+            })
+            .collect();
+        // The progress line: reads the counters until the step is done.
+        let ticker = s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let ok = shared.ok.load(Ordering::Relaxed);
+                let errors = shared.errors.load(Ordering::Relaxed);
+                let phase = if now < measure_start {
+                    "warm-up".to_string()
+                } else {
+                    let secs = (now - measure_start).as_secs_f64().max(1e-3);
+                    format!("{:.0} ops/s", ok as f64 / secs)
+                };
+                bar.set_position(u64::try_from((now - t0).as_millis()).unwrap_or(u64::MAX));
+                bar.set_message(format!(
+                    "{target_name} w={} {phase}, {ok} ok, {errors} errors",
+                    cfg.workers
+                ));
+                std::thread::sleep(PROGRESS_EVERY);
+            }
+        });
+        let missed = match cfg.rate {
+            Some(rate) => dispatch(cfg, rate, t0, measure_start, end, tx),
+            None => {
+                drop(tx);
+                0
+            }
+        };
+        let recorders: Vec<Recorder> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        let _ = ticker.join();
+        (recorders, missed)
+    });
+    let finished = Instant::now();
+    bar.finish_and_clear();
+    let mut total = Recorder::new();
+    for r in &recorders {
+        total.merge(r);
+    }
+    // Measured time: from the end of the warm-up to the last return (a count-bounded run may
+    // end early; a time-bounded one ends when the last started operation returns).
+    let elapsed = finished.saturating_duration_since(measure_start);
+    StepResult::new(
+        target_name,
+        round,
+        cfg.workers,
+        mode,
+        elapsed,
+        &total,
+        missed,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stats::OpError;
+
+    /// A session that sleeps a fixed time per operation.
+    struct Sleepy(Duration);
+
+    impl Session for Sleepy {
+        fn sign(&mut self, _data: &[u8]) -> Result<Vec<u8>, OpError> {
+            std::thread::sleep(self.0);
+            Ok(vec![0; 64])
+        }
+        fn generate(&mut self) -> Result<(), OpError> {
+            std::thread::sleep(self.0);
+            Err(OpError::new("CKR_DEVICE_ERROR", "no"))
+        }
+        fn close(self: Box<Self>) -> anyhow::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn cfg(workers: usize) -> StepConfig {
+        StepConfig {
+            workers,
+            warmup: Duration::from_millis(50),
+            duration: Duration::from_millis(300),
+            count: None,
+            rate: None,
+            workload: Workload::Sign,
+            keygen_percent: 0,
+            verify_every: 0,
+        }
+    }
+
+    fn sessions(n: usize, d: Duration) -> Vec<Box<dyn Session>> {
+        (0..n)
+            .map(|_| Box::new(Sleepy(d)) as Box<dyn Session>)
+            .collect()
+    }
+
+    #[test]
+    fn closed_loop_is_bounded_by_time_and_count() {
+        let mut s = sessions(4, Duration::from_millis(2));
+        let r = run_step("t", 1, &mut s, None, &cfg(4), &Progress::new(false));
+        // 4 workers at ~2 ms each for 0.3 s: about 600 operations.
+        assert!(r.ops > 200 && r.ops < 700, "{}", r.ops);
+        assert!(r.latency.p50_ms >= 2.0);
+        let mut c = cfg(4);
+        c.count = Some(40);
+        c.duration = Duration::from_secs(10);
+        let started = Instant::now();
+        let r = run_step("t", 1, &mut s, None, &c, &Progress::new(false));
+        assert_eq!(r.ops, 40);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn errors_are_counted_by_code() {
+        let mut s = sessions(2, Duration::from_millis(1));
+        let mut c = cfg(2);
+        c.workload = Workload::Keygen;
+        let r = run_step("t", 1, &mut s, None, &c, &Progress::new(false));
+        assert_eq!(r.ops, 0);
+        assert!(r.errors > 0);
+        assert_eq!(r.errors_by_code["CKR_DEVICE_ERROR"].count, r.errors);
+    }
+
+    #[test]
+    fn open_loop_counts_queueing_from_the_intended_start() {
+        // One worker at 5 ms per operation, asked for 400/s: the schedule falls behind, and
+        // latencies grow far beyond the service time instead of hiding the backlog.
+        let mut s = sessions(1, Duration::from_millis(5));
+        let mut c = cfg(1);
+        c.rate = Some(400.0);
+        let r = run_step("t", 1, &mut s, None, &c, &Progress::new(false));
+        assert!(r.latency.p99_ms > 50.0, "{:?}", r.latency);
+        assert!(r.late_starts > 0);
+        // Within capacity the latency is the service time.
+        let mut s = sessions(4, Duration::from_millis(1));
+        let mut c = cfg(4);
+        c.rate = Some(200.0);
+        let r = run_step("t", 1, &mut s, None, &c, &Progress::new(false));
+        assert!(r.ops >= 50, "{}", r.ops);
+        assert!(r.latency.p50_ms < 5.0, "{:?}", r.latency);
+        assert_eq!(r.missed, 0);
+    }
+}
