@@ -52,30 +52,34 @@ impl SoftNvram {
     /// # Errors
     /// [`ChipError::DataInvalid`] when the key file cannot be read or holds no 32-byte key.
     pub fn with_key_file(path: PathBuf, key_file: &Path) -> Result<Self> {
-        let raw = Zeroizing::new(fs::read(key_file).map_err(|e| {
-            ChipError::DataInvalid(format!(
-                "cannot read NVRAM key file {}: {e}",
-                key_file.display()
-            ))
-        })?);
-        let key = if raw.len() == 32 {
-            raw.to_vec()
-        } else {
-            let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or_default();
-            match hex::decode(text) {
-                Ok(k) if k.len() == 32 => k,
-                _ => {
-                    return Err(ChipError::DataInvalid(format!(
-                        "NVRAM key file {} must hold 32 raw bytes or 64 hex digits",
-                        key_file.display()
-                    )))
-                }
-            }
-        };
         Ok(Self {
             path,
-            key: SecretBytes::new(key),
+            key: read_key_file(key_file)?,
         })
+    }
+}
+
+/// Reads an NVRAM key file: 32 raw bytes, or 64 hex digits (surrounding white space ignored).
+///
+/// # Errors
+/// [`ChipError::DataInvalid`] when the file cannot be read or holds no 32-byte key.
+pub fn read_key_file(key_file: &Path) -> Result<SecretBytes> {
+    let raw = Zeroizing::new(fs::read(key_file).map_err(|e| {
+        ChipError::DataInvalid(format!(
+            "cannot read NVRAM key file {}: {e}",
+            key_file.display()
+        ))
+    })?);
+    if raw.len() == 32 {
+        return Ok(SecretBytes::new(raw.to_vec()));
+    }
+    let text = std::str::from_utf8(&raw).map(str::trim).unwrap_or_default();
+    match hex::decode(text) {
+        Ok(k) if k.len() == 32 => Ok(SecretBytes::new(k)),
+        _ => Err(ChipError::DataInvalid(format!(
+            "NVRAM key file {} must hold 32 raw bytes or 64 hex digits",
+            key_file.display()
+        ))),
     }
 }
 

@@ -69,8 +69,6 @@ use crate::error::{NodeError, Result};
 
 /// The most chips one node drives.
 pub const MAX_CHIPS: usize = 64;
-/// Length of the key that seals the soft chips' nvram files.
-pub const NVRAM_KEY_LEN: usize = 32;
 
 /// A validated node configuration. See the [module docs](self) for the file format.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -746,27 +744,8 @@ fn parse_security(r: RawSecurity) -> Result<Security> {
 /// Reads the nvram key: exactly 32 raw bytes, or 64 hex digits (surrounding whitespace
 /// ignored).
 fn read_nvram_key(path: &Path) -> Result<SecretBytes> {
-    let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| {
-        bad(format!(
-            "cannot read nvram_key_file {}: {e}",
-            path.display()
-        ))
-    })?);
     warn_if_exposed(path);
-    if bytes.len() == NVRAM_KEY_LEN {
-        return Ok(SecretBytes::new(bytes.to_vec()));
-    }
-    let text = std::str::from_utf8(&bytes).unwrap_or("").trim();
-    if text.len() == 2 * NVRAM_KEY_LEN {
-        if let Ok(key) = hex::decode(text) {
-            return Ok(SecretBytes::new(key));
-        }
-    }
-    Err(bad(format!(
-        "nvram_key_file {} must hold {NVRAM_KEY_LEN} raw bytes or {} hex digits",
-        path.display(),
-        2 * NVRAM_KEY_LEN
-    )))
+    cloudkey_chip::nvram::read_key_file(path).map_err(|e| bad(format!("nvram_key_file: {e}")))
 }
 
 /// A key file others can read is a configuration mistake worth a warning (not a refusal: the
