@@ -12,6 +12,7 @@
 //! id = 1
 //! listen = "127.0.0.1:7301"          # "127.0.0.1:0": pick a port once, keep it across restarts
 //! data_dir = "/var/lib/cloudkey/node-1"
+//! runtime_threads = 1                # optional; see Config::runtime_threads
 //!
 //! [tls]
 //! ca = "/etc/cloudkey/pki/ca.pem"
@@ -70,6 +71,20 @@ use crate::error::{NodeError, Result};
 /// The most chips one node drives.
 pub const MAX_CHIPS: usize = 64;
 
+/// The most runtime threads a configuration may ask for.
+pub const MAX_RUNTIME_THREADS: usize = 256;
+
+/// The default of [`Config::runtime_threads`]: 1 with up to 4 cores, else half of them.
+#[must_use]
+pub fn default_runtime_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    if cores <= 4 {
+        1
+    } else {
+        (cores / 2).min(MAX_RUNTIME_THREADS)
+    }
+}
+
 /// A validated node configuration. See the [module docs](self) for the file format.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -80,6 +95,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where Raft's log and state, the bound address and the soft chips' nvram live.
     pub data_dir: PathBuf,
+    /// Threads of the node's async runtime (QUIC, TLS, request handling, Raft). `1` is a
+    /// current-thread runtime: every task runs on one thread and no request is handed between
+    /// runtime threads, which is the fastest set-up when the node has few cores (chips have
+    /// threads of their own, and blocking storage work its own pool). The default is 1 on
+    /// machines with up to 4 cores, else half of the cores.
+    pub runtime_threads: usize,
     /// TLS material.
     pub tls: TlsPaths,
     /// Chips, in pool order (chip 0 is where `cloudkey init` generates the domain key).
@@ -248,6 +269,7 @@ struct RawConfig {
     id: Option<u64>,
     listen: Option<String>,
     data_dir: Option<PathBuf>,
+    runtime_threads: Option<usize>,
     tls: Option<RawTls>,
     #[serde(default)]
     chips: Vec<RawChip>,
@@ -412,6 +434,10 @@ impl Config {
             cert: path_field("tls.cert", tls.cert, base)?,
             key: path_field("tls.key", tls.key, base)?,
         };
+        let runtime_threads = match raw.runtime_threads {
+            Some(n) => in_range("runtime_threads", n, 1..=MAX_RUNTIME_THREADS)?,
+            None => default_runtime_threads(),
+        };
         let chips = parse_chips(raw.chips, base)?;
         let raft = parse_raft(raw.raft)?;
         let limits = parse_limits(raw.limits)?;
@@ -420,6 +446,7 @@ impl Config {
             id,
             listen,
             data_dir,
+            runtime_threads,
             tls,
             chips,
             raft,
@@ -797,6 +824,7 @@ mod tests {
         assert_eq!(c.id, 3);
         assert_eq!(c.listen, "127.0.0.1:0".parse().unwrap());
         assert_eq!(c.data_dir, PathBuf::from("/etc/ck/data"));
+        assert_eq!(c.runtime_threads, default_runtime_threads());
         assert_eq!(c.tls.ca, PathBuf::from("/pki/ca.pem"));
         assert_eq!(c.tls.cert, PathBuf::from("/etc/ck/node-3.pem"));
         assert_eq!(
@@ -819,6 +847,7 @@ mod tests {
             id = 1
             listen = "[::1]:7301"
             data_dir = "/var/lib/ck"
+            runtime_threads = 3
             [tls]
             ca = "/p/ca.pem"
             cert = "/p/n.pem"
@@ -873,6 +902,7 @@ mod tests {
                 retries: cloudkey_chip::serial::DEFAULT_RETRIES
             }
         );
+        assert_eq!(c.runtime_threads, 3);
         assert_eq!(c.raft.heartbeat, Duration::from_millis(50));
         assert_eq!(c.limits.max_inflight, 32);
         assert_eq!(c.security.session_ttl, Duration::from_secs(60));
@@ -889,6 +919,7 @@ mod tests {
             ("kind = \"soft\"", "kind = \"serial\""),
             ("id = 3", "id = 3\nbogus = 1"),
             ("id = 3", "id = \"three\""),
+            ("id = 3", "id = 3\nruntime_threads = 0"),
         ];
         let expect = [
             "id must be at least 1",
@@ -899,6 +930,7 @@ mod tests {
             "chips[0].path is missing",
             "bogus",
             "line 2",
+            "runtime_threads = 0 is out of range",
         ];
         for ((from, to), want) in cases.iter().zip(expect) {
             let e = err(&MINIMAL.replace(from, to));

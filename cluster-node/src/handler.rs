@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudkey_chip::pool::ChipPool;
-use cloudkey_protocol::msg::{Auth, ClientRequest, ClientResponse, Request, Response};
+use cloudkey_protocol::msg::{
+    Auth, ClientRequest, ClientResponse, Mechanism, ObjectId, Request, Response, SignInput,
+};
 use cloudkey_protocol::tls::{PeerIdentity, Role};
 use cloudkey_protocol::{ErrorCode, WireError, PROTOCOL_VERSION};
 use futures::future::BoxFuture;
@@ -158,8 +160,10 @@ fn membership_change(req: &Request) -> bool {
 
 /// Handles one request from `peer`. Never fails: errors are in the response.
 pub async fn handle(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -> ClientResponse {
-    let span =
-        tracing::info_span!("request", node = ctx.id, name = req.request.name(), peer = %peer);
+    // A debug span: at the default level it costs nothing per request. Failures worth a
+    // warning name the request and the peer themselves.
+    let name = req.request.name();
+    let span = tracing::debug_span!("request", node = ctx.id, name, peer = %peer);
     async move {
         let result = match check_and_run(ctx, peer, req).await {
             Ok(r) => Ok(r),
@@ -167,7 +171,14 @@ pub async fn handle(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -> C
                 let w = to_wire(e, ctx);
                 match w.code {
                     ErrorCode::GeneralError | ErrorCode::DeviceError => {
-                        tracing::warn!(code = %w.code, detail = %w.detail, "request failed");
+                        tracing::warn!(
+                            node = ctx.id,
+                            request = name,
+                            %peer,
+                            code = %w.code,
+                            detail = %w.detail,
+                            "request failed"
+                        );
                     }
                     _ => tracing::debug!(code = %w.code, detail = %w.detail, "request refused"),
                 }
@@ -241,7 +252,35 @@ async fn session(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
     login::verify_grant(ctx, auth).await
 }
 
+/// Runs a request. Signing, the hot path, runs inline; every other request is boxed, so that the
+/// future of a request stays small: the arms that write through Raft make this future several
+/// kilobytes, and the future of every request's task is moved (copied) when it is spawned.
 async fn dispatch(ctx: &NodeCtx, req: Request) -> Result<Response> {
+    match req {
+        Request::Sign {
+            auth,
+            key,
+            mechanism,
+            input,
+        } => sign(ctx, &auth, key, &mechanism, input).await,
+        other => Box::pin(dispatch_other(ctx, other)).await,
+    }
+}
+
+async fn sign(
+    ctx: &NodeCtx,
+    auth: &Auth,
+    key: ObjectId,
+    mechanism: &Mechanism,
+    input: SignInput,
+) -> Result<Response> {
+    let s = session(ctx, auth).await?;
+    Ok(Response::Bytes(
+        keys::sign(&ctx.svc, s, key, mechanism, input).await?,
+    ))
+}
+
+async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
     let svc = &ctx.svc;
     Ok(match req {
         Request::Status => Response::Status(admin::status(ctx)),
@@ -362,10 +401,7 @@ async fn dispatch(ctx: &NodeCtx, req: Request) -> Result<Response> {
             key,
             mechanism,
             input,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Bytes(keys::sign(svc, s, key, &mechanism, input).await?)
-        }
+        } => sign(ctx, &auth, key, &mechanism, input).await?,
         Request::Verify {
             auth,
             key,

@@ -299,8 +299,10 @@ async fn serve_client(
         let ctx = ctx.clone();
         let identity = identity.clone();
         let memory = admission.memory.clone();
+        // The request's future is several kilobytes: build it on the heap once the task runs,
+        // rather than moving it through the spawn path.
         tokio::spawn(
-            serve_stream(ctx, identity, send, recv, permit, memory)
+            async move { Box::pin(serve_stream(ctx, identity, send, recv, permit, memory)).await }
                 .instrument(tracing::debug_span!("stream", n = stream_no)),
         );
     }

@@ -18,10 +18,10 @@ use cloudkey_protocol::msg::{Request, Response};
 
 use crate::error::Ckr;
 
-/// Worker threads of the private runtime: the module only waits on the network.
-const WORKERS: usize = 2;
 /// Extra time the calling thread waits beyond the deadline before giving up on an answer.
 const GRACE: Duration = Duration::from_millis(500);
+/// How long `C_Finalize` lets tasks still in flight finish before the runtime is dropped.
+const SHUTDOWN: Duration = Duration::from_millis(200);
 
 /// Where requests go: the cluster, or a fake node in tests.
 pub(crate) trait Backend: Send + Sync {
@@ -34,8 +34,17 @@ pub(crate) trait Backend: Send + Sync {
 }
 
 /// The cluster, reached with the protocol [`Client`] on a private runtime.
+///
+/// The runtime is a current-thread runtime driven by one dedicated thread: the module only
+/// waits on the network, and one thread that runs every task (the QUIC endpoint, the
+/// connections and the calls) hands no work between its own threads. With a multi-threaded
+/// runtime each request woke an idle worker, and workers woke each other to steal the
+/// connection's tasks: context switches that cost more than the work on a busy host.
 pub(crate) struct Remote {
-    runtime: Option<tokio::runtime::Runtime>,
+    handle: tokio::runtime::Handle,
+    /// Ends the runtime thread's `block_on`.
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
     client: Option<Client>,
     deadline: Duration,
 }
@@ -50,14 +59,13 @@ impl std::fmt::Debug for Remote {
 }
 
 impl Remote {
-    /// Builds the runtime and the client (which binds its UDP socket on the runtime).
+    /// Builds the runtime and the client (which binds its UDP socket on the runtime), and
+    /// starts the thread that drives them.
     ///
     /// # Errors
     /// A one-line message when the runtime cannot start or the client settings are unusable.
     pub(crate) fn new(settings: &ClientSettings) -> Result<Self, String> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(WORKERS)
-            .thread_name("cloudkey-pkcs11")
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the module's runtime: {e}"))?;
@@ -65,8 +73,20 @@ impl Remote {
             let _guard = runtime.enter();
             Client::new(settings).map_err(|e| e.to_string())?
         };
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("cloudkey-pkcs11".into())
+            .spawn(move || {
+                // Runs every task until `C_Finalize`, then gives those in flight a moment.
+                let _ = runtime.block_on(stopped);
+                runtime.shutdown_timeout(SHUTDOWN);
+            })
+            .map_err(|e| format!("cannot start the module's runtime thread: {e}"))?;
         Ok(Self {
-            runtime: Some(runtime),
+            handle,
+            stop: Some(stop),
+            thread: Some(thread),
             client: Some(client),
             deadline: settings.deadline(),
         })
@@ -75,13 +95,13 @@ impl Remote {
 
 impl Backend for Remote {
     fn call(&self, request: Request) -> Result<Response, Ckr> {
-        let (Some(rt), Some(client)) = (&self.runtime, &self.client) else {
+        let Some(client) = &self.client else {
             return Err(Ckr::GENERAL_ERROR);
         };
         let name = request.name();
         let client = client.clone();
         let (tx, rx) = mpsc::sync_channel(1);
-        rt.spawn(async move {
+        self.handle.spawn(async move {
             let r = client.call(request).await;
             // The caller may have given up already; nothing to do then.
             let _ = tx.send(r);
@@ -103,27 +123,26 @@ impl Backend for Remote {
 impl Drop for Remote {
     fn drop(&mut self) {
         // C_Finalize on an application thread: close the connections, then stop the runtime
-        // without waiting long for tasks still in flight.
-        if let Some(rt) = self.runtime.take() {
-            if let Some(client) = self.client.take() {
-                // `C_Finalize` may come from an exit handler (OpenSSL's cleanup at exit
-                // finalises libp11's modules) after this thread's locals were destroyed, where
-                // entering the runtime panics. Closing and dropping the client needs no
-                // runtime context: it only wakes the endpoint's tasks.
-                let locals_gone = matches!(
-                    tokio::runtime::Handle::try_current(),
-                    Err(e) if e.is_thread_local_destroyed()
-                );
-                let _guard = (!locals_gone).then(|| rt.enter());
-                client.close();
-                drop(client);
-            }
-            if tokio::runtime::Handle::try_current().is_ok() {
-                // Called from inside the application's own runtime, where blocking panics.
-                rt.shutdown_background();
-            } else {
-                rt.shutdown_timeout(Duration::from_millis(200));
-            }
+        // thread, which waits a moment for tasks still in flight.
+        if let Some(client) = self.client.take() {
+            // `C_Finalize` may come from an exit handler (OpenSSL's cleanup at exit finalises
+            // libp11's modules) after this thread's locals were destroyed, where entering the
+            // runtime panics. Closing and dropping the client needs no runtime context: it only
+            // wakes the endpoint's tasks.
+            let locals_gone = matches!(
+                tokio::runtime::Handle::try_current(),
+                Err(e) if e.is_thread_local_destroyed()
+            );
+            let _guard = (!locals_gone).then(|| self.handle.enter());
+            client.close();
+            drop(client);
+        }
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            // Bounded: the thread only waits `SHUTDOWN` for the tasks in flight.
+            let _ = thread.join();
         }
     }
 }

@@ -88,11 +88,14 @@ fn main() -> ExitCode {
             )
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("cloudkey-node")
-        .build()
-    {
+    let mut builder = if config.runtime_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.runtime_threads);
+        b
+    };
+    let runtime = match builder.enable_all().thread_name("cloudkey-node").build() {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_FAILURE, format!("cannot start the runtime: {e}")),
     };
