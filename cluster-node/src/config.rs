@@ -49,6 +49,12 @@
 //! queue_depth = 256
 //! queue_timeout_ms = 2000
 //!
+//! [audit]                             # optional
+//! interval_ms = 10000                 # checkpoints and signature-count summaries
+//!
+//! [notifier]                          # optional: where one-time SMS codes go
+//! sms_file = "/var/lib/cloudkey/sms.log"   # the development notifier: a file
+//!
 //! [security]                          # all optional
 //! max_login_failures = 5
 //! session_ttl_s = 3600
@@ -101,6 +107,11 @@ pub struct Config {
     /// threads of their own, and blocking storage work its own pool). The default is 1 on
     /// machines with up to 4 cores, else half of the cores.
     pub runtime_threads: usize,
+    /// How often the audit task summarises signature counts and (on the leader) signs a
+    /// checkpoint of the audit chain.
+    pub audit_interval: Duration,
+    /// The development SMS notifier's file (`[notifier] sms_file`); no notifier when unset.
+    pub sms_file: Option<PathBuf>,
     /// TLS material.
     pub tls: TlsPaths,
     /// Chips, in pool order (chip 0 is where `cloudkey init` generates the domain key).
@@ -279,6 +290,22 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     security: RawSecurity,
+    #[serde(default)]
+    audit: RawAudit,
+    #[serde(default)]
+    notifier: RawNotifier,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    interval_ms: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotifier {
+    sms_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -438,6 +465,18 @@ impl Config {
             Some(n) => in_range("runtime_threads", n, 1..=MAX_RUNTIME_THREADS)?,
             None => default_runtime_threads(),
         };
+        let audit_interval = millis(
+            "audit.interval_ms",
+            raw.audit.interval_ms.unwrap_or(10_000),
+            100..=3_600_000,
+        )?;
+        let sms_file = match raw.notifier.sms_file {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(bad("notifier.sms_file must not be empty"))
+            }
+            Some(p) => Some(resolve(base, p)),
+            None => None,
+        };
         let chips = parse_chips(raw.chips, base)?;
         let raft = parse_raft(raw.raft)?;
         let limits = parse_limits(raw.limits)?;
@@ -447,6 +486,8 @@ impl Config {
             listen,
             data_dir,
             runtime_threads,
+            audit_interval,
+            sms_file,
             tls,
             chips,
             raft,

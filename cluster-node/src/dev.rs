@@ -14,6 +14,9 @@
 //! node-<i>.log         the node's stdout and stderr
 //! pids                 `<id> <pid> <addr>` per running node
 //! operator.toml        client settings with the operator certificate (for `cloudkey`)
+//! alice.toml bob.toml  client settings of two officers' certificates (`operator/alice`, ...)
+//! atm-0001.toml        client settings of a terminal's certificate (`client/atm-0001`)
+//! sms.log              the development SMS notifier's file (one-time codes)
 //! pkcs11.toml          client settings with the client certificate and the slots (for the
 //!                      PKCS#11 module, via CLOUDKEY_PKCS11_CONFIG)
 //! ```
@@ -47,6 +50,12 @@ pub const PKCS11_LIB: &str = "libcloudkey_pkcs11.so";
 pub const DEV_OPERATOR: &str = "admin";
 /// The client certificate `dev up` makes for the PKCS#11 module.
 pub const DEV_CLIENT: &str = "app";
+/// Officers whose certificates `dev up` makes (`operator/<name>`, settings in `<name>.toml`).
+pub const DEV_OFFICERS: [&str; 2] = ["alice", "bob"];
+/// The terminal certificate `dev up` makes (`client/atm-0001`, settings in `atm-0001.toml`).
+pub const DEV_TERMINAL: &str = "atm-0001";
+/// The development SMS notifier's file in a dev directory.
+pub const DEV_SMS_FILE: &str = "sms.log";
 /// The token `dev up` creates.
 pub const DEV_TOKEN: &str = "dev";
 /// Its user PIN.
@@ -122,6 +131,10 @@ pub struct NodeOptions {
     /// Cheap argon2 parameters (256 KiB, 1 pass): for throw-away clusters whose PINs are
     /// public anyway; keeps PIN checks fast on small machines.
     pub cheap_pin_hash: bool,
+    /// `[notifier] sms_file`: the development SMS notifier's file (none when `None`).
+    pub sms_file: Option<PathBuf>,
+    /// `[audit] interval_ms` (node default when `None`).
+    pub audit_interval_ms: Option<u64>,
 }
 
 impl Default for NodeOptions {
@@ -134,6 +147,8 @@ impl Default for NodeOptions {
             max_login_failures: None,
             session_ttl_s: None,
             cheap_pin_hash: false,
+            sms_file: None,
+            audit_interval_ms: None,
         }
     }
 }
@@ -182,6 +197,12 @@ pub fn node_config_toml(files: &NodeFiles, pki_dir: &Path, opts: &NodeOptions) -
     }
     if !security.is_empty() {
         let _ = write!(t, "\n[security]\n{security}");
+    }
+    if let Some(ms) = opts.audit_interval_ms {
+        let _ = writeln!(t, "\n[audit]\ninterval_ms = {ms}");
+    }
+    if let Some(f) = &opts.sms_file {
+        let _ = writeln!(t, "\n[notifier]\nsms_file = {}", toml_path(f));
     }
     t
 }
@@ -637,14 +658,18 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
             &pki_dir,
             &pki::InitOptions {
                 nodes: opts.nodes,
-                operators: vec![DEV_OPERATOR.into()],
-                clients: vec![DEV_CLIENT.into()],
+                operators: std::iter::once(DEV_OPERATOR)
+                    .chain(DEV_OFFICERS)
+                    .map(String::from)
+                    .collect(),
+                clients: vec![DEV_CLIENT.into(), DEV_TERMINAL.into()],
                 force: true,
             },
         )?;
         let node_opts = NodeOptions {
             chips: opts.chips_per_node,
             cheap_pin_hash: true,
+            sms_file: Some(dir.join(DEV_SMS_FILE)),
             ..NodeOptions::default()
         };
         for id in 1..=opts.nodes {
@@ -750,6 +775,26 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
             })
             .await
             .map_err(|e| NodeError::Peer(format!("creating token {DEV_TOKEN:?}: {e}")))?;
+    }
+
+    // Settings for the officers' and the terminal's certificates (older dev directories made
+    // before these existed have no such certificates: skip them there).
+    let others = DEV_OFFICERS
+        .iter()
+        .map(|o| Identity::Operator((*o).into()))
+        .chain(std::iter::once(Identity::Client(DEV_TERMINAL.into())));
+    for who in others {
+        let name = match &who {
+            Identity::Operator(n) | Identity::Client(n) => n.clone(),
+            Identity::Node(_) => continue,
+        };
+        if pki::CertPaths::of(&pki_dir, &who).cert.exists() {
+            pki::write_file(
+                &dir.join(format!("{name}.toml")),
+                client_settings_toml(&endpoints, &pki_dir, &who).as_bytes(),
+                0o644,
+            )?;
+        }
     }
 
     let mut pkcs11 =
@@ -920,7 +965,18 @@ fn purge(dir: &Path) -> Result<()> {
             .is_some_and(|id| id.parse::<u64>().is_ok());
         if name == "pki" || node_dir {
             fs::remove_dir_all(&path).map_err(|e| fs_err("removing", &path, &e))?;
-        } else if node_log || matches!(name, "operator.toml" | "pkcs11.toml" | "pids") {
+        } else if node_log
+            || matches!(
+                name,
+                "operator.toml"
+                    | "pkcs11.toml"
+                    | "pids"
+                    | "alice.toml"
+                    | "bob.toml"
+                    | "atm-0001.toml"
+                    | DEV_SMS_FILE
+            )
+        {
             fs::remove_file(&path).map_err(|e| fs_err("removing", &path, &e))?;
         }
     }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cloudkey_chip::pool::ChipPool;
+use cloudkey_protocol::gov::{GuardedOp, TerminalInfo};
 use cloudkey_protocol::msg::{
     Auth, ClientRequest, ClientResponse, Mechanism, ObjectId, Request, Response, SignInput,
 };
@@ -23,7 +24,7 @@ use crate::config::{Config, Limits, Security};
 use crate::error::{NodeError, Result};
 use crate::raft::RaftNode;
 use crate::service::login::{self, LocalFailures, PinHasher};
-use crate::service::{self, admin, keys, objects, Replicator, Session};
+use crate::service::{self, admin, gov, keys, objects, Replicator, Session};
 use crate::state::{Command, CommandResult, State};
 
 /// Pause between attempts of an administrative write while the cluster has no leader.
@@ -55,6 +56,8 @@ pub struct NodeCtx {
     pub security: Security,
     /// Set while an init runs on this node.
     pub(crate) init_running: AtomicBool,
+    /// Governance on this node: TLS key for endorsements, SMS notifier, signature counters.
+    pub gov: service::gov::GovNode,
 }
 
 impl std::fmt::Debug for NodeCtx {
@@ -105,7 +108,21 @@ impl NodeCtx {
             limits: config.limits,
             security: config.security,
             init_running: AtomicBool::new(false),
+            gov: service::gov::GovNode {
+                notifier: config.sms_file.clone().map(|p| {
+                    Arc::new(service::gov::FileNotifier::new(p)) as Arc<dyn service::gov::Notifier>
+                }),
+                interval: config.audit_interval,
+                ..service::gov::GovNode::default()
+            },
         })
+    }
+
+    /// Gives the node's TLS material to governance (its key endorses the audit key).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Arc<cloudkey_protocol::tls::TlsMaterial>) -> Self {
+        self.gov.tls = Some(tls);
+        self
     }
 
     /// Commits `cmd`; a refusal by the state becomes [`NodeError::Refused`]. When this returns,
@@ -147,6 +164,10 @@ fn operator_only(req: &Request) -> bool {
             | Request::DeleteToken(_)
             | Request::UnlockToken(_)
             | Request::ListObjects { .. }
+            | Request::AddOfficer { .. }
+            | Request::SetPolicy { .. }
+            | Request::AuditExport { .. }
+            | Request::AddTerminal { .. }
     )
 }
 
@@ -240,7 +261,7 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
     } else {
         ctx.limits.request_deadline
     };
-    match tokio::time::timeout(deadline, dispatch(ctx, req.request)).await {
+    match tokio::time::timeout(deadline, dispatch(ctx, peer, req.request)).await {
         Ok(r) => r,
         Err(_) => Err(NodeError::Timeout(format!(
             "the request did not complete within {deadline:?}"
@@ -255,32 +276,65 @@ async fn session(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
 /// Runs a request. Signing, the hot path, runs inline; every other request is boxed, so that the
 /// future of a request stays small: the arms that write through Raft make this future several
 /// kilobytes, and the future of every request's task is moved (copied) when it is spawned.
-async fn dispatch(ctx: &NodeCtx, req: Request) -> Result<Response> {
+async fn dispatch(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Result<Response> {
     match req {
         Request::Sign {
             auth,
             key,
             mechanism,
             input,
-        } => sign(ctx, &auth, key, &mechanism, input).await,
-        other => Box::pin(dispatch_other(ctx, other)).await,
+        } => sign(ctx, peer, &auth, key, &mechanism, input).await,
+        other => Box::pin(dispatch_other(ctx, peer, other)).await,
     }
 }
 
 async fn sign(
     ctx: &NodeCtx,
+    peer: &PeerIdentity,
     auth: &Auth,
     key: ObjectId,
     mechanism: &Mechanism,
     input: SignInput,
 ) -> Result<Response> {
     let s = session(ctx, auth).await?;
-    Ok(Response::Bytes(
-        keys::sign(&ctx.svc, s, key, mechanism, input).await?,
-    ))
+    if ctx.state.has_policies() {
+        // Use of a designated key: each signature consumes its own approval, before it is made.
+        let params = (key, mechanism, &input);
+        if let Some(g) = gov::guard(
+            ctx,
+            peer,
+            GuardedOp::Sign,
+            s.token,
+            Some(key),
+            None,
+            &params,
+            || format!("sign with key {key} (mechanism 0x{:x})", mechanism.ckm),
+        )
+        .await?
+        {
+            g.consume(ctx).await?;
+        }
+    }
+    let signature = keys::sign(&ctx.svc, s, key, mechanism, input).await?;
+    ctx.gov.usage.record(key);
+    Ok(Response::Bytes(signature))
 }
 
-async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
+/// The `CKK_*` a key-generation mechanism makes.
+fn generated_key_type(ckm: u64) -> Option<u64> {
+    use cloudkey_protocol::{ck, vendor};
+    Some(match ckm {
+        ck::CKM_EC_KEY_PAIR_GEN => ck::CKK_EC,
+        ck::CKM_RSA_PKCS_KEY_PAIR_GEN => ck::CKK_RSA,
+        ck::CKM_AES_KEY_GEN => ck::CKK_AES,
+        ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
+        vendor::CKM_SM2_KEY_PAIR_GEN => vendor::CKK_SM2,
+        vendor::CKM_SM4_KEY_GEN => vendor::CKK_SM4,
+        _ => return None,
+    })
+}
+
+async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Result<Response> {
     let svc = &ctx.svc;
     Ok(match req {
         Request::Status => Response::Status(admin::status(ctx)),
@@ -352,7 +406,21 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
         }
         Request::DestroyObject { auth, object } => {
             let s = session(ctx, &auth).await?;
-            objects::destroy_object(svc, s, object).await?;
+            let g = gov::guard(
+                ctx,
+                peer,
+                GuardedOp::Destroy,
+                s.token,
+                Some(object),
+                None,
+                &object,
+                || format!("destroy object {object}"),
+            )
+            .await?;
+            match g {
+                Some(g) => objects::destroy_object(&g.ctx(svc), s, object).await?,
+                None => objects::destroy_object(svc, s, object).await?,
+            }
             Response::Done
         }
         Request::GetAttributes {
@@ -369,7 +437,22 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
             template,
         } => {
             let s = session(ctx, &auth).await?;
-            objects::set_attributes(svc, s, object, &template).await?;
+            let params = (object, &template);
+            let g = gov::guard(
+                ctx,
+                peer,
+                GuardedOp::SetAttributes,
+                s.token,
+                Some(object),
+                None,
+                &params,
+                || format!("change {} attribute(s) of object {object}", template.len()),
+            )
+            .await?;
+            match g {
+                Some(g) => objects::set_attributes(&g.ctx(svc), s, object, &template).await?,
+                None => objects::set_attributes(svc, s, object, &template).await?,
+            }
             Response::Done
         }
         Request::FindObjects { auth, template } => {
@@ -382,7 +465,29 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
             template,
         } => {
             let s = session(ctx, &auth).await?;
-            Response::Object(keys::generate_key(svc, s, &mechanism, &template).await?)
+            let key_type = generated_key_type(mechanism.ckm);
+            let params = (&mechanism, &template);
+            let g = gov::guard(
+                ctx,
+                peer,
+                GuardedOp::Generate,
+                s.token,
+                None,
+                key_type,
+                &params,
+                || {
+                    format!(
+                        "generate a secret key (mechanism 0x{:x}) on token {}",
+                        mechanism.ckm, s.token
+                    )
+                },
+            )
+            .await?;
+            let id = match g {
+                Some(g) => keys::generate_key(&g.ctx(svc), s, &mechanism, &template).await?,
+                None => keys::generate_key(svc, s, &mechanism, &template).await?,
+            };
+            Response::Object(id)
         }
         Request::GenerateKeyPair {
             auth,
@@ -391,6 +496,32 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
             private_template,
         } => {
             let s = session(ctx, &auth).await?;
+            let key_type = generated_key_type(mechanism.ckm);
+            let params = (&mechanism, &public_template, &private_template);
+            let g = gov::guard(
+                ctx,
+                peer,
+                GuardedOp::Generate,
+                s.token,
+                None,
+                key_type,
+                &params,
+                || {
+                    format!(
+                        "generate a key pair (mechanism 0x{:x}) on token {}",
+                        mechanism.ckm, s.token
+                    )
+                },
+            )
+            .await?;
+            let guarded;
+            let svc = match &g {
+                Some(g) => {
+                    guarded = g.ctx(svc);
+                    &guarded
+                }
+                None => svc,
+            };
             let (public, private) =
                 keys::generate_key_pair(svc, s, &mechanism, &public_template, &private_template)
                     .await?;
@@ -401,7 +532,7 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
             key,
             mechanism,
             input,
-        } => sign(ctx, &auth, key, &mechanism, input).await?,
+        } => sign(ctx, peer, &auth, key, &mechanism, input).await?,
         Request::Verify {
             auth,
             key,
@@ -438,6 +569,34 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
             key,
         } => {
             let s = session(ctx, &auth).await?;
+            let params = (wrapping_key, &mechanism, key);
+            let mut g = gov::guard(
+                ctx,
+                peer,
+                GuardedOp::Wrap,
+                s.token,
+                Some(key),
+                None,
+                &params,
+                || format!("export key {key} wrapped under {wrapping_key}"),
+            )
+            .await?;
+            if g.is_none() {
+                g = gov::guard(
+                    ctx,
+                    peer,
+                    GuardedOp::Wrap,
+                    s.token,
+                    Some(wrapping_key),
+                    None,
+                    &params,
+                    || format!("export key {key} wrapped under {wrapping_key}"),
+                )
+                .await?;
+            }
+            if let Some(g) = g {
+                g.consume(ctx).await?;
+            }
             Response::Bytes(keys::wrap_key(svc, s, wrapping_key, &mechanism, key).await?)
         }
         Request::UnwrapKey {
@@ -462,6 +621,74 @@ async fn dispatch_other(ctx: &NodeCtx, req: Request) -> Result<Response> {
             Response::Object(keys::derive_key(svc, s, base_key, &mechanism, &template).await?)
         }
         Request::GenerateRandom { len } => Response::Bytes(keys::generate_random(svc, len).await?),
+        Request::AddOfficer {
+            name,
+            identity,
+            pin,
+        } => {
+            gov::add_officer(ctx, &name, &identity, &pin).await?;
+            Response::Done
+        }
+        Request::ListOfficers => Response::Officers(gov::list_officers(ctx)),
+        Request::SetPolicy { scope, rules } => {
+            gov::set_policy(ctx, scope, rules).await?;
+            Response::Done
+        }
+        Request::ListPolicies => Response::Policies(gov::list_policies(ctx)),
+        Request::ListApprovals { all } => Response::Approvals(gov::list_approvals(ctx, all)),
+        Request::Approve {
+            officer,
+            id,
+            params_hash,
+        } => Response::Approval(Box::new(
+            gov::approve(ctx, peer, &officer, id, params_hash).await?,
+        )),
+        Request::Reject { officer, id } => {
+            Response::Approval(Box::new(gov::reject(ctx, peer, &officer, id).await?))
+        }
+        Request::AuditExport { from, max } => {
+            Response::Audit(Box::new(gov::audit_export(ctx, from, max)))
+        }
+        Request::AddTerminal {
+            id,
+            key,
+            admins,
+            identity,
+        } => {
+            gov::add_terminal(
+                ctx,
+                TerminalInfo {
+                    id,
+                    key,
+                    admins,
+                    identity,
+                    last_injection: None,
+                },
+            )
+            .await?;
+            Response::Done
+        }
+        Request::ListTerminals => Response::Terminals(gov::list_terminals(ctx)),
+        Request::TmkRequest { terminal } => {
+            Response::TmkQr(gov::tmk_request(ctx, peer, &terminal).await?)
+        }
+        Request::TmkSmsCode { officer, terminal } => {
+            gov::tmk_sms_code(ctx, peer, &officer, &terminal).await?;
+            Response::Done
+        }
+        Request::TmkApply {
+            officer,
+            terminal,
+            payload,
+            sms_code,
+        } => Response::Approval(Box::new(
+            gov::tmk_apply(ctx, peer, &officer, &terminal, &payload, &sms_code).await?,
+        )),
+        Request::TmkFetch {
+            terminal,
+            payload,
+            admin,
+        } => Response::Tmk(gov::tmk_fetch(ctx, peer, &terminal, &payload, &admin).await?),
     })
 }
 

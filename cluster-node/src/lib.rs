@@ -14,6 +14,7 @@ pub mod chips;
 pub mod config;
 pub mod dev;
 pub mod error;
+pub mod governance;
 pub mod handler;
 pub mod pki;
 pub mod raft;

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::{NodeError, Result};
+use crate::governance::{GovCommand, GovRefusal, GovResult, Governance};
 
 /// Cluster-wide settings fixed at `cloudkey init`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -160,6 +161,22 @@ pub enum Command {
     },
     /// Destroy an object.
     DestroyObject(ObjectId),
+    /// A governance change (`crate::governance`).
+    Gov(GovCommand),
+    /// A quorum-guarded change: consumes approval request `approval` and applies `inner` in
+    /// the same log entry, or neither (exactly once).
+    Guarded {
+        /// The approved request.
+        approval: u64,
+        /// Who runs it (must be the requester).
+        requester: String,
+        /// The exact parameters (must be the approved ones).
+        params_hash: [u8; 32],
+        /// The proposing node's clock.
+        now_ms: u64,
+        /// The change.
+        inner: Box<Command>,
+    },
 }
 
 impl Command {
@@ -178,6 +195,8 @@ impl Command {
             Self::PutObjects(_) => "put_objects",
             Self::SetAttributes { .. } => "set_attributes",
             Self::DestroyObject(_) => "destroy_object",
+            Self::Gov(g) => g.kind(),
+            Self::Guarded { .. } => "guarded",
         }
     }
 }
@@ -195,6 +214,18 @@ pub enum CommandResult {
         count: u32,
         /// Locked (count reached `max_failures`).
         locked: bool,
+    },
+    /// An approval request's id.
+    Approval(u64),
+    /// A TMK application's id.
+    Application(u64),
+    /// Applied (a counter changed and was audited), but the operation failed: code and
+    /// detail.
+    Failed {
+        /// `ErrorCode` as u32.
+        code: u32,
+        /// Why.
+        detail: String,
     },
     /// Not applied (the state did not allow it); the state is unchanged. Code and detail.
     Refused {
@@ -226,6 +257,8 @@ pub struct State {
     pub(crate) tokens: DashMap<TokenId, Arc<Token>>,
     pub(crate) objects: DashMap<ObjectId, Arc<Object>>,
     pub(crate) audit: RwLock<Vec<AuditRecord>>,
+    /// Officers, policies, approvals, terminals, the audit key.
+    pub(crate) gov: RwLock<Governance>,
     pub(crate) applied: AtomicU64,
     pub(crate) applied_tx: watch::Sender<u64>,
     /// The id the next token gets. Monotonic and replicated, so a deleted token's id is never
@@ -240,6 +273,7 @@ impl Default for State {
             tokens: DashMap::new(),
             objects: DashMap::new(),
             audit: RwLock::new(Vec::new()),
+            gov: RwLock::new(Governance::default()),
             applied: AtomicU64::new(0),
             applied_tx: watch::Sender::new(0),
             next_token: AtomicU64::new(FIRST_TOKEN_ID),
@@ -310,6 +344,21 @@ impl State {
         self.audit.read().map(|a| a.clone()).unwrap_or_default()
     }
 
+    /// Runs `f` on the governance state (a read lock; keep `f` short and never await in it).
+    pub fn with_gov<T>(&self, f: impl FnOnce(&Governance) -> T) -> T {
+        match self.gov.read() {
+            Ok(g) => f(&g),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
+    }
+
+    /// True when some policy puts operations under quorum control (cheap: checked on every
+    /// signature).
+    #[must_use]
+    pub fn has_policies(&self) -> bool {
+        self.with_gov(|g| !g.policies.is_empty())
+    }
+
     /// The last applied log index.
     #[must_use]
     pub fn applied(&self) -> u64 {
@@ -337,7 +386,7 @@ const FIRST_TOKEN_ID: u64 = 1;
 /// The longest token label (`CK_TOKEN_INFO.label` is 32 bytes).
 pub const MAX_LABEL_LEN: usize = 32;
 /// Version of the [`State::snapshot_bytes`] encoding.
-const SNAPSHOT_VERSION: u32 = 1;
+const SNAPSHOT_VERSION: u32 = 2;
 
 /// Computes an audit record's hash: `SHA-256(prev || index BE || summary)`.
 #[must_use]
@@ -384,6 +433,35 @@ struct StateSnapshot {
     objects: Vec<(ObjectRecord, u64)>,
     audit: Vec<AuditRecord>,
     applied: u64,
+    /// Since version 2.
+    gov: Governance,
+}
+
+/// Version 1 of the snapshot encoding (before governance).
+#[derive(Deserialize)]
+struct StateSnapshotV1 {
+    version: u32,
+    cluster: Option<ClusterInfo>,
+    next_token: u64,
+    tokens: Vec<Token>,
+    objects: Vec<(ObjectRecord, u64)>,
+    audit: Vec<AuditRecord>,
+    applied: u64,
+}
+
+impl From<StateSnapshotV1> for StateSnapshot {
+    fn from(v: StateSnapshotV1) -> Self {
+        Self {
+            version: v.version,
+            cluster: v.cluster,
+            next_token: v.next_token,
+            tokens: v.tokens,
+            objects: v.objects,
+            audit: v.audit,
+            applied: v.applied,
+            gov: Governance::default(),
+        }
+    }
 }
 
 /// A refusal: the command does not fit the state.
@@ -425,7 +503,10 @@ impl State {
     pub fn apply(&self, index: u64, cmd: &Command) -> CommandResult {
         let result = match self.try_apply(index, cmd) {
             Ok(Applied { result, summary }) => {
-                self.append_audit(index, summary);
+                // Only a barrier has nothing to say; every change has a summary.
+                if !summary.is_empty() {
+                    self.append_audit(index, summary);
+                }
                 result
             }
             Err(Refusal(code, detail)) => {
@@ -535,6 +616,7 @@ impl State {
             objects,
             audit: self.audit(),
             applied: self.applied(),
+            gov: self.with_gov(Clone::clone),
         };
         // Serialising plain data into a Vec cannot fail.
         postcard::to_stdvec(&snap).unwrap_or_default()
@@ -548,9 +630,24 @@ impl State {
     /// # Errors
     /// [`NodeError::Storage`] when the bytes do not decode or do not hold a consistent state.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
-        let snap: StateSnapshot = postcard::from_bytes(bytes)
-            .map_err(|e| NodeError::Storage(format!("state snapshot does not decode: {e}")))?;
-        if snap.version != SNAPSHOT_VERSION {
+        let snap: StateSnapshot = match postcard::from_bytes::<StateSnapshot>(bytes) {
+            Ok(s) if s.version == SNAPSHOT_VERSION => s,
+            _ => match postcard::from_bytes::<StateSnapshotV1>(bytes) {
+                Ok(v1) if v1.version == 1 => v1.into(),
+                Ok(other) => {
+                    return Err(NodeError::Storage(format!(
+                        "state snapshot version {} (expected {SNAPSHOT_VERSION})",
+                        other.version
+                    )))
+                }
+                Err(e) => {
+                    return Err(NodeError::Storage(format!(
+                        "state snapshot does not decode: {e}"
+                    )))
+                }
+            },
+        };
+        if snap.version != SNAPSHOT_VERSION && snap.version != 1 {
             return Err(NodeError::Storage(format!(
                 "state snapshot version {} (expected {SNAPSHOT_VERSION})",
                 snap.version
@@ -599,6 +696,9 @@ impl State {
         }
         if let Ok(mut a) = self.audit.write() {
             *a = snap.audit;
+        }
+        if let Ok(mut g) = self.gov.write() {
+            *g = snap.gov;
         }
         self.next_token
             .store(snap.next_token.max(FIRST_TOKEN_ID), Ordering::Release);
@@ -657,7 +757,21 @@ impl State {
     fn remove_objects_of(&self, token: TokenId) -> usize {
         let before = self.objects.len();
         self.objects.retain(|_, o| o.record.token != token);
-        before - self.objects.len()
+        let removed = before - self.objects.len();
+        self.prune_policies();
+        removed
+    }
+
+    /// Drops the policies of keys and tokens that no longer exist (deterministic: it depends
+    /// only on the state).
+    fn prune_policies(&self) {
+        if let Ok(mut g) = self.gov.write() {
+            g.policies.retain(|scope, _| match scope {
+                cloudkey_protocol::gov::PolicyScope::Key(k) => self.objects.contains_key(k),
+                cloudkey_protocol::gov::PolicyScope::Token(t) => self.tokens.contains_key(t),
+                cloudkey_protocol::gov::PolicyScope::Cluster => true,
+            });
+        }
     }
 
     fn update_token(&self, token: &Token) {
@@ -722,8 +836,8 @@ impl State {
             }
             Command::DeleteToken(id) => {
                 self.token_or_refuse(*id)?;
-                let removed = self.remove_objects_of(*id);
                 self.tokens.remove(id);
+                let removed = self.remove_objects_of(*id);
                 Ok(Applied {
                     result: CommandResult::Done,
                     summary: format!("delete_token id={id} objects={removed}"),
@@ -859,12 +973,68 @@ impl State {
                 })
             }
             Command::DestroyObject(id) => match self.objects.remove(id) {
-                Some((_, o)) => Ok(Applied {
-                    result: CommandResult::Done,
-                    summary: format!("destroy_object id={id} token={}", o.record.token),
-                }),
+                Some((_, o)) => {
+                    self.prune_policies();
+                    Ok(Applied {
+                        result: CommandResult::Done,
+                        summary: format!("destroy_object id={id} token={}", o.record.token),
+                    })
+                }
                 None => refuse(ErrorCode::ObjectHandleInvalid, format!("no object {id}")),
             },
+            Command::Gov(g) => {
+                let Ok(mut gov) = self.gov.write() else {
+                    return refuse(ErrorCode::GeneralError, "governance state lock poisoned");
+                };
+                match gov.apply(index, g, cluster.max_failures) {
+                    Ok((result, summary)) => Ok(Applied {
+                        result: match result {
+                            GovResult::Done => CommandResult::Done,
+                            GovResult::Failures { count, locked } => {
+                                CommandResult::Failures { count, locked }
+                            }
+                            GovResult::Approval(id) => CommandResult::Approval(id),
+                            GovResult::Application(id) => CommandResult::Application(id),
+                            GovResult::Failed(code, detail) => CommandResult::Failed {
+                                code: code.into(),
+                                detail,
+                            },
+                        },
+                        summary,
+                    }),
+                    Err(GovRefusal(code, detail)) => refuse(code, detail),
+                }
+            }
+            Command::Guarded {
+                approval,
+                requester,
+                params_hash,
+                now_ms,
+                inner,
+            } => {
+                if matches!(**inner, Command::Gov(_) | Command::Guarded { .. }) {
+                    return refuse(
+                        ErrorCode::ArgumentsBad,
+                        "a guarded command guards an object change",
+                    );
+                }
+                if let Err(GovRefusal(code, detail)) = self
+                    .with_gov(|g| g.check_consumable(*approval, requester, params_hash, *now_ms))
+                {
+                    return refuse(code, detail);
+                }
+                let applied = self.try_apply(index, inner)?;
+                if let Ok(mut gov) = self.gov.write() {
+                    gov.consume(*approval, index);
+                }
+                Ok(Applied {
+                    result: applied.result,
+                    summary: format!(
+                        "guarded approval={approval} requester={requester}: {}",
+                        applied.summary
+                    ),
+                })
+            }
         }
     }
 
@@ -994,6 +1164,110 @@ mod tests {
             CommandResult::Refused { code, .. } => ErrorCode::from(*code),
             other => panic!("expected a refusal, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_guarded_change_consumes_its_approval_in_the_same_entry_exactly_once() {
+        use cloudkey_protocol::gov::{ApprovalStatus, GuardedOp, PolicyScope};
+        let (s, token) = with_token();
+        let gov = |i: u64, c: GovCommand| s.apply(i, &Command::Gov(c));
+        for (i, n) in ["alice", "bob"].iter().enumerate() {
+            let r = gov(
+                3 + i as u64,
+                GovCommand::AddOfficer {
+                    name: (*n).into(),
+                    identity: format!("operator/{n}"),
+                    pin: pin(n),
+                },
+            );
+            assert_eq!(r, CommandResult::Done);
+        }
+        let h = [3u8; 32];
+        let r = gov(
+            5,
+            GovCommand::Propose {
+                requester: "client/app".into(),
+                op: GuardedOp::Generate,
+                scope: PolicyScope::Token(token),
+                description: "generate".into(),
+                params_hash: h,
+                quorum: 1,
+                eligible: vec![],
+                now_ms: 1_000,
+                ttl_ms: 60_000,
+            },
+        );
+        let CommandResult::Approval(id) = r else {
+            panic!("{r:?}")
+        };
+        let guarded = |index: u64, obj: u8| {
+            s.apply(
+                index,
+                &Command::Guarded {
+                    approval: id,
+                    requester: "client/app".into(),
+                    params_hash: h,
+                    now_ms: 2_000,
+                    inner: Box::new(Command::PutObjects(vec![record(obj, token, true)])),
+                },
+            )
+        };
+        // Not approved yet: neither the approval nor the objects change.
+        assert_eq!(refused_code(&guarded(6, 1)), ErrorCode::ApprovalRequired);
+        assert!(s.object(&ObjectId([1; 16])).is_none());
+        let r = gov(
+            7,
+            GovCommand::Approve {
+                id,
+                officer: "bob".into(),
+                identity: "operator/bob".into(),
+                params_hash: h,
+                now_ms: 1_500,
+            },
+        );
+        assert_eq!(r, CommandResult::Approval(id));
+        // An inner refusal consumes nothing.
+        assert_eq!(
+            refused_code(&s.apply(
+                8,
+                &Command::Guarded {
+                    approval: id,
+                    requester: "client/app".into(),
+                    params_hash: h,
+                    now_ms: 2_000,
+                    inner: Box::new(Command::DestroyObject(ObjectId([9; 16]))),
+                }
+            )),
+            ErrorCode::ObjectHandleInvalid
+        );
+        assert_eq!(guarded(9, 1), CommandResult::Done);
+        assert!(s.object(&ObjectId([1; 16])).is_some());
+        // The same approval again (a retry, another node): refused, nothing created.
+        assert_eq!(refused_code(&guarded(10, 2)), ErrorCode::ApprovalRequired);
+        assert!(s.object(&ObjectId([2; 16])).is_none());
+        assert_eq!(
+            s.with_gov(|g| g.approvals[&id].status_at(3_000)),
+            ApprovalStatus::Consumed { index: 9 }
+        );
+        // Governance survives a snapshot, and the chain records every step.
+        let other = State::new();
+        other.restore(&s.snapshot_bytes()).unwrap();
+        assert_eq!(other.with_gov(Clone::clone), s.with_gov(Clone::clone));
+        let audit: Vec<String> = s.audit().into_iter().map(|r| r.summary).collect();
+        assert!(
+            audit.iter().any(|a| a.starts_with("propose id=")),
+            "{audit:?}"
+        );
+        assert!(
+            audit.iter().any(|a| a.starts_with("approve id=")),
+            "{audit:?}"
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.starts_with("guarded approval=") && a.contains("put_objects")),
+            "{audit:?}"
+        );
     }
 
     #[test]

@@ -159,6 +159,12 @@ codes! {
     /// Vendor: the node has not applied the client's last seen log index within the bound.
     /// CKR_DEVICE_ERROR after the client's retries.
     Stale = VENDOR | 0x07 => 0x30,
+    /// Vendor: a policy puts the operation under quorum control and no approved request with
+    /// exactly these parameters exists. An approval request was opened (its id is in the
+    /// detail; officers see it with `cloudkey approval list`); once approved, the same call
+    /// succeeds once. PKCS#11 applications see the vendor code itself,
+    /// `CKR_VENDOR_DEFINED | 0x08` (0x80000008), documented in `pkcs11-module/VENDOR.md`.
+    ApprovalRequired = VENDOR | 0x08 => 0x8000_0008,
 }
 
 impl From<ErrorCode> for u32 {
@@ -206,7 +212,12 @@ mod tests {
         for &c in ErrorCode::ALL {
             assert_eq!(ErrorCode::from(c as u32), c);
             let ckr = c.ckr();
-            assert!(ckr != 0 && ckr < 0x8000_0000, "{c} maps to a standard CKR");
+            // One vendor code is meant to reach applications as itself.
+            let own_vendor_ckr = c == ErrorCode::ApprovalRequired;
+            assert!(
+                ckr != 0 && (ckr < 0x8000_0000 || own_vendor_ckr),
+                "{c} maps to a standard CKR"
+            );
             if (c as u32) & VENDOR == 0 {
                 assert_eq!(
                     u64::from(c as u32),

@@ -7,13 +7,17 @@
 //!   role and name a peer's certificate gives it.
 //! * [`client`]: the async client: one pooled QUIC connection per node, many concurrent streams,
 //!   deadlines, failover, leader hints and read-your-writes via the highest applied index seen.
+//! * [`gov`]: governance messages: officers, quorum approvals, the audit chain, TMK injection.
+//! * [`audit`]: the offline audit-chain export format and its verifier.
 //! * [`vendor`]: the vendor-defined `CKM_*`/`CKK_*` numbers of SM2, SM3 and SM4.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod audit;
 pub mod client;
 pub mod error;
 pub mod frame;
+pub mod gov;
 pub mod msg;
 pub mod tls;
 pub mod vendor;

@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::WireError;
+use crate::gov::{
+    ApprovalInfo, AuditPage, OfficerAuth, OfficerInfo, PolicyScope, Rule, TerminalInfo,
+    TerminalKey, TmkDelivery, TmkQr,
+};
 
 /// A cluster-wide object identity: 16 random bytes, also the id bound into the object's chip
 /// blob.
@@ -491,6 +495,104 @@ pub enum Request {
         /// How many bytes (at most 4096 per request).
         len: u32,
     },
+    // ---- governance (`crate::gov`, docs/governance.md) ----
+    /// Operator: register an officer → [`Response::Done`].
+    AddOfficer {
+        /// Unique name.
+        name: String,
+        /// The certificate identity the officer connects with (`operator/X` or `client/X`).
+        identity: String,
+        /// The officer's own PIN.
+        pin: Secret,
+    },
+    /// Officers → [`Response::Officers`]. Any role.
+    ListOfficers,
+    /// Operator: set (replace) the policy of a scope; no rules removes it → [`Response::Done`].
+    SetPolicy {
+        /// Where it applies.
+        scope: PolicyScope,
+        /// The rules.
+        rules: Vec<Rule>,
+    },
+    /// Policies → [`Response::Policies`]. Any role.
+    ListPolicies,
+    /// Approval requests → [`Response::Approvals`]: the open ones, or all. Any role.
+    ListApprovals {
+        /// Include approved, rejected, expired and consumed ones.
+        all: bool,
+    },
+    /// Officer: approve request `id`, whose parameters hash to `params_hash` (what the officer
+    /// was shown) → [`Response::Approval`].
+    Approve {
+        /// The officer.
+        officer: OfficerAuth,
+        /// The request.
+        id: u64,
+        /// The parameters being approved.
+        params_hash: [u8; 32],
+    },
+    /// Officer: reject request `id` → [`Response::Approval`].
+    Reject {
+        /// The officer.
+        officer: OfficerAuth,
+        /// The request.
+        id: u64,
+    },
+    /// Operator: audit records with `index >= from`, at most `max` → [`Response::Audit`].
+    AuditExport {
+        /// First log index.
+        from: u64,
+        /// Most records (at most 1000 per page).
+        max: u32,
+    },
+    /// Operator: register (or replace) a terminal → [`Response::Done`].
+    AddTerminal {
+        /// Terminal number.
+        id: String,
+        /// Its public key.
+        key: TerminalKey,
+        /// The officers responsible for it.
+        admins: Vec<String>,
+        /// The certificate identity the terminal must connect with, if bound.
+        identity: Option<String>,
+    },
+    /// Terminals → [`Response::Terminals`]. Any role.
+    ListTerminals,
+    /// Terminal: open a TMK injection application → [`Response::TmkQr`].
+    TmkRequest {
+        /// Terminal number.
+        terminal: String,
+    },
+    /// Officer: send a one-time code to the officer's phone for this terminal
+    /// → [`Response::Done`].
+    TmkSmsCode {
+        /// The officer.
+        officer: OfficerAuth,
+        /// Terminal number.
+        terminal: String,
+    },
+    /// Officer (first administrator): apply for the injection with the scanned QR payload and
+    /// the SMS code → [`Response::Approval`] (the request the second administrator approves).
+    TmkApply {
+        /// The officer.
+        officer: OfficerAuth,
+        /// Terminal number.
+        terminal: String,
+        /// The scanned QR payload.
+        payload: String,
+        /// The one-time code.
+        sms_code: Secret,
+    },
+    /// Terminal: its own check (payload, applicant, application), then the TMK
+    /// → [`Response::Tmk`]. Asking again returns the same key.
+    TmkFetch {
+        /// Terminal number.
+        terminal: String,
+        /// Its QR payload.
+        payload: String,
+        /// The applicant officer's name, as entered on the terminal.
+        admin: String,
+    },
 }
 
 impl Request {
@@ -512,7 +614,20 @@ impl Request {
                 | Self::Decrypt { .. }
                 | Self::WrapKey { .. }
                 | Self::GenerateRandom { .. }
+                | Self::ListOfficers
+                | Self::ListPolicies
+                | Self::ListApprovals { .. }
+                | Self::AuditExport { .. }
+                | Self::ListTerminals
         )
+    }
+
+    /// True for writes that are safe to send again when their outcome is unknown: sending one
+    /// twice has the effect of sending it once, and the second answer is the first one's
+    /// (`TmkFetch` returns the key already delivered). The client retries these like reads.
+    #[must_use]
+    pub fn is_idempotent(&self) -> bool {
+        !self.is_write() || matches!(self, Self::TmkFetch { .. })
     }
 
     /// A short name for logs and metrics.
@@ -548,6 +663,20 @@ impl Request {
             Self::UnwrapKey { .. } => "unwrap_key",
             Self::DeriveKey { .. } => "derive_key",
             Self::GenerateRandom { .. } => "generate_random",
+            Self::AddOfficer { .. } => "add_officer",
+            Self::ListOfficers => "list_officers",
+            Self::SetPolicy { .. } => "set_policy",
+            Self::ListPolicies => "list_policies",
+            Self::ListApprovals { .. } => "list_approvals",
+            Self::Approve { .. } => "approve",
+            Self::Reject { .. } => "reject",
+            Self::AuditExport { .. } => "audit_export",
+            Self::AddTerminal { .. } => "add_terminal",
+            Self::ListTerminals => "list_terminals",
+            Self::TmkRequest { .. } => "tmk_request",
+            Self::TmkSmsCode { .. } => "tmk_sms_code",
+            Self::TmkApply { .. } => "tmk_apply",
+            Self::TmkFetch { .. } => "tmk_fetch",
         }
     }
 }
@@ -669,6 +798,22 @@ pub enum Response {
     Attributes(Vec<AttrValue>),
     /// Bytes: a signature, ciphertext, plaintext, wrapped key or random data.
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// Officers.
+    Officers(Vec<OfficerInfo>),
+    /// Policies, by scope.
+    Policies(Vec<(PolicyScope, Vec<Rule>)>),
+    /// Approval requests.
+    Approvals(Vec<ApprovalInfo>),
+    /// One approval request (boxed: it is large, and every response is moved around).
+    Approval(Box<ApprovalInfo>),
+    /// A page of the audit chain.
+    Audit(Box<AuditPage>),
+    /// Terminals.
+    Terminals(Vec<TerminalInfo>),
+    /// A TMK application's QR payload.
+    TmkQr(TmkQr),
+    /// A delivered TMK.
+    Tmk(TmkDelivery),
 }
 
 /// What a client sends on a stream.

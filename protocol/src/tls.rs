@@ -295,6 +295,23 @@ impl TlsMaterial {
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.chain
     }
+
+    /// Signs `msg` with our private key, ECDSA P-256 with SHA-256 (ASN.1 DER signature), for
+    /// statements a node vouches for with its certificate (the audit key's endorsement). The
+    /// key stays inside rustls' signing abstraction.
+    ///
+    /// # Errors
+    /// [`TlsError::Key`] when the key is not a P-256 key or signing fails.
+    pub fn sign_ecdsa_p256(&self, msg: &[u8]) -> Result<Vec<u8>, TlsError> {
+        let key = provider()
+            .key_provider
+            .load_private_key(self.key.clone_key())
+            .map_err(|e| TlsError::Key(e.to_string()))?;
+        let signer = key
+            .choose_scheme(&[rustls::SignatureScheme::ECDSA_NISTP256_SHA256])
+            .ok_or_else(|| TlsError::Key("the key is not a P-256 ECDSA key".into()))?;
+        signer.sign(msg).map_err(|e| TlsError::Key(e.to_string()))
+    }
 }
 
 fn root_store(ca: &[CertificateDer<'static>]) -> Result<Arc<RootCertStore>, TlsError> {

@@ -256,6 +256,8 @@ impl Cluster {
             raft: Some(opts.raft),
             max_login_failures: opts.max_login_failures,
             cheap_pin_hash: true,
+            sms_file: Some(root.path().join("sms.log")),
+            audit_interval_ms: Some(300),
             ..NodeOptions::default()
         };
         let mut starting = Vec::new();
@@ -428,6 +430,36 @@ impl Cluster {
     /// If the client cannot be built.
     pub fn client_on(&self, role: Role, nodes: &[u64]) -> Result<Client> {
         let s = self.settings(role, nodes)?;
+        Client::new(&s).map_err(|e| anyhow!("client: {e}"))
+    }
+
+    /// Client settings file for any identity (an officer's or a terminal's certificate, issued
+    /// by the cluster CA on first use), with every node's endpoint. Returns its path.
+    ///
+    /// # Errors
+    /// If the certificate cannot be issued or the file written.
+    pub fn settings_as(&self, who: &Identity) -> Result<PathBuf> {
+        let name = match who {
+            Identity::Operator(n) => format!("as-operator-{n}"),
+            Identity::Client(n) => format!("as-client-{n}"),
+            Identity::Node(id) => format!("as-node-{id}"),
+        };
+        if !pki::CertPaths::of(&self.pki_dir, who).cert.exists() {
+            pki::issue(&self.pki_dir, who, false)?;
+        }
+        let path = self.root().join(format!("{name}.toml"));
+        let text = dev::client_settings_toml(&self.addrs(), &self.pki_dir, who);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// A client with any identity's certificate (see [`Cluster::settings_as`]).
+    ///
+    /// # Errors
+    /// If the certificate cannot be issued or the client built.
+    pub fn client_as(&self, who: &Identity) -> Result<Client> {
+        let path = self.settings_as(who)?;
+        let s = ClientSettings::from_file(&path).map_err(|e| anyhow!("{}: {e}", path.display()))?;
         Client::new(&s).map_err(|e| anyhow!("client: {e}"))
     }
 

@@ -171,14 +171,18 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
         RaftNode::start(config.id, &config.data_dir, state.clone(), network, timings).await?;
 
     let domain = ChipDomain::new(pool.clone());
-    let ctx = Arc::new(NodeCtx::new(
-        &config,
-        bound.to_string(),
-        state.clone(),
-        pool.clone(),
-        raft.clone(),
-        domain.clone(),
-    )?);
+    let ctx = Arc::new(
+        NodeCtx::new(
+            &config,
+            bound.to_string(),
+            state.clone(),
+            pool.clone(),
+            raft.clone(),
+            domain.clone(),
+        )?
+        .with_tls(Arc::new(tls.clone())),
+    );
+    let audit_ctx = ctx.clone();
     let peers = PeerContext {
         raft: raft.clone(),
         pool: pool.clone(),
@@ -198,7 +202,8 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
     tracing::info!(node = config.id, addr = %bound, "listening");
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sync = chips::spawn_sync(domain, state, PeerDonor::new(raft.clone()), stop_rx);
+    let sync = chips::spawn_sync(domain, state, PeerDonor::new(raft.clone()), stop_rx.clone());
+    cloudkey_node::service::gov::spawn_audit(audit_ctx, stop_rx);
 
     signals.wait().await;
     tracing::info!("shutting down");

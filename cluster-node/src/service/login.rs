@@ -544,6 +544,16 @@ impl SessionMacKey {
     fn key(&self) -> &hmac::Key {
         &self.key
     }
+
+    /// HMAC-SHA-256 of `data` under this key (for one-time codes, domain-separated by the
+    /// caller).
+    #[must_use]
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        let tag = hmac::sign(&self.key, data);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&tag.as_ref()[..32]);
+        out
+    }
 }
 
 impl fmt::Debug for SessionMacKey {

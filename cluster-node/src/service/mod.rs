@@ -24,6 +24,7 @@
 //! flag is refused with `CKR_ATTRIBUTE_READ_ONLY`, because the chip would refuse the use anyway.
 
 pub mod admin;
+pub mod gov;
 pub mod keys;
 pub mod login;
 pub mod mechanism;

@@ -18,10 +18,13 @@
 //!   open, write) means no node acted on it: any request is retried on the next node.
 //! * After the request was sent, a read is retried on the next node; a write
 //!   ([`Request::is_write`]) is not, since it may have been committed: the call fails with
-//!   [`ClientError::Unavailable`] saying that the outcome is unknown.
+//!   [`ClientError::Unavailable`] saying that the outcome is unknown. Idempotent writes
+//!   ([`Request::is_idempotent`]) are retried like reads.
 //! * A stream reset or stop with [`reset::OVERLOADED`] means the node did not process the
 //!   request: retried like `Busy`, writes included. [`reset::MALFORMED`] and
 //!   [`reset::FRAME_TOO_LARGE`] are [`ClientError::Protocol`].
+//! * Remote `Unavailable` (the node could not reach a quorum): retried like `Busy` for reads
+//!   and idempotent writes; returned at once for other writes, whose outcome is unknown.
 //! * Remote `NotLeader` with a hint: retried on the hinted node at once (at most 8 hints per
 //!   call; a new address is added to the endpoints). `Busy`, `Stale`, and `NotLeader` without a
 //!   usable hint: retried on the next node after a jittered backoff (10 ms doubling to 200 ms).
@@ -395,6 +398,8 @@ impl Client {
         let pool = &self.inner.pool;
         let until = Instant::now() + deadline;
         let is_write = request.is_write();
+        // A write that may have been applied must not be sent again, unless it is idempotent.
+        let unsafe_retry = !request.is_idempotent();
         let mut next = match (is_write, pool.leader()) {
             (true, Some(leader)) => leader,
             _ => pool.preferred(),
@@ -463,6 +468,12 @@ impl Client {
                             next = pool.move_on_from(index);
                             last = LastError::Remote(refusal);
                         }
+                        // The node could not reach a quorum (e.g. the leader just died): an
+                        // idempotent request may simply be asked again, elsewhere.
+                        ErrorCode::Unavailable if !unsafe_retry => {
+                            next = pool.move_on_from(index);
+                            last = LastError::Remote(refusal);
+                        }
                         _ => return Err(ClientError::Remote(refusal)),
                     }
                     via_hint = false;
@@ -484,14 +495,16 @@ impl Client {
                     return Err(match last {
                         // A refusal (e.g. Busy) says more than our own impatience, unless the
                         // last attempt may have done a write.
-                        LastError::Remote(e) if !(delivered && is_write) => ClientError::Remote(e),
+                        LastError::Remote(e) if !(delivered && unsafe_retry) => {
+                            ClientError::Remote(e)
+                        }
                         _ => ClientError::Unavailable(detail),
                     });
                 }
                 Err(Failure::Transport { detail, delivered }) => {
                     tracing::debug!(%detail, delivered, "transport failure");
                     next = pool.move_on_from(index);
-                    if delivered && is_write {
+                    if delivered && unsafe_retry {
                         return Err(ClientError::Unavailable(unavailable_detail(
                             request, slot.addr, &detail, true,
                         )));
@@ -685,7 +698,7 @@ fn unavailable_detail(
     detail: &str,
     delivered: bool,
 ) -> String {
-    if delivered && request.is_write() {
+    if delivered && !request.is_idempotent() {
         format!(
             "the {} request was sent to {addr} but no answer came ({detail}): \
              the outcome of this write is unknown",

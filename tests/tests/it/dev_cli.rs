@@ -10,10 +10,10 @@ use anyhow::{ensure, Context, Result};
 use cloudkey_node::dev::{self, NodeFiles};
 
 /// Kills whatever the pid file of `dir` lists when dropped (a failed test leaves no process).
-struct Reaper(PathBuf);
+pub(crate) struct Reaper(pub(crate) PathBuf);
 
 impl Reaper {
-    fn pids(&self) -> Vec<(u64, u32)> {
+    pub(crate) fn pids(&self) -> Vec<(u64, u32)> {
         std::fs::read_to_string(self.0.join("pids"))
             .unwrap_or_default()
             .lines()
@@ -35,10 +35,23 @@ impl Drop for Reaper {
     }
 }
 
-async fn cloudkey(args: &[&str], cwd: &Path) -> Result<Output> {
+pub(crate) async fn cloudkey(args: &[&str], cwd: &Path) -> Result<Output> {
+    cloudkey_env(args, cwd, &[]).await
+}
+
+/// Runs the `cloudkey` CLI in `cwd` with extra environment variables.
+pub(crate) async fn cloudkey_env(
+    args: &[&str],
+    cwd: &Path,
+    env: &[(&str, &str)],
+) -> Result<Output> {
     let bin = cloudkey_tests::cli_binary()?;
     let node = cloudkey_tests::node_binary()?;
     let args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     let cwd = cwd.to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(&bin)
@@ -46,13 +59,15 @@ async fn cloudkey(args: &[&str], cwd: &Path) -> Result<Output> {
             .current_dir(&cwd)
             .env(dev::NODE_BIN_ENV, &node)
             .env_remove("CLOUDKEY_CONFIG")
+            .env_remove("CLOUDKEY_OFFICER_PIN")
+            .envs(env)
             .output()
     })
     .await??;
     Ok(out)
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {}\n--- stdout\n{}--- stderr\n{}",
         o.status,

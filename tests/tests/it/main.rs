@@ -9,6 +9,11 @@
 //! * `at_rest`: no key material in clear in any node's data directory or log.
 //! * `malformed`: hostile frames get error codes and the node stays up.
 //! * `dev_cli`: `cloudkey dev up`, `status`, `dev down` end to end.
+//! * `governance`: officers and quorum approvals, terminal master-key injection (RSA and SM2
+//!   terminals, every refusal, a leader killed mid-flow), the audit chain's checkpoints and
+//!   signature counts.
+//! * `governance_cli`: the TMK injection of `docs/governance.md` with the `cloudkey` CLI against
+//!   `cloudkey dev up`, and an audit export that verifies offline until it is tampered with.
 //! * `loadtest_smoke`: `cloudkey-loadtest` for two seconds against a cluster (protocol client)
 //!   and against in-process chips; no errors, every signature verified.
 //! * `pkcs11_cryptoki`: the `cryptoki` crate on `libcloudkey_pkcs11.so`: sessions, logins,
@@ -27,6 +32,8 @@ mod at_rest;
 mod consistency;
 mod dev_cli;
 mod failover;
+mod governance;
+mod governance_cli;
 mod loadtest_smoke;
 mod malformed;
 mod mtls;
