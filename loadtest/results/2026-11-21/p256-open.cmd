@@ -1,1 +1,1 @@
-target/release/cloudkey-loadtest --alg p256 --workers 32 --rate 15567 --duration 8 --warmup 2 pkcs11 --module target/release/libcloudkey_pkcs11.so --token dev --pin 1234 --name cloudkey
+target/release/cloudkey-loadtest --alg p256 --workers 32 --rate 15636 --duration 8 --warmup 2 pkcs11 --module target/release/libcloudkey_pkcs11.so --token dev --pin 1234 --name cloudkey
