@@ -417,10 +417,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 || format!("destroy object {object}"),
             )
             .await?;
-            match g {
-                Some(g) => objects::destroy_object(&g.ctx(svc), s, object).await?,
-                None => objects::destroy_object(svc, s, object).await?,
-            }
+            objects::destroy_object(&gov::svc_for(svc, g.as_ref()), s, object).await?;
             Response::Done
         }
         Request::GetAttributes {
@@ -449,10 +446,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 || format!("change {} attribute(s) of object {object}", template.len()),
             )
             .await?;
-            match g {
-                Some(g) => objects::set_attributes(&g.ctx(svc), s, object, &template).await?,
-                None => objects::set_attributes(svc, s, object, &template).await?,
-            }
+            let svc = gov::svc_for(svc, g.as_ref());
+            objects::set_attributes(&svc, s, object, &template).await?;
             Response::Done
         }
         Request::FindObjects { auth, template } => {
@@ -483,11 +478,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 },
             )
             .await?;
-            let id = match g {
-                Some(g) => keys::generate_key(&g.ctx(svc), s, &mechanism, &template).await?,
-                None => keys::generate_key(svc, s, &mechanism, &template).await?,
-            };
-            Response::Object(id)
+            let svc = gov::svc_for(svc, g.as_ref());
+            Response::Object(keys::generate_key(&svc, s, &mechanism, &template).await?)
         }
         Request::GenerateKeyPair {
             auth,
@@ -514,16 +506,9 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 },
             )
             .await?;
-            let guarded;
-            let svc = match &g {
-                Some(g) => {
-                    guarded = g.ctx(svc);
-                    &guarded
-                }
-                None => svc,
-            };
+            let svc = gov::svc_for(svc, g.as_ref());
             let (public, private) =
-                keys::generate_key_pair(svc, s, &mechanism, &public_template, &private_template)
+                keys::generate_key_pair(&svc, s, &mechanism, &public_template, &private_template)
                     .await?;
             Response::KeyPair { public, private }
         }

@@ -422,9 +422,18 @@ pub fn verify_chain(records: &[AuditRecord]) -> Result<(), usize> {
     Ok(())
 }
 
-/// The [`State::snapshot_bytes`] encoding.
+/// The [`State::snapshot_bytes`] encoding: the version-1 fields, then (since version 2) the
+/// governance state. postcard writes a nested struct's fields in place, so a version-1 snapshot
+/// is exactly the bytes of its [`SnapshotBase`].
 #[derive(Serialize, Deserialize)]
 struct StateSnapshot {
+    base: SnapshotBase,
+    gov: Governance,
+}
+
+/// The fields of every snapshot version.
+#[derive(Serialize, Deserialize)]
+struct SnapshotBase {
     version: u32,
     cluster: Option<ClusterInfo>,
     next_token: u64,
@@ -433,35 +442,6 @@ struct StateSnapshot {
     objects: Vec<(ObjectRecord, u64)>,
     audit: Vec<AuditRecord>,
     applied: u64,
-    /// Since version 2.
-    gov: Governance,
-}
-
-/// Version 1 of the snapshot encoding (before governance).
-#[derive(Deserialize)]
-struct StateSnapshotV1 {
-    version: u32,
-    cluster: Option<ClusterInfo>,
-    next_token: u64,
-    tokens: Vec<Token>,
-    objects: Vec<(ObjectRecord, u64)>,
-    audit: Vec<AuditRecord>,
-    applied: u64,
-}
-
-impl From<StateSnapshotV1> for StateSnapshot {
-    fn from(v: StateSnapshotV1) -> Self {
-        Self {
-            version: v.version,
-            cluster: v.cluster,
-            next_token: v.next_token,
-            tokens: v.tokens,
-            objects: v.objects,
-            audit: v.audit,
-            applied: v.applied,
-            gov: Governance::default(),
-        }
-    }
 }
 
 /// A refusal: the command does not fit the state.
@@ -609,13 +589,15 @@ impl State {
             .map(|o| (o.record.clone(), o.created))
             .collect();
         let snap = StateSnapshot {
-            version: SNAPSHOT_VERSION,
-            cluster: self.cluster(),
-            next_token: self.next_token.load(Ordering::Acquire),
-            tokens,
-            objects,
-            audit: self.audit(),
-            applied: self.applied(),
+            base: SnapshotBase {
+                version: SNAPSHOT_VERSION,
+                cluster: self.cluster(),
+                next_token: self.next_token.load(Ordering::Acquire),
+                tokens,
+                objects,
+                audit: self.audit(),
+                applied: self.applied(),
+            },
             gov: self.with_gov(Clone::clone),
         };
         // Serialising plain data into a Vec cannot fail.
@@ -630,10 +612,10 @@ impl State {
     /// # Errors
     /// [`NodeError::Storage`] when the bytes do not decode or do not hold a consistent state.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
-        let snap: StateSnapshot = match postcard::from_bytes::<StateSnapshot>(bytes) {
-            Ok(s) if s.version == SNAPSHOT_VERSION => s,
-            _ => match postcard::from_bytes::<StateSnapshotV1>(bytes) {
-                Ok(v1) if v1.version == 1 => v1.into(),
+        let (snap, gov) = match postcard::from_bytes::<StateSnapshot>(bytes) {
+            Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov),
+            _ => match postcard::from_bytes::<SnapshotBase>(bytes) {
+                Ok(v1) if v1.version == 1 => (v1, Governance::default()),
                 Ok(other) => {
                     return Err(NodeError::Storage(format!(
                         "state snapshot version {} (expected {SNAPSHOT_VERSION})",
@@ -647,12 +629,6 @@ impl State {
                 }
             },
         };
-        if snap.version != SNAPSHOT_VERSION && snap.version != 1 {
-            return Err(NodeError::Storage(format!(
-                "state snapshot version {} (expected {SNAPSHOT_VERSION})",
-                snap.version
-            )));
-        }
         if let Err(pos) = verify_chain(&snap.audit) {
             return Err(NodeError::Storage(format!(
                 "state snapshot audit chain broken at record {pos}"
@@ -698,7 +674,7 @@ impl State {
             *a = snap.audit;
         }
         if let Ok(mut g) = self.gov.write() {
-            *g = snap.gov;
+            *g = gov;
         }
         self.next_token
             .store(snap.next_token.max(FIRST_TOKEN_ID), Ordering::Release);
@@ -1271,6 +1247,29 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_snapshot_restores_without_governance() {
+        let (s, _) = with_token();
+        let v1 = SnapshotBase {
+            version: 1,
+            cluster: s.cluster(),
+            next_token: 2,
+            tokens: s.tokens().iter().map(|t| (**t).clone()).collect(),
+            objects: Vec::new(),
+            audit: s.audit(),
+            applied: s.applied(),
+        };
+        let other = State::new();
+        other.restore(&postcard::to_stdvec(&v1).unwrap()).unwrap();
+        assert_eq!(other.tokens().len(), 1);
+        assert_eq!(other.with_gov(Clone::clone), Governance::default());
+        // A version this code does not know is refused.
+        let v9 = SnapshotBase { version: 9, ..v1 };
+        assert!(State::new()
+            .restore(&postcard::to_stdvec(&v9).unwrap())
+            .is_err());
+    }
+
+    #[test]
     fn default_state_has_a_working_applied_channel() {
         let s = State::default();
         let rx = s.watch_applied();
@@ -1707,7 +1706,7 @@ mod tests {
         // Garbage and tampered snapshots are refused and change nothing.
         assert!(other.restore(&bytes[..bytes.len() / 2]).is_err());
         let mut snap: StateSnapshot = postcard::from_bytes(&bytes).expect("decode");
-        snap.audit[0].summary.push('x');
+        snap.base.audit[0].summary.push('x');
         let tampered = postcard::to_stdvec(&snap).expect("encode");
         assert!(matches!(
             other.restore(&tampered),

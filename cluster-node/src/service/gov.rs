@@ -512,6 +512,20 @@ pub async fn guard(
     ))
 }
 
+/// The services' context for an operation [`guard`] allowed: the plain one when the operation is
+/// not guarded, else one whose first write consumes the approval ([`Guard::ctx`]).
+#[must_use]
+pub fn svc_for(svc: &service::Ctx, guard: Option<&Guard>) -> service::Ctx {
+    match guard {
+        Some(g) => g.ctx(svc),
+        None => service::Ctx {
+            state: svc.state.clone(),
+            pool: svc.pool.clone(),
+            replicator: svc.replicator.clone(),
+        },
+    }
+}
+
 impl Guard {
     /// The services' context whose first write consumes this approval in the same log entry.
     #[must_use]

@@ -103,6 +103,20 @@ impl Gov {
         }
     }
 
+    /// Waits until the open requests satisfy `f` (a request opened through another node may
+    /// take a moment to reach the node the operator's client reads from).
+    async fn wait_open<F>(&self, what: &str, f: F) -> Result<Vec<ApprovalInfo>>
+    where
+        F: Fn(&[ApprovalInfo]) -> bool,
+    {
+        let f = &f;
+        wait_for(what, Duration::from_secs(10), || async move {
+            let open = self.approvals(false).await.ok()?;
+            f(&open).then_some(open)
+        })
+        .await
+    }
+
     /// The last SMS code the development notifier wrote for `officer` and `terminal`.
     fn sms_code(&self, officer: &str, terminal: &str) -> Result<String> {
         let text = std::fs::read_to_string(self.cluster.root().join("sms.log"))
@@ -377,6 +391,19 @@ async fn apply(
 }
 
 async fn audit_summaries(gov: &Gov) -> Result<Vec<String>> {
+    // Every running node first applies everything any of them has: the steps were made through
+    // other clients, possibly on other nodes.
+    let ids = gov.cluster.running();
+    let newest = gov
+        .cluster
+        .statuses(&ids)
+        .await
+        .into_iter()
+        .flatten()
+        .map(|s| s.applied)
+        .max()
+        .unwrap_or(0);
+    gov.cluster.wait_applied(newest).await?;
     let mut out = Vec::new();
     let mut from = 0;
     loop {
@@ -655,6 +682,8 @@ async fn tmk_refusals() -> Result<()> {
         },
     )
     .await?;
+    // Every node enforces the policy before anyone relies on it.
+    gov.cluster.settle(gov.cluster.admin()).await?;
     let q3 = a.request().await?;
     let code3 = sms(&gov, "alice", "ATM-A").await?;
     // ATM-A already has an application applied for (pa): a new one is separate.
@@ -790,6 +819,7 @@ async fn the_audit_chain_gets_chip_signed_checkpoints_and_signature_counts() -> 
     // Signatures are counted per key and summarised into the chain.
     let admin = gov.cluster.admin();
     let token = crate::util::create_token(admin, "counted").await?;
+    gov.cluster.settle(admin).await?;
     let user = gov.cluster.client(cloudkey_tests::Role::Client)?;
     let auth = crate::util::login(&user, token).await?;
     let kp = crate::util::generate_ec(&user, &auth, "counted").await?;
@@ -846,6 +876,8 @@ async fn pkcs11_key_generation_under_a_two_of_three_policy() -> Result<()> {
         },
     )
     .await?;
+    // Every node enforces the policy before anyone relies on it.
+    gov.cluster.settle(gov.cluster.admin()).await?;
     let out = tempfile::tempdir()?;
     let run = |phase: &'static str| {
         let token = token.clone();
@@ -858,8 +890,9 @@ async fn pkcs11_key_generation_under_a_two_of_three_policy() -> Result<()> {
     // Phase 1: both keys need an approval; an EC key pair does not (the rule is for AES).
     let stdout = run("1").await??;
     ensure!(stdout.contains("phase 1: done"), "{stdout}");
-    let pending = gov.approvals(false).await?;
-    ensure!(pending.len() == 2, "{pending:#?}");
+    let pending = gov
+        .wait_open("the two requests", |open| open.len() == 2)
+        .await?;
     ensure!(
         pending.iter().all(|a| a.requester == "client/app"
             && a.quorum == 2
@@ -895,19 +928,23 @@ async fn pkcs11_key_generation_under_a_two_of_three_policy() -> Result<()> {
     // Phase 2: k2 is still refused, k1 succeeds once, and a second k1 needs a new approval.
     let stdout = run("2").await??;
     ensure!(stdout.contains("phase 2: done"), "{stdout}");
-    let all = gov.approvals(true).await?;
-    let used = all.iter().find(|a| a.id == k1.id).expect("k1's request");
-    ensure!(
-        matches!(used.status, ApprovalStatus::Consumed { .. }),
-        "{used:?}"
-    );
-    ensure!(
-        all.iter()
-            .filter(|a| a.status == ApprovalStatus::Pending)
-            .count()
-            == 2,
-        "{all:#?}"
-    );
+    // k1's request consumed, k2's and the second k1's open (once the operator's node has them).
+    let k1_id = k1.id;
+    let gov_ref = &gov;
+    wait_for(
+        "k1's request consumed",
+        Duration::from_secs(10),
+        || async move {
+            let all = gov_ref.approvals(true).await.ok()?;
+            let used = all.iter().find(|a| a.id == k1_id)?;
+            let pending = all
+                .iter()
+                .filter(|a| a.status == ApprovalStatus::Pending)
+                .count();
+            (matches!(used.status, ApprovalStatus::Consumed { .. }) && pending == 2).then_some(())
+        },
+    )
+    .await?;
     let audit = audit_summaries(&gov).await?;
     ensure!(
         audit.iter().any(|a| a.starts_with(&format!(
@@ -986,6 +1023,7 @@ async fn a_designated_key_signs_once_per_approval_and_is_destroyed_only_with_one
     let gov = Gov::start().await?;
     let admin = gov.cluster.admin();
     let token = crate::util::create_token(admin, "designated").await?;
+    gov.cluster.settle(admin).await?;
     let user = gov.cluster.client(cloudkey_tests::Role::Client)?;
     let auth = crate::util::login(&user, token).await?;
     let kp = crate::util::generate_ec(&user, &auth, "root-ca").await?;
@@ -1012,6 +1050,8 @@ async fn a_designated_key_signs_once_per_approval_and_is_destroyed_only_with_one
         },
     )
     .await?;
+    // Every node enforces the policy before anyone relies on it.
+    gov.cluster.settle(gov.cluster.admin()).await?;
     let sign = |digest: u8| Request::Sign {
         auth: auth.clone(),
         key: kp.private,
@@ -1026,7 +1066,11 @@ async fn a_designated_key_signs_once_per_approval_and_is_destroyed_only_with_one
         user.call(sign(1)).await,
         &[ErrorCode::ApprovalRequired],
     )?;
-    let pending = gov.approvals(false).await?;
+    let pending = gov
+        .wait_open("the sign request", |open| {
+            open.iter().any(|a| a.op == GuardedOp::Sign)
+        })
+        .await?;
     let req = pending
         .iter()
         .find(|a| a.op == GuardedOp::Sign)
@@ -1060,7 +1104,9 @@ async fn a_designated_key_signs_once_per_approval_and_is_destroyed_only_with_one
         &[ErrorCode::ApprovalRequired],
     )?;
     let d = gov
-        .approvals(false)
+        .wait_open("the destroy request", |open| {
+            open.iter().any(|a| a.op == GuardedOp::Destroy)
+        })
         .await?
         .into_iter()
         .find(|a| a.op == GuardedOp::Destroy)

@@ -25,6 +25,27 @@ fn field(out: &str, key: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("no {key:?} line in:\n{out}"))
 }
 
+/// Writes `export` as `<name>.json` and checks that `cloudkey audit verify` refuses it, naming the
+/// record at `pos`.
+async fn verify_fails_at(
+    cwd: &Path,
+    name: &str,
+    export: &serde_json::Value,
+    ca: &str,
+    pos: usize,
+) -> Result<()> {
+    let file = format!("{name}.json");
+    std::fs::write(cwd.join(&file), serde_json::to_string_pretty(export)?)?;
+    let bad = cloudkey(&["audit", "verify", &file, "--ca", ca], cwd).await?;
+    let err = String::from_utf8_lossy(&bad.stderr).into_owned();
+    ensure!(
+        !bad.status.success() && err.contains(&format!("position {pos} ")),
+        "{name}: expected a failure at position {pos}: {}",
+        text(&bad)
+    );
+    Ok(())
+}
+
 async fn ok(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Result<String> {
     let o = cloudkey_env(args, cwd, env).await?;
     ensure!(
@@ -253,34 +274,14 @@ async fn tmk_injection_from_the_cli_against_dev_up_and_a_verified_audit_export()
         .context("summary")?
         .replace("officer=bob", "officer=eve");
     changed["records"][pos]["summary"] = serde_json::Value::String(s);
-    std::fs::write(
-        cwd.join("changed.json"),
-        serde_json::to_string_pretty(&changed)?,
-    )?;
-    let bad = cloudkey(&["audit", "verify", "changed.json", "--ca", &ca], cwd).await?;
-    let err = String::from_utf8_lossy(&bad.stderr).into_owned();
-    ensure!(
-        !bad.status.success() && err.contains(&format!("position {pos} ")),
-        "a changed record at {pos}: {}",
-        text(&bad)
-    );
+    verify_fails_at(cwd, "changed", &changed, &ca, pos).await?;
     // A dropped record: the next one no longer links.
     let mut dropped = export.clone();
     dropped["records"]
         .as_array_mut()
         .context("records")?
         .remove(pos);
-    std::fs::write(
-        cwd.join("dropped.json"),
-        serde_json::to_string_pretty(&dropped)?,
-    )?;
-    let bad = cloudkey(&["audit", "verify", "dropped.json", "--ca", &ca], cwd).await?;
-    let err = String::from_utf8_lossy(&bad.stderr).into_owned();
-    ensure!(
-        !bad.status.success() && err.contains(&format!("position {pos} ")),
-        "a dropped record before {pos}: {}",
-        text(&bad)
-    );
+    verify_fails_at(cwd, "dropped", &dropped, &ca, pos).await?;
     // Another CA does not vouch for the audit key (once there is one).
     if export["audit_key"].is_object() {
         let other = cwd.join("other-pki");
