@@ -507,7 +507,10 @@ impl Governance {
             .map(PolicyScope::Key)
             .into_iter()
             .chain(token.map(PolicyScope::Token))
-            .chain((op == GuardedOp::TmkInject).then_some(PolicyScope::Cluster));
+            .chain(
+                matches!(op, GuardedOp::TmkInject | GuardedOp::Govern)
+                    .then_some(PolicyScope::Cluster),
+            );
         for scope in scopes {
             if let Some(rules) = self.policies.get(&scope) {
                 if let Some(r) = rules.iter().find(|r| {

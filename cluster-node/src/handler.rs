@@ -304,7 +304,7 @@ async fn sign(
             ctx,
             peer,
             GuardedOp::Sign,
-            s.token,
+            Some(s.token),
             Some(key),
             None,
             &params,
@@ -410,7 +410,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 ctx,
                 peer,
                 GuardedOp::Destroy,
-                s.token,
+                Some(s.token),
                 Some(object),
                 None,
                 &object,
@@ -439,7 +439,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 ctx,
                 peer,
                 GuardedOp::SetAttributes,
-                s.token,
+                Some(s.token),
                 Some(object),
                 None,
                 &params,
@@ -466,7 +466,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 ctx,
                 peer,
                 GuardedOp::Generate,
-                s.token,
+                Some(s.token),
                 None,
                 key_type,
                 &params,
@@ -494,7 +494,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 ctx,
                 peer,
                 GuardedOp::Generate,
-                s.token,
+                Some(s.token),
                 None,
                 key_type,
                 &params,
@@ -559,7 +559,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 ctx,
                 peer,
                 GuardedOp::Wrap,
-                s.token,
+                Some(s.token),
                 Some(key),
                 None,
                 &params,
@@ -571,7 +571,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                     ctx,
                     peer,
                     GuardedOp::Wrap,
-                    s.token,
+                    Some(s.token),
                     Some(wrapping_key),
                     None,
                     &params,
@@ -611,12 +611,12 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             identity,
             pin,
         } => {
-            gov::add_officer(ctx, &name, &identity, &pin).await?;
+            gov::add_officer(ctx, peer, &name, &identity, &pin).await?;
             Response::Done
         }
         Request::ListOfficers => Response::Officers(gov::list_officers(ctx)),
         Request::SetPolicy { scope, rules } => {
-            gov::set_policy(ctx, scope, rules).await?;
+            gov::set_policy(ctx, peer, scope, rules).await?;
             Response::Done
         }
         Request::ListPolicies => Response::Policies(gov::list_policies(ctx)),
@@ -642,6 +642,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
         } => {
             gov::add_terminal(
                 ctx,
+                peer,
                 TerminalInfo {
                     id,
                     key,

@@ -988,10 +988,21 @@ impl State {
                 now_ms,
                 inner,
             } => {
-                if matches!(**inner, Command::Gov(_) | Command::Guarded { .. }) {
+                // Object changes, and the governance changes a `govern` rule guards.
+                let guardable = match &**inner {
+                    Command::Gov(g) => matches!(
+                        g,
+                        GovCommand::AddOfficer { .. }
+                            | GovCommand::SetPolicy { .. }
+                            | GovCommand::AddTerminal(_)
+                    ),
+                    Command::Guarded { .. } => false,
+                    _ => true,
+                };
+                if !guardable {
                     return refuse(
                         ErrorCode::ArgumentsBad,
-                        "a guarded command guards an object change",
+                        "a guarded command guards an object or governance change",
                     );
                 }
                 if let Err(GovRefusal(code, detail)) = self

@@ -56,17 +56,22 @@ pub enum GuardedOp {
     Sign,
     /// Terminal master-key injection.
     TmkInject,
+    /// Changes to governance itself (cluster scope): adding an officer, setting a policy,
+    /// registering a terminal. Once a cluster policy has this rule, no single operator can
+    /// change who approves.
+    Govern,
 }
 
 impl GuardedOp {
     /// Every operation.
-    pub const ALL: [GuardedOp; 6] = [
+    pub const ALL: [GuardedOp; 7] = [
         Self::Generate,
         Self::Wrap,
         Self::Destroy,
         Self::SetAttributes,
         Self::Sign,
         Self::TmkInject,
+        Self::Govern,
     ];
 
     /// The name used on the command line and in the audit chain.
@@ -79,6 +84,7 @@ impl GuardedOp {
             Self::SetAttributes => "set-attributes",
             Self::Sign => "sign",
             Self::TmkInject => "tmk-inject",
+            Self::Govern => "govern",
         }
     }
 
@@ -98,7 +104,7 @@ impl fmt::Display for GuardedOp {
 /// What a policy applies to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum PolicyScope {
-    /// The whole cluster (used for terminal master-key injection).
+    /// The whole cluster (terminal master-key injection, governance changes).
     Cluster,
     /// Every object of a token.
     Token(TokenId),

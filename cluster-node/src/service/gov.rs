@@ -267,7 +267,13 @@ pub async fn officer(ctx: &NodeCtx, peer: &PeerIdentity, auth: &OfficerAuth) -> 
 ///
 /// # Errors
 /// `PinLenRange`, refusals of the state, Raft errors.
-pub async fn add_officer(ctx: &NodeCtx, name: &str, identity: &str, pin: &Secret) -> Result<()> {
+pub async fn add_officer(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    name: &str,
+    identity: &str,
+    pin: &Secret,
+) -> Result<()> {
     login::check_pin_len(pin)?;
     PeerIdentity::from_uri(&format!("cloudkey://{identity}"))
         .ok()
@@ -278,13 +284,45 @@ pub async fn add_officer(ctx: &NodeCtx, name: &str, identity: &str, pin: &Secret
                 format!("{identity:?} is not an operator or client identity (operator/NAME, client/NAME)"),
             )
         })?;
-    let pin = ctx.pins.hash(pin).await?;
-    ctx.write(Command::Gov(GovCommand::AddOfficer {
-        name: name.to_string(),
-        identity: identity.to_string(),
-        pin,
-    }))
+    let g = guard(
+        ctx,
+        peer,
+        GuardedOp::Govern,
+        None,
+        None,
+        None,
+        &(name, identity),
+        || format!("add officer {name} with certificate {identity}"),
+    )
     .await?;
+    let pin = ctx.pins.hash(pin).await?;
+    write_governed(
+        ctx,
+        g.as_ref(),
+        GovCommand::AddOfficer {
+            name: name.to_string(),
+            identity: identity.to_string(),
+            pin,
+        },
+    )
+    .await
+}
+
+/// Commits a governance change, consuming `guard`'s approval in the same entry when the change
+/// is under quorum control.
+async fn write_governed(ctx: &NodeCtx, guard: Option<&Guard>, cmd: GovCommand) -> Result<()> {
+    let cmd = Command::Gov(cmd);
+    let cmd = match guard {
+        Some(g) => Command::Guarded {
+            approval: g.approval,
+            requester: g.requester.clone(),
+            params_hash: g.params_hash,
+            now_ms: g.now_ms,
+            inner: Box::new(cmd),
+        },
+        None => cmd,
+    };
+    ctx.write(cmd).await?;
     Ok(())
 }
 
@@ -299,22 +337,39 @@ pub fn list_officers(ctx: &NodeCtx) -> Vec<OfficerInfo> {
 ///
 /// # Errors
 /// Unknown token or key, refusals of the state, Raft errors.
-pub async fn set_policy(ctx: &NodeCtx, scope: PolicyScope, rules: Vec<Rule>) -> Result<()> {
-    match scope {
-        PolicyScope::Token(t) if ctx.state.token(t).is_none() => {
-            return Err(refuse(ErrorCode::TokenNotPresent, format!("no token {t}")))
-        }
-        PolicyScope::Key(k) if ctx.state.object(&k).is_none() => {
-            return Err(refuse(
-                ErrorCode::ObjectHandleInvalid,
-                format!("no object {k}"),
-            ))
-        }
-        _ => {}
+pub async fn set_policy(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    scope: PolicyScope,
+    rules: Vec<Rule>,
+) -> Result<()> {
+    let exists = |ctx: &NodeCtx| match scope {
+        PolicyScope::Token(t) => ctx.state.token(t).is_some(),
+        PolicyScope::Key(k) => ctx.state.object(&k).is_some(),
+        PolicyScope::Cluster => true,
+    };
+    if !exists(ctx) {
+        // Made by another client, perhaps through another node: catch up, then look again.
+        ctx.write(Command::Gov(GovCommand::Barrier)).await?;
     }
-    ctx.write(Command::Gov(GovCommand::SetPolicy { scope, rules }))
-        .await?;
-    Ok(())
+    if !exists(ctx) {
+        return Err(match scope {
+            PolicyScope::Token(t) => refuse(ErrorCode::TokenNotPresent, format!("no token {t}")),
+            _ => refuse(ErrorCode::ObjectHandleInvalid, format!("no object {scope}")),
+        });
+    }
+    let g = guard(
+        ctx,
+        peer,
+        GuardedOp::Govern,
+        None,
+        None,
+        None,
+        &(scope, &rules),
+        || format!("set the policy of {scope} to {} rule(s)", rules.len()),
+    )
+    .await?;
+    write_governed(ctx, g.as_ref(), GovCommand::SetPolicy { scope, rules }).await
 }
 
 /// Policies.
@@ -413,12 +468,12 @@ pub struct Guard {
 
 /// The parameters of a guarded operation, hashed: an approval authorises exactly these.
 #[must_use]
-pub fn params_hash(op: GuardedOp, token: TokenId, params: &impl Serialize) -> [u8; 32] {
+pub fn params_hash(op: GuardedOp, token: Option<TokenId>, params: &impl Serialize) -> [u8; 32] {
     let body = postcard::to_stdvec(params).unwrap_or_default();
     let mut m = b"cloudkey approval v1\0".to_vec();
     m.extend_from_slice(op.name().as_bytes());
     m.push(0);
-    m.extend_from_slice(&token.0.to_be_bytes());
+    m.extend_from_slice(&token.map_or(0, |t| t.0).to_be_bytes());
     m.extend_from_slice(&body);
     sha256(&m)
 }
@@ -435,7 +490,7 @@ pub async fn guard(
     ctx: &NodeCtx,
     peer: &PeerIdentity,
     op: GuardedOp,
-    token: TokenId,
+    token: Option<TokenId>,
     key: Option<ObjectId>,
     key_type: Option<u64>,
     params: &impl Serialize,
@@ -444,10 +499,7 @@ pub async fn guard(
     if !ctx.state.has_policies() {
         return Ok(None);
     }
-    let Some((scope, rule)) = ctx
-        .state
-        .with_gov(|g| g.rule_for(op, Some(token), key, key_type))
-    else {
+    let Some((scope, rule)) = ctx.state.with_gov(|g| g.rule_for(op, token, key, key_type)) else {
         return Ok(None);
     };
     let requester = identity_string(peer);
@@ -759,7 +811,7 @@ fn check_terminal_peer(t: &crate::governance::Terminal, peer: &PeerIdentity) -> 
 ///
 /// # Errors
 /// A malformed key, the state's refusals, Raft errors.
-pub async fn add_terminal(ctx: &NodeCtx, info: TerminalInfo) -> Result<()> {
+pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo) -> Result<()> {
     match &info.key {
         TerminalKey::Rsa { n, e } => {
             if n.len() < 256 || n.len() > 512 || e.is_empty() || e.len() > 8 {
@@ -786,9 +838,23 @@ pub async fn add_terminal(ctx: &NodeCtx, info: TerminalInfo) -> Result<()> {
             )
         })?;
     }
-    ctx.write(Command::Gov(GovCommand::AddTerminal(info)))
-        .await?;
-    Ok(())
+    let g = guard(
+        ctx,
+        peer,
+        GuardedOp::Govern,
+        None,
+        None,
+        None,
+        &info,
+        || {
+            format!(
+                "register terminal {} with administrators {:?}",
+                info.id, info.admins
+            )
+        },
+    )
+    .await?;
+    write_governed(ctx, g.as_ref(), GovCommand::AddTerminal(info)).await
 }
 
 /// Terminals.

@@ -1126,3 +1126,80 @@ async fn a_designated_key_signs_once_per_approval_and_is_destroyed_only_with_one
     )?;
     Ok(())
 }
+
+// ---- governance changes under quorum -------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_a_govern_rule_exists_no_single_operator_changes_who_approves() -> Result<()> {
+    let gov = Gov::start().await?;
+    let admin = gov.cluster.admin();
+    let govern = |quorum| Request::SetPolicy {
+        scope: PolicyScope::Cluster,
+        rules: vec![Rule {
+            op: GuardedOp::Govern,
+            key_type: None,
+            quorum,
+            officers: vec!["alice".into(), "bob".into(), "carol".into()],
+            ttl_ms: 600_000,
+        }],
+    };
+    // The first govern rule is the operator's alone (nothing guards governance yet).
+    call(admin, govern(2)).await?;
+    gov.cluster.settle(admin).await?;
+    let add = |name: &str| Request::AddOfficer {
+        name: name.into(),
+        identity: format!("operator/{name}"),
+        pin: Secret::from("a-new-pin"),
+    };
+    expect_code(
+        "adding an officer alone",
+        admin.call(add("dave")).await,
+        &[ErrorCode::ApprovalRequired],
+    )?;
+    expect_code(
+        "weakening the rule alone",
+        admin.call(govern(1)).await,
+        &[ErrorCode::ApprovalRequired],
+    )?;
+    let open = gov
+        .wait_open("the two governance requests", |open| {
+            open.iter().filter(|a| a.op == GuardedOp::Govern).count() == 2
+        })
+        .await?;
+    let dave = open
+        .iter()
+        .find(|a| a.description.contains("dave"))
+        .ok_or_else(|| anyhow!("no request for dave: {open:#?}"))?
+        .clone();
+    ensure!(dave.requester == "operator/admin", "{dave:?}");
+    gov.approve("alice", &dave).await?;
+    expect_code(
+        "with one approval of two",
+        admin.call(add("dave")).await,
+        &[ErrorCode::ApprovalRequired],
+    )?;
+    gov.approve("carol", &dave).await?;
+    call(admin, add("dave")).await?;
+    // That approval was for dave only, and only once.
+    expect_code(
+        "another officer on dave's approval",
+        admin.call(add("erin")).await,
+        &[ErrorCode::ApprovalRequired],
+    )?;
+    let Response::Officers(officers) = call(admin, Request::ListOfficers).await? else {
+        bail!("list officers: unexpected response")
+    };
+    ensure!(
+        officers.iter().any(|o| o.name == "dave") && !officers.iter().any(|o| o.name == "erin"),
+        "{officers:#?}"
+    );
+    let audit = audit_summaries(&gov).await?;
+    ensure!(
+        audit.iter().any(|a| a.starts_with(&format!(
+            "guarded approval={} requester=operator/admin: add_officer name=dave",
+            dave.id
+        ))),
+        "{audit:#?}"
+    );
+    Ok(())
+}
