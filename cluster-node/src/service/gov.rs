@@ -284,16 +284,9 @@ pub async fn add_officer(
                 format!("{identity:?} is not an operator or client identity (operator/NAME, client/NAME)"),
             )
         })?;
-    let g = guard(
-        ctx,
-        peer,
-        GuardedOp::Govern,
-        None,
-        None,
-        None,
-        &(name, identity),
-        || format!("add officer {name} with certificate {identity}"),
-    )
+    let g = govern_guard(ctx, peer, &(name, identity), || {
+        format!("add officer {name} with certificate {identity}")
+    })
     .await?;
     let pin = ctx.pins.hash(pin).await?;
     write_governed(
@@ -304,6 +297,26 @@ pub async fn add_officer(
             identity: identity.to_string(),
             pin,
         },
+    )
+    .await
+}
+
+/// [`guard`] for a change to governance itself (a cluster `govern` rule).
+async fn govern_guard(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    params: &impl Serialize,
+    description: impl FnOnce() -> String,
+) -> Result<Option<Guard>> {
+    guard(
+        ctx,
+        peer,
+        GuardedOp::Govern,
+        None,
+        None,
+        None,
+        params,
+        description,
     )
     .await
 }
@@ -358,16 +371,9 @@ pub async fn set_policy(
             _ => refuse(ErrorCode::ObjectHandleInvalid, format!("no object {scope}")),
         });
     }
-    let g = guard(
-        ctx,
-        peer,
-        GuardedOp::Govern,
-        None,
-        None,
-        None,
-        &(scope, &rules),
-        || format!("set the policy of {scope} to {} rule(s)", rules.len()),
-    )
+    let g = govern_guard(ctx, peer, &(scope, &rules), || {
+        format!("set the policy of {scope} to {} rule(s)", rules.len())
+    })
     .await?;
     write_governed(ctx, g.as_ref(), GovCommand::SetPolicy { scope, rules }).await
 }
@@ -838,21 +844,12 @@ pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo
             )
         })?;
     }
-    let g = guard(
-        ctx,
-        peer,
-        GuardedOp::Govern,
-        None,
-        None,
-        None,
-        &info,
-        || {
-            format!(
-                "register terminal {} with administrators {:?}",
-                info.id, info.admins
-            )
-        },
-    )
+    let g = govern_guard(ctx, peer, &info, || {
+        format!(
+            "register terminal {} with administrators {:?}",
+            info.id, info.admins
+        )
+    })
     .await?;
     write_governed(ctx, g.as_ref(), GovCommand::AddTerminal(info)).await
 }
