@@ -783,7 +783,12 @@ impl Governance {
                         format!("request {id} is already approved"),
                     );
                 }
-                let a = self.approvals.get_mut(id).expect("checked above");
+                let Some(a) = self.approvals.get_mut(id) else {
+                    return no(
+                        ErrorCode::GeneralError,
+                        format!("approval request {id} vanished"),
+                    );
+                };
                 a.approvals.push(officer.clone());
                 let met = a.approvals.len() as u64 >= u64::from(a.quorum);
                 if met {
@@ -807,7 +812,12 @@ impl Governance {
             } => {
                 let a = self.open_request(*id, *now_ms)?;
                 Self::check_approver(a, officer, identity)?;
-                let a = self.approvals.get_mut(id).expect("checked above");
+                let Some(a) = self.approvals.get_mut(id) else {
+                    return no(
+                        ErrorCode::GeneralError,
+                        format!("approval request {id} vanished"),
+                    );
+                };
                 a.status = Stored::Rejected;
                 a.rejected_by = Some(officer.clone());
                 Ok((
@@ -1179,10 +1189,12 @@ impl Governance {
             }
         };
         if let Some(why) = failure {
-            let app = self
-                .applications
-                .get_mut(&application)
-                .expect("checked above");
+            let Some(app) = self.applications.get_mut(&application) else {
+                return no(
+                    ErrorCode::GeneralError,
+                    format!("application {application} vanished"),
+                );
+            };
             app.failures += 1;
             let locked = app.failures >= MAX_APPLICATION_FAILURES;
             if locked {
