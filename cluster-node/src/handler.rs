@@ -320,6 +320,35 @@ async fn sign(
     Ok(Response::Bytes(signature))
 }
 
+/// The services' context for a key generation: guarded when a `generate` rule covers the
+/// token and the key type (see [`gov::guard`]).
+async fn guard_generation(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    s: Session,
+    mechanism: &Mechanism,
+    params: &impl serde::Serialize,
+    what: &str,
+) -> Result<service::Ctx> {
+    let g = gov::guard(
+        ctx,
+        peer,
+        GuardedOp::Generate,
+        Some(s.token),
+        None,
+        generated_key_type(mechanism.ckm),
+        params,
+        || {
+            format!(
+                "generate {what} (mechanism 0x{:x}) on token {}",
+                mechanism.ckm, s.token
+            )
+        },
+    )
+    .await?;
+    Ok(gov::svc_for(&ctx.svc, g.as_ref()))
+}
+
 /// The `CKK_*` a key-generation mechanism makes.
 fn generated_key_type(ckm: u64) -> Option<u64> {
     use cloudkey_protocol::{ck, vendor};
@@ -460,25 +489,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             template,
         } => {
             let s = session(ctx, &auth).await?;
-            let key_type = generated_key_type(mechanism.ckm);
             let params = (&mechanism, &template);
-            let g = gov::guard(
-                ctx,
-                peer,
-                GuardedOp::Generate,
-                Some(s.token),
-                None,
-                key_type,
-                &params,
-                || {
-                    format!(
-                        "generate a secret key (mechanism 0x{:x}) on token {}",
-                        mechanism.ckm, s.token
-                    )
-                },
-            )
-            .await?;
-            let svc = gov::svc_for(svc, g.as_ref());
+            let svc = guard_generation(ctx, peer, s, &mechanism, &params, "a secret key").await?;
             Response::Object(keys::generate_key(&svc, s, &mechanism, &template).await?)
         }
         Request::GenerateKeyPair {
@@ -488,25 +500,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             private_template,
         } => {
             let s = session(ctx, &auth).await?;
-            let key_type = generated_key_type(mechanism.ckm);
             let params = (&mechanism, &public_template, &private_template);
-            let g = gov::guard(
-                ctx,
-                peer,
-                GuardedOp::Generate,
-                Some(s.token),
-                None,
-                key_type,
-                &params,
-                || {
-                    format!(
-                        "generate a key pair (mechanism 0x{:x}) on token {}",
-                        mechanism.ckm, s.token
-                    )
-                },
-            )
-            .await?;
-            let svc = gov::svc_for(svc, g.as_ref());
+            let svc = guard_generation(ctx, peer, s, &mechanism, &params, "a key pair").await?;
             let (public, private) =
                 keys::generate_key_pair(&svc, s, &mechanism, &public_template, &private_template)
                     .await?;
