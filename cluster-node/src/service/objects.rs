@@ -363,48 +363,55 @@ const PUBLIC_KEY: &[Spec] = &[
     ),
 ];
 
+// Attributes private and secret keys share (*Base* §4.9, §4.10).
+const SENSITIVE: Spec = a(
+    ck::CKA_SENSITIVE,
+    Kind::Bool,
+    Role::Free,
+    Change::ToTrue,
+    DefaultValue::True,
+);
+const EXTRACTABLE: Spec = a(
+    ck::CKA_EXTRACTABLE,
+    Kind::Bool,
+    Role::Free,
+    Change::ToFalse,
+    DefaultValue::False,
+);
+const ALWAYS_SENSITIVE: Spec = a(
+    ck::CKA_ALWAYS_SENSITIVE,
+    Kind::Bool,
+    Role::TokenSet,
+    Change::Never,
+    DefaultValue::None,
+);
+const NEVER_EXTRACTABLE: Spec = a(
+    ck::CKA_NEVER_EXTRACTABLE,
+    Kind::Bool,
+    Role::TokenSet,
+    Change::Never,
+    DefaultValue::None,
+);
+const WRAP_WITH_TRUSTED: Spec = a(
+    ck::CKA_WRAP_WITH_TRUSTED,
+    Kind::Bool,
+    Role::Free,
+    Change::ToTrue,
+    DefaultValue::False,
+);
+
 /// Private keys, *Base* §4.9.
 const PRIVATE_KEY: &[Spec] = &[
     bytes(ck::CKA_SUBJECT, Change::Free),
-    a(
-        ck::CKA_SENSITIVE,
-        Kind::Bool,
-        Role::Free,
-        Change::ToTrue,
-        DefaultValue::True,
-    ),
+    SENSITIVE,
     usage(ck::CKA_DECRYPT),
     usage(ck::CKA_SIGN),
     usage(ck::CKA_SIGN_RECOVER),
     usage(ck::CKA_UNWRAP),
-    a(
-        ck::CKA_EXTRACTABLE,
-        Kind::Bool,
-        Role::Free,
-        Change::ToFalse,
-        DefaultValue::False,
-    ),
-    a(
-        ck::CKA_ALWAYS_SENSITIVE,
-        Kind::Bool,
-        Role::TokenSet,
-        Change::Never,
-        DefaultValue::None,
-    ),
-    a(
-        ck::CKA_NEVER_EXTRACTABLE,
-        Kind::Bool,
-        Role::TokenSet,
-        Change::Never,
-        DefaultValue::None,
-    ),
-    a(
-        ck::CKA_WRAP_WITH_TRUSTED,
-        Kind::Bool,
-        Role::Free,
-        Change::ToTrue,
-        DefaultValue::False,
-    ),
+    EXTRACTABLE,
+    ALWAYS_SENSITIVE,
+    NEVER_EXTRACTABLE,
+    WRAP_WITH_TRUSTED,
     a(
         ck::CKA_ALWAYS_AUTHENTICATE,
         Kind::Bool,
@@ -424,47 +431,17 @@ const PRIVATE_KEY: &[Spec] = &[
 /// Secret keys, *Base* §4.10, with `CKA_VALUE`/`CKA_VALUE_LEN` of the AES, SM4 and generic
 /// secret key types.
 const SECRET_KEY: &[Spec] = &[
-    a(
-        ck::CKA_SENSITIVE,
-        Kind::Bool,
-        Role::Free,
-        Change::ToTrue,
-        DefaultValue::True,
-    ),
+    SENSITIVE,
     usage(ck::CKA_ENCRYPT),
     usage(ck::CKA_DECRYPT),
     usage(ck::CKA_SIGN),
     usage(ck::CKA_VERIFY),
     usage(ck::CKA_WRAP),
     usage(ck::CKA_UNWRAP),
-    a(
-        ck::CKA_EXTRACTABLE,
-        Kind::Bool,
-        Role::Free,
-        Change::ToFalse,
-        DefaultValue::False,
-    ),
-    a(
-        ck::CKA_ALWAYS_SENSITIVE,
-        Kind::Bool,
-        Role::TokenSet,
-        Change::Never,
-        DefaultValue::None,
-    ),
-    a(
-        ck::CKA_NEVER_EXTRACTABLE,
-        Kind::Bool,
-        Role::TokenSet,
-        Change::Never,
-        DefaultValue::None,
-    ),
-    a(
-        ck::CKA_WRAP_WITH_TRUSTED,
-        Kind::Bool,
-        Role::Free,
-        Change::ToTrue,
-        DefaultValue::False,
-    ),
+    EXTRACTABLE,
+    ALWAYS_SENSITIVE,
+    NEVER_EXTRACTABLE,
+    WRAP_WITH_TRUSTED,
     a(
         ck::CKA_TRUSTED,
         Kind::Bool,
