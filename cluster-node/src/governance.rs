@@ -494,18 +494,21 @@ pub fn officer_requester(name: &str) -> String {
 }
 
 impl Governance {
-    /// The rule guarding `op` on `key` (checked first) or `token`, and its scope.
+    /// The rule guarding `op` on one of `keys` (checked first, in order) or on `token`, and its
+    /// scope. An operation that involves two keys (a wrap: the key and the wrapping key) is
+    /// guarded when either is.
     #[must_use]
     pub fn rule_for(
         &self,
         op: GuardedOp,
         token: Option<cloudkey_protocol::msg::TokenId>,
-        key: Option<ObjectId>,
+        keys: &[ObjectId],
         key_type: Option<u64>,
     ) -> Option<(PolicyScope, Rule)> {
-        let scopes = key
+        let scopes = keys
+            .iter()
+            .copied()
             .map(PolicyScope::Key)
-            .into_iter()
             .chain(token.map(PolicyScope::Token))
             .chain(
                 matches!(op, GuardedOp::TmkInject | GuardedOp::Govern)

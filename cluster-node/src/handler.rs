@@ -305,7 +305,7 @@ async fn sign(
             peer,
             GuardedOp::Sign,
             Some(s.token),
-            Some(key),
+            &[key],
             None,
             &params,
             || format!("sign with key {key} (mechanism 0x{:x})", mechanism.ckm),
@@ -335,7 +335,7 @@ async fn guard_generation(
         peer,
         GuardedOp::Generate,
         Some(s.token),
-        None,
+        &[],
         generated_key_type(mechanism.ckm),
         params,
         || {
@@ -349,18 +349,15 @@ async fn guard_generation(
     Ok(gov::svc_for(&ctx.svc, g.as_ref()))
 }
 
-/// The `CKK_*` a key-generation mechanism makes.
+/// The `CKK_*` a key-generation mechanism makes (by its number alone: a policy names key
+/// types, whatever the parameters), from the mechanism tables of [`service::mechanism`].
 fn generated_key_type(ckm: u64) -> Option<u64> {
-    use cloudkey_protocol::{ck, vendor};
-    Some(match ckm {
-        ck::CKM_EC_KEY_PAIR_GEN => ck::CKK_EC,
-        ck::CKM_RSA_PKCS_KEY_PAIR_GEN => ck::CKK_RSA,
-        ck::CKM_AES_KEY_GEN => ck::CKK_AES,
-        ck::CKM_GENERIC_SECRET_KEY_GEN => ck::CKK_GENERIC_SECRET,
-        vendor::CKM_SM2_KEY_PAIR_GEN => vendor::CKK_SM2,
-        vendor::CKM_SM4_KEY_GEN => vendor::CKK_SM4,
-        _ => return None,
-    })
+    use service::mechanism::{key_gen, PairGen};
+    let none = cloudkey_protocol::msg::MechParam::None;
+    key_gen(ckm, &none)
+        .map(service::mechanism::KeyAlg::default_ckk)
+        .or_else(|_| PairGen::of(ckm, &none).map(PairGen::default_ckk))
+        .ok()
 }
 
 async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Result<Response> {
@@ -440,7 +437,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 peer,
                 GuardedOp::Destroy,
                 Some(s.token),
-                Some(object),
+                &[object],
                 None,
                 &object,
                 || format!("destroy object {object}"),
@@ -469,7 +466,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 peer,
                 GuardedOp::SetAttributes,
                 Some(s.token),
-                Some(object),
+                &[object],
                 None,
                 &params,
                 || format!("change {} attribute(s) of object {object}", template.len()),
@@ -550,30 +547,17 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
         } => {
             let s = session(ctx, &auth).await?;
             let params = (wrapping_key, &mechanism, key);
-            let mut g = gov::guard(
+            let g = gov::guard(
                 ctx,
                 peer,
                 GuardedOp::Wrap,
                 Some(s.token),
-                Some(key),
+                &[key, wrapping_key],
                 None,
                 &params,
                 || format!("export key {key} wrapped under {wrapping_key}"),
             )
             .await?;
-            if g.is_none() {
-                g = gov::guard(
-                    ctx,
-                    peer,
-                    GuardedOp::Wrap,
-                    Some(s.token),
-                    Some(wrapping_key),
-                    None,
-                    &params,
-                    || format!("export key {key} wrapped under {wrapping_key}"),
-                )
-                .await?;
-            }
             if let Some(g) = g {
                 g.consume(ctx).await?;
             }

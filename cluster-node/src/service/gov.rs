@@ -206,8 +206,14 @@ async fn lookup<T>(
     if let Some(v) = ctx.state.with_gov(&f) {
         return Ok(Some(v));
     }
-    ctx.write(Command::Gov(GovCommand::Barrier)).await?;
+    catch_up(ctx).await?;
     Ok(ctx.state.with_gov(&f))
+}
+
+/// Commits a barrier: once it returns, this node has applied everything committed before.
+async fn catch_up(ctx: &NodeCtx) -> Result<()> {
+    ctx.write(Command::Gov(GovCommand::Barrier)).await?;
+    Ok(())
 }
 
 /// Checks an officer's certificate and PIN. A wrong PIN counts towards the lockout
@@ -313,7 +319,7 @@ async fn govern_guard(
         peer,
         GuardedOp::Govern,
         None,
-        None,
+        &[],
         None,
         params,
         description,
@@ -363,7 +369,7 @@ pub async fn set_policy(
     };
     if !exists(ctx) {
         // Made by another client, perhaps through another node: catch up, then look again.
-        ctx.write(Command::Gov(GovCommand::Barrier)).await?;
+        catch_up(ctx).await?;
     }
     if !exists(ctx) {
         return Err(match scope {
@@ -484,7 +490,7 @@ pub fn params_hash(op: GuardedOp, token: Option<TokenId>, params: &impl Serializ
     sha256(&m)
 }
 
-/// Checks whether `op` is under quorum control for this token / key. Not guarded: `None`.
+/// Checks whether `op` is under quorum control for this token / these keys. Not guarded: `None`.
 /// Guarded with an approved request of this requester for exactly these parameters: that
 /// request. Else a request is opened (or the open one found) and the call fails with
 /// `ApprovalRequired`, naming it.
@@ -497,7 +503,7 @@ pub async fn guard(
     peer: &PeerIdentity,
     op: GuardedOp,
     token: Option<TokenId>,
-    key: Option<ObjectId>,
+    keys: &[ObjectId],
     key_type: Option<u64>,
     params: &impl Serialize,
     description: impl FnOnce() -> String,
@@ -505,7 +511,10 @@ pub async fn guard(
     if !ctx.state.has_policies() {
         return Ok(None);
     }
-    let Some((scope, rule)) = ctx.state.with_gov(|g| g.rule_for(op, token, key, key_type)) else {
+    let Some((scope, rule)) = ctx
+        .state
+        .with_gov(|g| g.rule_for(op, token, keys, key_type))
+    else {
         return Ok(None);
     };
     let requester = identity_string(peer);
@@ -980,7 +989,7 @@ pub async fn tmk_apply(
     let default_ttl = u64::try_from(TMK_APPROVAL_TTL.as_millis()).unwrap_or(u64::MAX);
     let (quorum, eligible, ttl_ms) = match ctx
         .state
-        .with_gov(|g| g.rule_for(GuardedOp::TmkInject, None, None, None))
+        .with_gov(|g| g.rule_for(GuardedOp::TmkInject, None, &[], None))
     {
         Some((_, rule)) => (rule.quorum, rule.officers, rule.ttl_ms),
         None => (

@@ -776,6 +776,17 @@ pub enum PairGen {
 }
 
 impl PairGen {
+    /// The `CKK_*` a key pair of this mechanism gets when the caller does not name one (an EC
+    /// pair on the SM2 curve is still `CKK_EC`).
+    #[must_use]
+    pub fn default_ckk(self) -> u64 {
+        match self {
+            Self::Ec => ck::CKK_EC,
+            Self::Rsa => ck::CKK_RSA,
+            Self::Sm2 => vendor::CKK_SM2,
+        }
+    }
+
     /// Resolves a mechanism number; key pair generation takes no parameter.
     ///
     /// # Errors
