@@ -22,4 +22,12 @@ fi
 # package's own binaries, so build the whole workspace first. The harness then need not
 # rebuild anything (CLOUDKEY_TEST_NO_BUILD).
 cargo build --workspace --locked -j"${CARGO_BUILD_JOBS:-2}"
-CLOUDKEY_TEST_NO_BUILD=1 exec cargo test --workspace --locked -j"${CARGO_BUILD_JOBS:-2}" "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+CLOUDKEY_TEST_NO_BUILD=1 cargo test --workspace --locked -j"${CARGO_BUILD_JOBS:-2}" "$@" 2>&1 \
+  | tee "$log" || status=$?
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6; i += $8 }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' "$log"
+exit "$status"
