@@ -3,21 +3,22 @@
 //!
 //! * **Closed loop**: each worker (an OS thread with its own session) issues its next request
 //!   when the previous one returns. Latency is from the call to its return.
-//! * **Open loop** (`rate`): a dispatcher releases requests at their *intended* start times
-//!   `t0 + i / rate` into a queue bounded by the number of workers; idle workers take them.
-//!   Latency is measured from the intended start, so time a request spends waiting for a
-//!   worker (because the target is slow) is counted: no coordinated omission. When the queue
-//!   is full the dispatcher waits, and the requests it releases late keep their intended
-//!   times. If the target is so slow that the schedule cannot be finished within a grace
-//!   period after the end, the rest of the schedule is counted as `missed`.
+//! * **Open loop** (`rate`): request `i` of a shared schedule is due at its *intended* start
+//!   time `t0 + i / rate`. An idle worker claims the next request of the schedule, sleeps until
+//!   it is due (if it is not overdue already) and runs it. Latency is measured from the
+//!   intended start, so time a request spends waiting for a worker (because every worker is
+//!   busy with a slow target) is counted: no coordinated omission. There is no dispatcher
+//!   thread: a request costs the generator one wake-up (the worker's timer), not two (a
+//!   dispatcher's timer, then a hand-off to a worker), and a busy generator does not make the
+//!   target look slower than it is. If the target is so slow that the schedule cannot be
+//!   finished within a grace period after the end, the rest of the schedule is counted as
+//!   `missed`.
 //!
-//! Every loop is bounded: workers stop at the end time or when the count is reached; the open
-//! loop's dispatcher stops at the end of the schedule or of the grace period; a live progress
-//! line reads shared counters only.
+//! Every loop is bounded: workers stop at the end time or when the count is reached, and in the
+//! open loop at the end of the schedule or of the grace period; a live progress line reads
+//! shared counters only.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -53,7 +54,7 @@ pub struct StepConfig {
 }
 
 impl StepConfig {
-    /// Open loop: how long after the end the dispatcher may still release late requests.
+    /// Open loop: how long after the end overdue requests of the schedule may still start.
     #[must_use]
     pub fn grace(&self) -> Duration {
         (self.duration / 10).clamp(Duration::from_secs(1), Duration::from_secs(10))
@@ -90,7 +91,7 @@ impl Progress {
     }
 }
 
-/// Counters the workers share with the dispatcher and the progress line.
+/// Counters the workers share with each other and the progress line.
 struct Shared {
     stop: AtomicBool,
     tickets: AtomicU64,
@@ -98,11 +99,61 @@ struct Shared {
     errors: AtomicU64,
 }
 
-/// One open-loop request.
-#[derive(Clone, Copy, Debug)]
-struct Ticket {
-    intended: Instant,
-    measured: bool,
+/// The open loop's schedule, shared by the workers: request `i` is due at `t0 + i / rate`;
+/// the first `warmup` requests are not measured.
+struct Schedule {
+    t0: Instant,
+    rate: f64,
+    warmup: u64,
+    /// One past the last request of the schedule.
+    last: u64,
+    /// No request starts after this (the end plus the grace period).
+    abandon: Instant,
+    /// The next request to claim.
+    next: AtomicU64,
+    /// Measured requests started.
+    started: AtomicU64,
+}
+
+impl Schedule {
+    fn new(cfg: &StepConfig, rate: f64, t0: Instant, measure_start: Instant, end: Instant) -> Self {
+        let scheduled = ((end - t0).as_secs_f64() * rate).ceil() as u64;
+        let warmup = ((measure_start - t0).as_secs_f64() * rate).ceil() as u64;
+        let measured = cfg
+            .count
+            .map_or(scheduled - warmup, |c| c.min(scheduled - warmup));
+        Self {
+            t0,
+            rate,
+            warmup,
+            last: warmup + measured,
+            abandon: end + cfg.grace(),
+            next: AtomicU64::new(0),
+            started: AtomicU64::new(0),
+        }
+    }
+
+    /// Claims the next request: its intended start and whether it is measured; `None` at the
+    /// end of the schedule or of the grace period.
+    fn claim(&self) -> Option<(Instant, bool)> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        if i >= self.last || Instant::now() > self.abandon {
+            return None;
+        }
+        let measured = i >= self.warmup;
+        if measured {
+            self.started.fetch_add(1, Ordering::Relaxed);
+        }
+        Some((
+            self.t0 + Duration::from_secs_f64(i as f64 / self.rate),
+            measured,
+        ))
+    }
+
+    /// Measured requests that were never started.
+    fn missed(&self) -> u64 {
+        (self.last - self.warmup).saturating_sub(self.started.load(Ordering::Relaxed))
+    }
 }
 
 /// Runs one operation on a session and records it. Returns whether it succeeded.
@@ -203,21 +254,20 @@ fn open_worker(
     session: &mut dyn Session,
     verifier: Option<&Verifier>,
     cfg: &StepConfig,
-    queue: &Mutex<Receiver<Ticket>>,
+    schedule: &Schedule,
     shared: &Shared,
 ) -> Recorder {
     let mut rec = Recorder::new();
     let mut picker = OpPicker::new(cfg.workload, cfg.keygen_percent, worker);
     let mut signed = 0u64;
     for seq in 0u64.. {
-        // The lock is held only while waiting for the next ticket; the channel closes when the
-        // dispatcher is done, which ends the loop.
-        let ticket = {
-            let rx = queue.lock().unwrap_or_else(|p| p.into_inner());
-            rx.recv()
+        let Some((intended, measured)) = schedule.claim() else {
+            break;
         };
-        let Ok(ticket) = ticket else { break };
-        if ticket.measured && ticket.intended.elapsed() > LATE {
+        let now = Instant::now();
+        if intended > now {
+            std::thread::sleep(intended - now);
+        } else if measured && now - intended > LATE {
             rec.late_start();
         }
         let op = picker.next_op();
@@ -226,8 +276,8 @@ fn open_worker(
             op,
             worker,
             seq,
-            ticket.intended,
-            ticket.measured,
+            intended,
+            measured,
             verifier,
             cfg.verify_every,
             &mut signed,
@@ -236,45 +286,6 @@ fn open_worker(
         );
     }
     rec
-}
-
-/// Releases the open loop's schedule; returns how many measured requests were never released.
-fn dispatch(
-    cfg: &StepConfig,
-    rate: f64,
-    t0: Instant,
-    measure_start: Instant,
-    end: Instant,
-    tx: std::sync::mpsc::SyncSender<Ticket>,
-) -> u64 {
-    let interval = Duration::from_secs_f64(1.0 / rate);
-    let abandon = end + cfg.grace();
-    let scheduled_total = ((end - t0).as_secs_f64() * rate).ceil() as u64;
-    let warmup_total = ((measure_start - t0).as_secs_f64() * rate).ceil() as u64;
-    let measured_total = cfg.count.map_or(scheduled_total - warmup_total, |c| {
-        c.min(scheduled_total - warmup_total)
-    });
-    let last = warmup_total + measured_total;
-    let mut i = 0u64;
-    while i < last {
-        let intended = t0 + interval.mul_f64(i as f64);
-        let now = Instant::now();
-        if now > abandon {
-            break;
-        }
-        if intended > now {
-            std::thread::sleep(intended - now);
-        }
-        let ticket = Ticket {
-            intended,
-            measured: i >= warmup_total,
-        };
-        if tx.send(ticket).is_err() {
-            break;
-        }
-        i += 1;
-    }
-    last - i.max(warmup_total).min(last)
 }
 
 /// Runs one step of `target_name` on `sessions[..cfg.workers]`.
@@ -306,17 +317,18 @@ pub fn run_step(
         Some(rate) => Mode::Open { rate },
         None => Mode::Closed,
     };
-    let (tx, rx) = sync_channel::<Ticket>(cfg.workers.max(1));
-    let queue = Mutex::new(rx);
-    let (recorders, missed) = std::thread::scope(|s| {
+    let schedule = cfg
+        .rate
+        .map(|rate| Schedule::new(cfg, rate, t0, measure_start, end));
+    let recorders = std::thread::scope(|s| {
         let handles: Vec<_> = sessions[..cfg.workers]
             .iter_mut()
             .enumerate()
             .map(|(worker, session)| {
-                let (shared, queue) = (&shared, &queue);
+                let (shared, schedule) = (&shared, schedule.as_ref());
                 std::thread::Builder::new()
                     .name(format!("worker-{worker}"))
-                    .spawn_scoped(s, move || match cfg.rate {
+                    .spawn_scoped(s, move || match schedule {
                         None => closed_worker(
                             worker,
                             session.as_mut(),
@@ -326,8 +338,8 @@ pub fn run_step(
                             end,
                             shared,
                         ),
-                        Some(_) => {
-                            open_worker(worker, session.as_mut(), verifier, cfg, queue, shared)
+                        Some(schedule) => {
+                            open_worker(worker, session.as_mut(), verifier, cfg, schedule, shared)
                         }
                     })
                     .expect("cannot start a worker thread")
@@ -353,21 +365,15 @@ pub fn run_step(
                 std::thread::sleep(PROGRESS_EVERY);
             }
         });
-        let missed = match cfg.rate {
-            Some(rate) => dispatch(cfg, rate, t0, measure_start, end, tx),
-            None => {
-                drop(tx);
-                0
-            }
-        };
         let recorders: Vec<Recorder> = handles
             .into_iter()
             .map(|h| h.join().unwrap_or_default())
             .collect();
         done.store(true, Ordering::Relaxed);
         let _ = ticker.join();
-        (recorders, missed)
+        recorders
     });
+    let missed = schedule.as_ref().map_or(0, Schedule::missed);
     let finished = Instant::now();
     bar.finish_and_clear();
     let mut total = Recorder::new();
@@ -474,5 +480,18 @@ mod tests {
         assert!(r.ops >= 50, "{}", r.ops);
         assert!(r.latency.p50_ms < 5.0, "{:?}", r.latency);
         assert_eq!(r.missed, 0);
+    }
+
+    #[test]
+    fn open_loop_counts_what_it_could_not_start_as_missed() {
+        // 400/s for 0.3 s is 120 measured requests; one worker at 50 ms each starts only a few
+        // of them before the grace period (1 s) runs out. Every measured request either ran or
+        // is missed.
+        let mut s = sessions(1, Duration::from_millis(50));
+        let mut c = cfg(1);
+        c.rate = Some(400.0);
+        let r = run_step("t", 1, &mut s, None, &c, &Progress::new(false));
+        assert!(r.missed > 90, "{}", r.missed);
+        assert_eq!(r.ops + r.missed, 120);
     }
 }
