@@ -13,7 +13,7 @@
 //! * A node of an initialised cluster whose chips lack the domain (a new node, a serial chip that
 //!   was replaced, soft chips without nvram after a restart) gets it from a local chip that has
 //!   it, else from a peer node (`PeerRequest::DomainExport` to the leader, then to the other
-//!   members), and checks that the chip's key check value is the cluster's
+//!   members; a node answers it only for a member of the cluster's membership), and checks that the chip's key check value is the cluster's
 //!   ([`ChipDomain::sync`]). [`spawn_sync`] runs this in the background at startup, when the
 //!   cluster becomes initialised, periodically, and with backoff after failures.
 //!

@@ -405,6 +405,27 @@ async fn three_nodes_replicate_and_forward_writes() {
         nodes[1].chip.domain_import(&package).expect("import").kcv,
         kcv
     );
+    // A node certificate of the same CA for a node that is not a member gets nothing.
+    let outsider = cluster.pki.material(&PeerIdentity::node(9));
+    let server = tls::server_config(&outsider, &[ALPN_RAFT]).expect("server config");
+    let endpoint = bind(server, (Ipv4Addr::LOCALHOST, 0).into()).await;
+    let outsider = PeerNetwork::new(endpoint.clone(), &outsider).expect("network");
+    for req in [
+        PeerRequest::DomainExport {
+            recipient_identity: nodes[1].chip.info().expect("info").identity_key,
+        },
+        PeerRequest::Forward(token("outsider")),
+    ] {
+        let resp = outsider
+            .call(&leader_node.addr.to_string(), req, WAIT)
+            .await
+            .expect("answer");
+        assert!(
+            matches!(&resp, PeerResponse::Error(PeerError::Forbidden(m)) if m.contains("not a member")),
+            "{resp:?}"
+        );
+    }
+    endpoint.close(0u32.into(), b"");
 
     // A forwarded request to a non-leader is answered NotLeader with a hint.
     let resp = leader_node
@@ -507,11 +528,29 @@ async fn peer_admission_and_bad_requests() {
         PeerResponse::Error(PeerError::Forbidden(_))
     ));
     assert!(matches!(ask(vote(9)).await, PeerResponse::Vote(Ok(_))));
-    // Leader operations on a node that is not the leader.
-    assert!(matches!(
-        ask(PeerRequest::Forward(token("x"))).await,
-        PeerResponse::Error(PeerError::NotLeader { leader: None })
-    ));
+    // Node 9 is not a member: it may not write, change the membership or take the domain key
+    // (to a chip identity of its choosing).
+    for req in [
+        PeerRequest::Forward(token("x")),
+        PeerRequest::AddNode {
+            id: 9,
+            addr: "127.0.0.1:9".into(),
+        },
+        PeerRequest::RemoveNode { id: 1 },
+        PeerRequest::DomainExport {
+            recipient_identity: nodes[0].chip.info().expect("info").identity_key,
+        },
+    ] {
+        let kind = req.kind();
+        match ask(req).await {
+            PeerResponse::Error(PeerError::Forbidden(m)) => {
+                assert!(m.contains("not a member"), "{kind}: {m}");
+            }
+            other => panic!("{kind}: {other:?}"),
+        }
+    }
+    // (Members' forwarded writes and domain exports are served: see
+    // `three_nodes_replicate_and_forward_writes`.)
 
     // A node certificate for another cluster's CA does not even get through the handshake.
     let other = Pki::new().material(&PeerIdentity::node(9));

@@ -745,6 +745,24 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
             }
             PeerResponse::InstallSnapshot(raft.install_snapshot(rpc).await)
         }
+        // Writes, membership changes and the domain key go to members only: a node
+        // certificate of this cluster's CA alone is not enough (a removed node keeps its
+        // certificate, and one may be issued before its node is added).
+        req @ (PeerRequest::Forward(_)
+        | PeerRequest::AddNode { .. }
+        | PeerRequest::RemoveNode { .. }
+        | PeerRequest::DomainExport { .. })
+            if !ctx.raft.members().iter().any(|(id, _)| *id == peer) =>
+        {
+            tracing::warn!(
+                peer,
+                request = req.kind(),
+                "peer request refused: not a member of the cluster"
+            );
+            PeerResponse::Error(PeerError::Forbidden(format!(
+                "node {peer} is not a member of this cluster"
+            )))
+        }
         req @ (PeerRequest::Forward(_)
         | PeerRequest::AddNode { .. }
         | PeerRequest::RemoveNode { .. }) => ctx.raft.serve_forwarded(req).await,
