@@ -1,0 +1,1 @@
+target/release/cloudkey-loadtest --alg p256 --workers 32 --duration 6 --warmup 2 --compare --rounds 3 pkcs11 --module /work/main/target/release/libcloudkey_pkcs11.so --token dev --pin 1234 --name cloudkey -- pkcs11 --module /usr/lib/softhsm/libsofthsm2.so --token bench --pin 1234 --name softhsm -- chip --name chip
