@@ -52,8 +52,10 @@
 //! [audit]                             # optional
 //! interval_ms = 10000                 # checkpoints and signature-count summaries
 //!
-//! [notifier]                          # optional: where one-time SMS codes go
-//! sms_file = "/var/lib/cloudkey/sms.log"   # the development notifier: a file
+//! [notifier]                          # optional: where one-time SMS codes go (one of:)
+//! command = ["/usr/local/bin/send-sms", "--route", "officers"]  # a site program (below)
+//! timeout_ms = 10000                  # how long it may take (default 10 s)
+//! sms_file = "/var/lib/cloudkey/sms.log"   # or the development notifier: a file
 //!
 //! [security]                          # all optional
 //! max_login_failures = 5
@@ -110,8 +112,8 @@ pub struct Config {
     /// How often the audit task summarises signature counts and (on the leader) signs a
     /// checkpoint of the audit chain.
     pub audit_interval: Duration,
-    /// The development SMS notifier's file (`[notifier] sms_file`); no notifier when unset.
-    pub sms_file: Option<PathBuf>,
+    /// Where one-time SMS codes go (`[notifier]`); none when unset.
+    pub notifier: Option<NotifierSpec>,
     /// TLS material.
     pub tls: TlsPaths,
     /// Chips, in pool order (chip 0 is where `cloudkey init` generates the domain key).
@@ -306,6 +308,63 @@ struct RawAudit {
 #[serde(deny_unknown_fields)]
 struct RawNotifier {
     sms_file: Option<PathBuf>,
+    command: Option<Vec<String>>,
+    timeout_ms: Option<u64>,
+}
+
+/// Where one-time SMS codes go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotifierSpec {
+    /// The development notifier: a line per code appended to this file.
+    File(PathBuf),
+    /// A site program (an SMS gateway's client): the program and its arguments, run once per
+    /// code, bounded by the timeout (see `service::gov::CommandNotifier`).
+    Command {
+        /// The program (a path, resolved against the configuration's directory when relative).
+        program: PathBuf,
+        /// Its arguments.
+        args: Vec<String>,
+        /// How long one delivery may take before the program is killed.
+        timeout: Duration,
+    },
+}
+
+fn parse_notifier(raw: RawNotifier, base: &Path) -> Result<Option<NotifierSpec>> {
+    match (raw.sms_file, raw.command) {
+        (Some(_), Some(_)) => Err(bad(
+            "notifier.sms_file and notifier.command exclude each other: choose one",
+        )),
+        (Some(p), None) if p.as_os_str().is_empty() => {
+            Err(bad("notifier.sms_file must not be empty"))
+        }
+        (Some(p), None) => {
+            if raw.timeout_ms.is_some() {
+                return Err(bad("notifier.timeout_ms applies to notifier.command only"));
+            }
+            Ok(Some(NotifierSpec::File(resolve(base, p))))
+        }
+        (None, Some(command)) => {
+            let mut words = command.into_iter();
+            let program = match words.next() {
+                Some(p) if !p.is_empty() => resolve(base, PathBuf::from(p)),
+                _ => return Err(bad("notifier.command must name a program")),
+            };
+            let timeout = millis(
+                "notifier.timeout_ms",
+                raw.timeout_ms.unwrap_or(10_000),
+                100..=120_000,
+            )?;
+            Ok(Some(NotifierSpec::Command {
+                program,
+                args: words.collect(),
+                timeout,
+            }))
+        }
+        (None, None) if raw.timeout_ms.is_some() => {
+            Err(bad("notifier.timeout_ms applies to notifier.command only"))
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 #[derive(Deserialize)]
@@ -470,13 +529,7 @@ impl Config {
             raw.audit.interval_ms.unwrap_or(10_000),
             100..=3_600_000,
         )?;
-        let sms_file = match raw.notifier.sms_file {
-            Some(p) if p.as_os_str().is_empty() => {
-                return Err(bad("notifier.sms_file must not be empty"))
-            }
-            Some(p) => Some(resolve(base, p)),
-            None => None,
-        };
+        let notifier = parse_notifier(raw.notifier, base)?;
         let chips = parse_chips(raw.chips, base)?;
         let raft = parse_raft(raw.raft)?;
         let limits = parse_limits(raw.limits)?;
@@ -487,7 +540,7 @@ impl Config {
             data_dir,
             runtime_threads,
             audit_interval,
-            sms_file,
+            notifier,
             tls,
             chips,
             raft,
@@ -880,6 +933,48 @@ mod tests {
         assert_eq!(c.raft, RaftSettings::default());
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.security, Security::default());
+        assert_eq!(c.notifier, None);
+    }
+
+    #[test]
+    fn notifiers() {
+        let c = parse(&format!("{MINIMAL}\n[notifier]\nsms_file = \"sms.log\"")).unwrap();
+        assert_eq!(
+            c.notifier,
+            Some(NotifierSpec::File("/etc/ck/sms.log".into()))
+        );
+        let c = parse(&format!(
+            "{MINIMAL}\n[notifier]\ncommand = [\"bin/send-sms\", \"--route\", \"a b\"]"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.notifier,
+            Some(NotifierSpec::Command {
+                program: "/etc/ck/bin/send-sms".into(),
+                args: vec!["--route".into(), "a b".into()],
+                timeout: Duration::from_secs(10),
+            })
+        );
+        let c = parse(&format!(
+            "{MINIMAL}\n[notifier]\ncommand = [\"/usr/bin/sms\"]\ntimeout_ms = 2500"
+        ))
+        .unwrap();
+        assert!(matches!(
+            c.notifier,
+            Some(NotifierSpec::Command { timeout, .. }) if timeout == Duration::from_millis(2500)
+        ));
+        for (text, want) in [
+            ("sms_file = \"x\"\ncommand = [\"y\"]", "exclude each other"),
+            ("command = []", "must name a program"),
+            ("command = [\"\"]", "must name a program"),
+            ("sms_file = \"\"", "must not be empty"),
+            ("timeout_ms = 100", "command only"),
+            ("sms_file = \"x\"\ntimeout_ms = 100", "command only"),
+            ("command = [\"y\"]\ntimeout_ms = 0", "notifier.timeout_ms"),
+        ] {
+            let e = err(&format!("{MINIMAL}\n[notifier]\n{text}"));
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+        }
     }
 
     #[test]

@@ -109,9 +109,7 @@ impl NodeCtx {
             security: config.security,
             init_running: AtomicBool::new(false),
             gov: service::gov::GovNode {
-                notifier: config.sms_file.clone().map(|p| {
-                    Arc::new(service::gov::FileNotifier::new(p)) as Arc<dyn service::gov::Notifier>
-                }),
+                notifier: config.notifier.clone().map(service::notify::notifier),
                 interval: config.audit_interval,
                 ..service::gov::GovNode::default()
             },

@@ -2,11 +2,8 @@
 //! audit chain (export, chip-signed checkpoints, signature counters) and terminal master-key
 //! injection. The replicated part is `crate::governance`; `docs/governance.md` has the flows.
 
-use std::fmt;
-use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cloudkey_chip::pool::{PoolKey, PoolKeyRef};
@@ -28,6 +25,7 @@ use serde::Serialize;
 
 use crate::governance::{officer_requester, sha256, tmk_params_hash, AppState, GovCommand};
 use crate::handler::NodeCtx;
+pub use crate::service::notify::Notifier;
 use crate::service::{self, login, Replicator};
 use crate::state::{Command, CommandResult};
 use crate::{NodeError, Result};
@@ -61,66 +59,6 @@ pub fn identity_string(p: &PeerIdentity) -> String {
         Role::Node(id) => format!("node/{id}"),
         Role::Operator => format!("operator/{}", p.name),
         Role::Client => format!("client/{}", p.name),
-    }
-}
-
-/// Where one-time SMS codes go. Real deployments send them to the officer's phone through an
-/// SMS gateway; the development notifier appends them to a file.
-pub trait Notifier: Send + Sync + fmt::Debug {
-    /// Delivers `code` for `terminal` to `officer`.
-    ///
-    /// # Errors
-    /// A one-line reason.
-    fn send_code(
-        &self,
-        officer: &str,
-        terminal: &str,
-        code: &str,
-    ) -> std::result::Result<(), String>;
-}
-
-/// The development notifier: one line per code, appended to a file (mode 0600).
-#[derive(Debug)]
-pub struct FileNotifier {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
-
-impl FileNotifier {
-    /// A notifier writing to `path`.
-    #[must_use]
-    pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            lock: Mutex::new(()),
-        }
-    }
-}
-
-impl Notifier for FileNotifier {
-    fn send_code(
-        &self,
-        officer: &str,
-        terminal: &str,
-        code: &str,
-    ) -> std::result::Result<(), String> {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let _g = self
-            .lock
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)
-            .map_err(|e| format!("{}: {e}", self.path.display()))?;
-        writeln!(
-            f,
-            "{} officer={officer} terminal={terminal} code={code}",
-            now_ms()
-        )
-        .map_err(|e| format!("{}: {e}", self.path.display()))
     }
 }
 
@@ -951,7 +889,7 @@ pub async fn tmk_sms_code(
         ttl_ms: u64::try_from(SMS_TTL.as_millis()).unwrap_or(u64::MAX),
     }))
     .await?;
-    notifier.send_code(&name, &t.id, &code).map_err(|e| {
+    notifier.send_code(&name, &t.id, &code).await.map_err(|e| {
         refuse(
             ErrorCode::FunctionFailed,
             format!("sending the SMS code: {e}"),

@@ -28,6 +28,7 @@ pub mod gov;
 pub mod keys;
 pub mod login;
 pub mod mechanism;
+pub mod notify;
 pub mod objects;
 
 use std::sync::Arc;
