@@ -182,6 +182,9 @@ pub struct ClusterOptions {
     pub max_login_failures: Option<u32>,
     /// Raft timings.
     pub raft: RaftTimings,
+    /// `[audit] interval_ms`: how often nodes summarise signature counts and the leader
+    /// checkpoints the audit chain.
+    pub audit_interval_ms: u64,
 }
 
 impl ClusterOptions {
@@ -200,6 +203,7 @@ impl ClusterOptions {
                 election_min_ms: 300,
                 election_max_ms: 600,
             },
+            audit_interval_ms: 300,
         }
     }
 }
@@ -257,7 +261,7 @@ impl Cluster {
             max_login_failures: opts.max_login_failures,
             cheap_pin_hash: true,
             sms_file: Some(root.path().join("sms.log")),
-            audit_interval_ms: Some(300),
+            audit_interval_ms: Some(opts.audit_interval_ms),
             ..NodeOptions::default()
         };
         let mut starting = Vec::new();

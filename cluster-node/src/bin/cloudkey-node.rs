@@ -11,7 +11,8 @@
 //! checked) → data directory (mode 0700) → chips → endpoint bound → Raft (restored from the
 //! data directory: a restarted node rejoins and catches up) → accept loop → `LISTENING` →
 //! domain sync in the background → wait for a signal. Shutdown: stop accepting, drain the
-//! requests in progress (bounded), stop Raft, close the endpoint.
+//! requests in progress (bounded), write the signature counts not yet in the audit chain
+//! (bounded), stop Raft, close the endpoint.
 #![forbid(unsafe_code)]
 
 use std::io::{IsTerminal as _, Write as _};
@@ -203,13 +204,15 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let sync = chips::spawn_sync(domain, state, PeerDonor::new(raft.clone()), stop_rx.clone());
-    cloudkey_node::service::gov::spawn_audit(audit_ctx, stop_rx);
+    let audit = cloudkey_node::service::gov::spawn_audit(audit_ctx, stop_rx);
 
     signals.wait().await;
     tracing::info!("shutting down");
     let drained = server.shutdown().await;
     let _ = stop_tx.send(true);
     let _ = tokio::time::timeout(server::DRAIN_TIMEOUT, sync).await;
+    // The audit task writes the last signature counts through Raft: before Raft stops.
+    let _ = tokio::time::timeout(server::DRAIN_TIMEOUT, audit).await;
     match tokio::time::timeout(RAFT_STOP_TIMEOUT, raft.shutdown()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "raft did not stop cleanly"),

@@ -618,18 +618,7 @@ pub fn audit_export(ctx: &NodeCtx, from: u64, max: u32) -> AuditPage {
 /// # Errors
 /// Chip, Raft and TLS errors (the round is tried again later).
 pub async fn audit_round(ctx: &NodeCtx) -> Result<()> {
-    let counts = ctx.gov.usage.take();
-    if !counts.is_empty() {
-        let cmd = Command::Gov(GovCommand::Usage {
-            node: ctx.id,
-            counts: counts.clone(),
-            now_ms: now_ms(),
-        });
-        if let Err(e) = ctx.write(cmd).await {
-            ctx.gov.usage.restore(&counts);
-            return Err(e);
-        }
-    }
+    summarise_usage(ctx).await?;
     if !ctx.raft.is_leader() {
         return Ok(());
     }
@@ -722,8 +711,37 @@ async fn make_audit_key(ctx: &NodeCtx) -> Result<()> {
     result
 }
 
-/// Runs [`audit_round`] every interval until `stop` fires.
-pub fn spawn_audit(ctx: Arc<NodeCtx>, mut stop: tokio::sync::watch::Receiver<bool>) {
+/// How long the last summary of signature counts may take at shutdown.
+const LAST_SUMMARY_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Writes the signature counts not yet summarised (at shutdown: the counters live in memory).
+///
+/// # Errors
+/// Raft errors; the counts are kept for a later try.
+async fn summarise_usage(ctx: &NodeCtx) -> Result<()> {
+    let counts = ctx.gov.usage.take();
+    if counts.is_empty() {
+        return Ok(());
+    }
+    let cmd = Command::Gov(GovCommand::Usage {
+        node: ctx.id,
+        counts: counts.clone(),
+        now_ms: now_ms(),
+    });
+    if let Err(e) = ctx.write(cmd).await {
+        ctx.gov.usage.restore(&counts);
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Runs [`audit_round`] every interval until `stop` fires, then writes the last summary of
+/// signature counts (bounded by [`LAST_SUMMARY_DEADLINE`]), so that a node stopped between
+/// two rounds loses none of its counts. Await the handle before stopping Raft.
+pub fn spawn_audit(
+    ctx: Arc<NodeCtx>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(ctx.gov.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -739,7 +757,17 @@ pub fn spawn_audit(ctx: Arc<NodeCtx>, mut stop: tokio::sync::watch::Receiver<boo
                 tracing::debug!(error = %e, "audit round not completed; trying again later");
             }
         }
-    });
+        match tokio::time::timeout(LAST_SUMMARY_DEADLINE, summarise_usage(&ctx)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "the last signature counts could not be written to the audit chain"
+            ),
+            Err(_) => tracing::warn!(
+                "the last signature counts could not be written to the audit chain in time"
+            ),
+        }
+    })
 }
 
 // ---- terminal master-key injection ------------------------------------------------------------

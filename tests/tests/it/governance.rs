@@ -853,6 +853,60 @@ async fn the_audit_chain_gets_chip_signed_checkpoints_and_signature_counts() -> 
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_between_audit_rounds_keeps_its_signature_counts() -> Result<()> {
+    // No audit round during the test: the counts reach the chain only at the node's shutdown.
+    let cluster = Cluster::start_with(cloudkey_tests::ClusterOptions {
+        audit_interval_ms: 3_600_000,
+        ..cloudkey_tests::ClusterOptions::new(3)
+    })
+    .await?;
+    cluster.init().await?;
+    let mut gov = Gov {
+        cluster,
+        officers: Vec::new(),
+    };
+    let admin = gov.cluster.admin();
+    let token = crate::util::create_token(admin, "stopped").await?;
+    gov.cluster.settle(admin).await?;
+    // Signatures served by node 2 only.
+    let user = gov.cluster.client_on(cloudkey_tests::Role::Client, &[2])?;
+    let auth = crate::util::login(&user, token).await?;
+    let kp = crate::util::generate_ec(&user, &auth, "stopped").await?;
+    for i in 0..7u8 {
+        call(
+            &user,
+            Request::Sign {
+                auth: auth.clone(),
+                key: kp.private,
+                mechanism: cloudkey_protocol::msg::Mechanism {
+                    ckm: cloudkey_protocol::ck::CKM_ECDSA,
+                    param: cloudkey_protocol::msg::MechParam::None,
+                },
+                input: cloudkey_protocol::msg::SignInput::Data(vec![i; 32]),
+            },
+        )
+        .await?;
+    }
+    drop(user);
+    let before = audit_summaries(&gov).await?;
+    ensure!(
+        !before.iter().any(|s| s.starts_with("usage ")),
+        "no summary before the shutdown: {before:#?}"
+    );
+    let status = gov.cluster.stop(2).await?;
+    ensure!(status.success(), "node 2 exited with {status}");
+    let want = format!("{}:7", kp.private);
+    let audit = audit_summaries(&gov).await?;
+    ensure!(
+        audit
+            .iter()
+            .any(|s| s.starts_with("usage node=2 ") && s.contains(&want)),
+        "node 2's last counts are in the chain: {audit:#?}"
+    );
+    Ok(())
+}
+
 // ---- quorum guards through PKCS#11 (the cryptoki crate on the built module) ----------------
 
 /// The vendor `CK_RV` of a quorum-guarded operation without an approval (`VENDOR.md`).
