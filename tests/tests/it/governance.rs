@@ -801,6 +801,31 @@ async fn a_leader_killed_between_approval_and_injection_still_gives_one_tmk() ->
     Ok(())
 }
 
+/// `n` ECDSA signatures with `kp` over distinct digests.
+async fn sign_ecdsa(
+    user: &Client,
+    auth: &cloudkey_protocol::msg::Auth,
+    kp: &crate::util::KeyPair,
+    n: u8,
+) -> Result<()> {
+    for i in 0..n {
+        call(
+            user,
+            Request::Sign {
+                auth: auth.clone(),
+                key: kp.private,
+                mechanism: cloudkey_protocol::msg::Mechanism {
+                    ckm: cloudkey_protocol::ck::CKM_ECDSA,
+                    param: cloudkey_protocol::msg::MechParam::None,
+                },
+                input: cloudkey_protocol::msg::SignInput::Data(vec![i; 32]),
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_chain_gets_chip_signed_checkpoints_and_signature_counts() -> Result<()> {
     let gov = Gov::start().await?;
@@ -823,21 +848,7 @@ async fn the_audit_chain_gets_chip_signed_checkpoints_and_signature_counts() -> 
     let user = gov.cluster.client(cloudkey_tests::Role::Client)?;
     let auth = crate::util::login(&user, token).await?;
     let kp = crate::util::generate_ec(&user, &auth, "counted").await?;
-    for i in 0..5u8 {
-        call(
-            &user,
-            Request::Sign {
-                auth: auth.clone(),
-                key: kp.private,
-                mechanism: cloudkey_protocol::msg::Mechanism {
-                    ckm: cloudkey_protocol::ck::CKM_ECDSA,
-                    param: cloudkey_protocol::msg::MechParam::None,
-                },
-                input: cloudkey_protocol::msg::SignInput::Data(vec![i; 32]),
-            },
-        )
-        .await?;
-    }
+    sign_ecdsa(&user, &auth, &kp, 5).await?;
     let want = format!("{}:5", kp.private);
     wait_for(
         "the signature count in the chain",
@@ -873,21 +884,7 @@ async fn a_node_stopped_between_audit_rounds_keeps_its_signature_counts() -> Res
     let user = gov.cluster.client_on(cloudkey_tests::Role::Client, &[2])?;
     let auth = crate::util::login(&user, token).await?;
     let kp = crate::util::generate_ec(&user, &auth, "stopped").await?;
-    for i in 0..7u8 {
-        call(
-            &user,
-            Request::Sign {
-                auth: auth.clone(),
-                key: kp.private,
-                mechanism: cloudkey_protocol::msg::Mechanism {
-                    ckm: cloudkey_protocol::ck::CKM_ECDSA,
-                    param: cloudkey_protocol::msg::MechParam::None,
-                },
-                input: cloudkey_protocol::msg::SignInput::Data(vec![i; 32]),
-            },
-        )
-        .await?;
-    }
+    sign_ecdsa(&user, &auth, &kp, 7).await?;
     drop(user);
     let before = audit_summaries(&gov).await?;
     ensure!(
