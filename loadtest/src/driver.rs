@@ -156,136 +156,94 @@ impl Schedule {
     }
 }
 
-/// Runs one operation on a session and records it. Returns whether it succeeded.
-#[allow(clippy::too_many_arguments)]
-fn one_op(
-    session: &mut dyn Session,
-    op: Op,
-    worker: usize,
-    seq: u64,
-    started: Instant,
-    measured: bool,
-    verifier: Option<&Verifier>,
-    verify_every: u64,
-    signed: &mut u64,
-    rec: &mut Recorder,
-    shared: &Shared,
-) {
-    let data = data_for(worker, seq);
-    let result = match op {
-        Op::Sign => session.sign(&data).map(Some),
-        Op::Keygen => session.generate().map(|()| None),
-    };
-    let latency = started.elapsed();
-    if !measured {
-        return;
-    }
-    match result {
-        Ok(sig) => {
-            rec.success(op, latency);
-            shared.ok.fetch_add(1, Ordering::Relaxed);
-            if let (Some(sig), Some(v)) = (sig, verifier) {
-                if verify_every > 0 && *signed % verify_every == 0 {
-                    let ok = v.verify(&data, &sig);
-                    rec.verification(ok);
-                    if !ok {
-                        shared.errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                *signed += 1;
-            }
-        }
-        Err(e) => {
-            rec.failure(&e);
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-fn closed_worker(
+/// One worker: runs operations on its session, each at the start `next_start` gives (with
+/// whether it is measured), until `next_start` says stop; records the measured ones.
+fn worker_loop(
     worker: usize,
     session: &mut dyn Session,
     verifier: Option<&Verifier>,
     cfg: &StepConfig,
-    measure_start: Instant,
-    end: Instant,
     shared: &Shared,
+    mut next_start: impl FnMut(&mut Recorder) -> Option<(Instant, bool)>,
 ) -> Recorder {
     let mut rec = Recorder::new();
     let mut picker = OpPicker::new(cfg.workload, cfg.keygen_percent, worker);
     let mut signed = 0u64;
     for seq in 0u64.. {
-        if shared.stop.load(Ordering::Relaxed) {
-            break;
-        }
-        let started = Instant::now();
-        if started >= end {
-            break;
-        }
-        let measured = started >= measure_start;
-        if measured {
-            if let Some(c) = cfg.count {
-                if shared.tickets.fetch_add(1, Ordering::Relaxed) >= c {
-                    shared.stop.store(true, Ordering::Relaxed);
-                    break;
-                }
-            }
-        }
-        let op = picker.next_op();
-        one_op(
-            session,
-            op,
-            worker,
-            seq,
-            started,
-            measured,
-            verifier,
-            cfg.verify_every,
-            &mut signed,
-            &mut rec,
-            shared,
-        );
-    }
-    rec
-}
-
-fn open_worker(
-    worker: usize,
-    session: &mut dyn Session,
-    verifier: Option<&Verifier>,
-    cfg: &StepConfig,
-    schedule: &Schedule,
-    shared: &Shared,
-) -> Recorder {
-    let mut rec = Recorder::new();
-    let mut picker = OpPicker::new(cfg.workload, cfg.keygen_percent, worker);
-    let mut signed = 0u64;
-    for seq in 0u64.. {
-        let Some((intended, measured)) = schedule.claim() else {
+        let Some((started, measured)) = next_start(&mut rec) else {
             break;
         };
-        let now = Instant::now();
-        if intended > now {
-            std::thread::sleep(intended - now);
-        } else if measured && now - intended > LATE {
-            rec.late_start();
-        }
         let op = picker.next_op();
-        one_op(
-            session,
-            op,
-            worker,
-            seq,
-            intended,
-            measured,
-            verifier,
-            cfg.verify_every,
-            &mut signed,
-            &mut rec,
-            shared,
-        );
+        let data = data_for(worker, seq);
+        let result = match op {
+            Op::Sign => session.sign(&data).map(Some),
+            Op::Keygen => session.generate().map(|()| None),
+        };
+        let latency = started.elapsed();
+        if !measured {
+            continue;
+        }
+        match result {
+            Ok(sig) => {
+                rec.success(op, latency);
+                shared.ok.fetch_add(1, Ordering::Relaxed);
+                if let (Some(sig), Some(v)) = (sig, verifier) {
+                    if cfg.verify_every > 0 && signed % cfg.verify_every == 0 {
+                        let ok = v.verify(&data, &sig);
+                        rec.verification(ok);
+                        if !ok {
+                            shared.errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    signed += 1;
+                }
+            }
+            Err(e) => {
+                rec.failure(&e);
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
     rec
+}
+
+/// The closed loop's next start: now, until the end time, the count or another worker's stop.
+fn closed_start(
+    cfg: &StepConfig,
+    shared: &Shared,
+    measure_start: Instant,
+    end: Instant,
+) -> Option<(Instant, bool)> {
+    if shared.stop.load(Ordering::Relaxed) {
+        return None;
+    }
+    let started = Instant::now();
+    if started >= end {
+        return None;
+    }
+    let measured = started >= measure_start;
+    if measured {
+        if let Some(c) = cfg.count {
+            if shared.tickets.fetch_add(1, Ordering::Relaxed) >= c {
+                shared.stop.store(true, Ordering::Relaxed);
+                return None;
+            }
+        }
+    }
+    Some((started, measured))
+}
+
+/// The open loop's next start: the intended time of the next request of the schedule, after
+/// sleeping until it is due (or counting a late start when it is overdue).
+fn open_start(schedule: &Schedule, rec: &mut Recorder) -> Option<(Instant, bool)> {
+    let (intended, measured) = schedule.claim()?;
+    let now = Instant::now();
+    if intended > now {
+        std::thread::sleep(intended - now);
+    } else if measured && now - intended > LATE {
+        rec.late_start();
+    }
+    Some((intended, measured))
 }
 
 /// Runs one step of `target_name` on `sessions[..cfg.workers]`.
@@ -328,18 +286,17 @@ pub fn run_step(
                 let (shared, schedule) = (&shared, schedule.as_ref());
                 std::thread::Builder::new()
                     .name(format!("worker-{worker}"))
-                    .spawn_scoped(s, move || match schedule {
-                        None => closed_worker(
-                            worker,
-                            session.as_mut(),
-                            verifier,
-                            cfg,
-                            measure_start,
-                            end,
-                            shared,
-                        ),
-                        Some(schedule) => {
-                            open_worker(worker, session.as_mut(), verifier, cfg, schedule, shared)
+                    .spawn_scoped(s, move || {
+                        let session = session.as_mut();
+                        match schedule {
+                            None => worker_loop(worker, session, verifier, cfg, shared, |_| {
+                                closed_start(cfg, shared, measure_start, end)
+                            }),
+                            Some(schedule) => {
+                                worker_loop(worker, session, verifier, cfg, shared, |rec| {
+                                    open_start(schedule, rec)
+                                })
+                            }
                         }
                     })
                     .expect("cannot start a worker thread")
