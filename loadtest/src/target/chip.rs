@@ -19,7 +19,7 @@ use cloudkey_chip::{
 use tokio::runtime::Handle;
 
 use super::client::code_name;
-use super::{Session, Target};
+use super::{About, Session, Target};
 use crate::stats::OpError;
 use crate::workload::{
     hmac_key_value, sha256_digest_info, Alg, PublicKeyBytes, Verifier, Workload,
@@ -40,13 +40,11 @@ pub struct ChipOptions {
 
 /// The in-process chip pool; see the [module docs](self).
 pub struct ChipTarget {
-    name: String,
-    description: String,
+    about: About,
     rt: Handle,
     pool: Arc<ChipPool>,
     alg: Alg,
     key: Option<PoolKey>,
-    verifier: Option<Verifier>,
 }
 
 fn chip_error(e: &ChipError) -> OpError {
@@ -126,28 +124,22 @@ impl ChipTarget {
                 .map_or_else(|| "none".to_string(), |l| format!("{l:?}"))
         );
         Ok(Self {
-            name: o.name.clone(),
-            description,
+            about: About {
+                name: o.name.clone(),
+                description,
+                verifier,
+            },
             rt: rt.clone(),
             pool: Arc::new(pool),
             alg,
             key,
-            verifier,
         })
     }
 }
 
 impl Target for ChipTarget {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn verifier(&self) -> Option<&Verifier> {
-        self.verifier.as_ref()
+    fn about(&self) -> &About {
+        &self.about
     }
 
     fn open_session(&self, _worker: usize) -> Result<Box<dyn Session>> {

@@ -27,7 +27,7 @@ use cloudkey_protocol::msg::{
 use cloudkey_protocol::{vendor, ErrorCode};
 use tokio::runtime::Handle;
 
-use super::{Session, Target};
+use super::{About, Session, Target};
 use crate::stats::{ckr_name, OpError};
 use crate::workload::{
     hmac_key_value, sha256, Alg, PublicKeyBytes, Verifier, Workload, GENERATED_LABEL, P256_OID_DER,
@@ -170,14 +170,12 @@ impl Grant {
 
 /// The cluster through the protocol client; see the [module docs](self).
 pub struct ClientTarget {
-    name: String,
-    description: String,
+    about: About,
     rt: Handle,
     clients: Vec<Client>,
     grant: Arc<Grant>,
     alg: Alg,
     key: Option<ObjectId>,
-    verifier: Option<Verifier>,
     keep_generated: bool,
 }
 
@@ -459,30 +457,24 @@ impl ClientTarget {
             settings.endpoints,
         );
         Ok(Self {
-            name: o.name.clone(),
-            description,
+            about: About {
+                name: o.name.clone(),
+                description,
+                verifier,
+            },
             rt: rt.clone(),
             clients,
             grant: Arc::new(grant),
             alg,
             key,
-            verifier,
             keep_generated: o.keep_generated,
         })
     }
 }
 
 impl Target for ClientTarget {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn verifier(&self) -> Option<&Verifier> {
-        self.verifier.as_ref()
+    fn about(&self) -> &About {
+        &self.about
     }
 
     fn open_session(&self, worker: usize) -> Result<Box<dyn Session>> {

@@ -23,16 +23,35 @@ use anyhow::Result;
 use crate::stats::OpError;
 use crate::workload::Verifier;
 
+/// What a target says about itself.
+pub struct About {
+    /// The name in reports (unique within a run).
+    pub name: String,
+    /// What exactly is measured (module path, token, endpoints, chips).
+    pub description: String,
+    /// The verifier of the signing key's signatures (`None` for a key-generation workload).
+    pub verifier: Option<Verifier>,
+}
+
 /// A system under test, set up: its signing key exists and it can open sessions.
 pub trait Target: Send + Sync {
+    /// Its name, description and verifier.
+    fn about(&self) -> &About;
+
     /// The name in reports (unique within a run).
-    fn name(&self) -> &str;
+    fn name(&self) -> &str {
+        &self.about().name
+    }
 
     /// A description of what exactly is measured (module path, token, endpoints, chips).
-    fn describe(&self) -> String;
+    fn describe(&self) -> String {
+        self.about().description.clone()
+    }
 
     /// The verifier of the signing key's signatures (`None` for a key-generation workload).
-    fn verifier(&self) -> Option<&Verifier>;
+    fn verifier(&self) -> Option<&Verifier> {
+        self.about().verifier.as_ref()
+    }
 
     /// Opens one worker's session.
     ///

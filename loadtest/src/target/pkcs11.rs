@@ -23,7 +23,7 @@ use cryptoki::session::{Session as CkSession, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-use super::{Session, Target};
+use super::{About, Session, Target};
 use crate::stats::{ckr_name, OpError};
 use crate::workload::{
     hmac_key_value, Alg, PublicKeyBytes, Verifier, Workload, GENERATED_LABEL, P256_OID_DER,
@@ -48,13 +48,11 @@ pub struct Pkcs11Options {
 
 /// A PKCS#11 module, set up; see the [module docs](self).
 pub struct Pkcs11Target {
-    name: String,
-    description: String,
+    about: About,
     ctx: Pkcs11,
     slot: Slot,
     alg: Alg,
     key: Option<ObjectHandle>,
-    verifier: Option<Verifier>,
     /// Holds the login for the whole run (never used for operations).
     _login: Mutex<CkSession>,
 }
@@ -350,29 +348,23 @@ impl Pkcs11Target {
             slot.id(),
         );
         Ok(Self {
-            name: o.name.clone(),
-            description,
+            about: About {
+                name: o.name.clone(),
+                description,
+                verifier,
+            },
             ctx,
             slot,
             alg,
             key,
-            verifier,
             _login: Mutex::new(login),
         })
     }
 }
 
 impl Target for Pkcs11Target {
-    fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn describe(&self) -> String {
-        self.description.clone()
-    }
-
-    fn verifier(&self) -> Option<&Verifier> {
-        self.verifier.as_ref()
+    fn about(&self) -> &About {
+        &self.about
     }
 
     fn open_session(&self, _worker: usize) -> Result<Box<dyn Session>> {
