@@ -189,21 +189,18 @@ async fn tmk_injection_from_the_cli_against_dev_up_and_a_verified_audit_export()
         text(&own)
     );
     // The terminal's check before the approval fails.
-    let early = cloudkey(
-        &[
-            "--config",
-            &atm,
-            "tmk",
-            "fetch",
-            "ATM-0001",
-            "--payload",
-            &payload,
-            "--admin",
-            "alice",
-        ],
-        cwd,
-    )
-    .await?;
+    let fetch = [
+        "--config",
+        &atm,
+        "tmk",
+        "fetch",
+        "ATM-0001",
+        "--payload",
+        &payload,
+        "--admin",
+        "alice",
+    ];
+    let early = cloudkey(&fetch, cwd).await?;
     ensure!(
         !early.status.success(),
         "fetch before approval: {}",
@@ -230,19 +227,7 @@ async fn tmk_injection_from_the_cli_against_dev_up_and_a_verified_audit_export()
 
     // 4. The terminal's check and its key, decrypted and checked locally.
     let out = ok(
-        &[
-            "--config",
-            &atm,
-            "tmk",
-            "fetch",
-            "ATM-0001",
-            "--payload",
-            &payload,
-            "--admin",
-            "alice",
-            "--private-key",
-            "atm/terminal.key.pem",
-        ],
+        &[&fetch[..], &["--private-key", "atm/terminal.key.pem"]].concat(),
         cwd,
         &[],
     )
