@@ -190,6 +190,21 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output> {
     })
 }
 
+/// Starts a one-node cluster with the PKCS#11 token `label`, then runs `session` (a real
+/// client driven by blocking commands) in a temporary directory off the test's runtime.
+pub async fn on_token(
+    label: &str,
+    session: impl FnOnce(&Pkcs11Token, &Path) -> Result<()> + Send + 'static,
+) -> Result<()> {
+    let cluster = cloudkey_tests::Cluster::start_init(1).await?;
+    let token = cluster.pkcs11_token(label).await?;
+    tokio::task::spawn_blocking(move || {
+        let tmp = tempfile::tempdir()?;
+        session(&token, tmp.path())
+    })
+    .await?
+}
+
 /// The words of a command line without quoting (`"-in msg -out sig"`).
 pub fn words(line: &str) -> Vec<&str> {
     line.split_whitespace().collect()

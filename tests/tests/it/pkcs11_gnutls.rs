@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use anyhow::{ensure, Result};
-use cloudkey_tests::{Cluster, Pkcs11Token, P11_CONFIG_ENV, P11_USER_PIN};
+use cloudkey_tests::{Pkcs11Token, P11_CONFIG_ENV, P11_USER_PIN};
 
 use crate::p11::{self, tool_keypair};
 
@@ -26,14 +26,10 @@ fn p11tool(token: &Pkcs11Token, dir: &Path, login: bool, args: &[&str]) -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p11tool_lists_the_objects_with_their_uris_and_signs() -> Result<()> {
-    let cluster = Cluster::start_init(1).await?;
-    let token = cluster.pkcs11_token("gnutls").await?;
-    tokio::task::spawn_blocking(move || gnutls_session(&token)).await?
+    p11::on_token("gnutls", gnutls_session).await
 }
 
-fn gnutls_session(token: &Pkcs11Token) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
+fn gnutls_session(token: &Pkcs11Token, dir: &Path) -> Result<()> {
     tool_keypair(token, dir, "EC:prime256v1", "ec", "01")?;
     tool_keypair(token, dir, "rsa:2048", "rsa", "02")?;
     let token_uri = format!("pkcs11:token={}", token.label);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
-use cloudkey_tests::{Cluster, Pkcs11Token, P11_CONFIG_ENV, P11_USER_PIN};
+use cloudkey_tests::{Pkcs11Token, P11_CONFIG_ENV, P11_USER_PIN};
 
 use crate::p11::{self, openssl, tool_keypair, words};
 
@@ -60,14 +60,10 @@ fn uri(token: &Pkcs11Token, label: &str, private: bool) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openssl_signs_files_and_certificates_with_pkcs11_uris() -> Result<()> {
-    let cluster = Cluster::start_init(1).await?;
-    let token = cluster.pkcs11_token("openssl").await?;
-    tokio::task::spawn_blocking(move || openssl_session(&token)).await?
+    p11::on_token("openssl", openssl_session).await
 }
 
-fn openssl_session(token: &Pkcs11Token) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
+fn openssl_session(token: &Pkcs11Token, dir: &Path) -> Result<()> {
     tool_keypair(token, dir, "EC:prime256v1", "ec", "01")?;
     tool_keypair(token, dir, "rsa:2048", "rsa", "02")?;
     let cnf = write_openssl_cnf(dir, &token.module)?;

@@ -45,15 +45,10 @@ fn export_public(token: &Pkcs11Token, dir: &Path, id: &str, name: &str) -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pkcs11_tool_lists_generates_signs_and_decrypts() -> Result<()> {
-    let cluster = Cluster::start_init(1).await?;
-    let token = cluster.pkcs11_token("tool").await?;
-    tokio::task::spawn_blocking(move || tool_session(&token)).await?
+    p11::on_token("tool", tool_session).await
 }
 
-fn tool_session(token: &Pkcs11Token) -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let dir = tmp.path();
-
+fn tool_session(token: &Pkcs11Token, dir: &Path) -> Result<()> {
     let (slots, _) = pkcs11_tool(token, dir, &["--list-slots"])?;
     for want in [
         "token label        : tool",
