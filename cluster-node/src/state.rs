@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use aws_lc_rs::digest;
 use cloudkey_chip::pool::PoolKey;
 use cloudkey_chip::KeyBlob;
+use cloudkey_protocol::audit::record_hash;
 use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
 use cloudkey_protocol::ErrorCode;
 use dashmap::DashMap;
@@ -236,18 +236,12 @@ pub enum CommandResult {
     },
 }
 
-/// One record of the hash-chained audit log of state changes.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// Raft log index of the change.
-    pub index: u64,
-    /// Hash of the previous record (zeros for the first).
-    pub prev: [u8; 32],
-    /// What happened, without secrets (e.g. `create_token label=x id=3`).
-    pub summary: String,
-    /// `SHA-256(prev || index BE || summary)`.
-    pub hash: [u8; 32],
-}
+/// One record of the hash-chained audit log of state changes: the Raft log index of the
+/// change, the previous record's hash (zeros for the first), what happened without secrets
+/// (e.g. `create_token label=x id=3`), and `SHA-256(prev || index BE || summary)`
+/// ([`record_hash`]). The record and its hash are the exported ones, defined once in
+/// `cloudkey-protocol` for the node and the offline verifier alike.
+pub type AuditRecord = cloudkey_protocol::gov::AuditEntry;
 
 /// The applied view. Shared by the Raft state machine (which applies) and the services (which
 /// read).
@@ -388,18 +382,6 @@ pub const MAX_LABEL_LEN: usize = 32;
 /// Version of the [`State::snapshot_bytes`] encoding.
 const SNAPSHOT_VERSION: u32 = 2;
 
-/// Computes an audit record's hash: `SHA-256(prev || index BE || summary)`.
-#[must_use]
-pub fn audit_hash(prev: &[u8; 32], index: u64, summary: &str) -> [u8; 32] {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(prev);
-    ctx.update(&index.to_be_bytes());
-    ctx.update(summary.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
-}
-
 /// Checks a whole audit chain, from its first record: the first `prev` is zeros, each record's
 /// `prev` is the previous record's `hash`, each `hash` is recomputed from the record, and the
 /// indexes strictly increase.
@@ -412,7 +394,7 @@ pub fn verify_chain(records: &[AuditRecord]) -> Result<(), usize> {
     for (pos, r) in records.iter().enumerate() {
         if r.prev != prev
             || last_index.is_some_and(|i| r.index <= i)
-            || audit_hash(&r.prev, r.index, &r.summary) != r.hash
+            || record_hash(&r.prev, r.index, &r.summary) != r.hash
         {
             return Err(pos);
         }
@@ -694,7 +676,7 @@ impl State {
             return;
         };
         let prev = audit.last().map_or([0u8; 32], |r| r.hash);
-        let hash = audit_hash(&prev, index, &summary);
+        let hash = record_hash(&prev, index, &summary);
         audit.push(AuditRecord {
             index,
             prev,
@@ -1647,7 +1629,7 @@ mod tests {
         // Recomputing one record's hash still breaks the link to the next.
         let mut bad = chain;
         bad[1].summary = "create_token id=1 label=\"evil\" user_pin=set".into();
-        bad[1].hash = audit_hash(&bad[1].prev, bad[1].index, &bad[1].summary);
+        bad[1].hash = record_hash(&bad[1].prev, bad[1].index, &bad[1].summary);
         assert_eq!(verify_chain(&bad), Err(2));
     }
 

@@ -12,9 +12,9 @@ use cloudkey_chip::{
     SignMech, WrapMech,
 };
 use cloudkey_protocol::gov::{
-    checkpoint_message, endorsement_message, ApprovalInfo, AuditEntry, AuditKeyInfo, AuditPage,
-    GuardedOp, OfficerAuth, OfficerInfo, PolicyScope, QrPayload, Rule, TerminalInfo, TerminalKey,
-    TmkDelivery, TmkQr,
+    checkpoint_message, endorsement_message, ApprovalInfo, AuditKeyInfo, AuditPage, GuardedOp,
+    OfficerAuth, OfficerInfo, PolicyScope, QrPayload, Rule, TerminalInfo, TerminalKey, TmkDelivery,
+    TmkQr,
 };
 use cloudkey_protocol::msg::{ObjectId, Secret, TokenId};
 use cloudkey_protocol::tls::{PeerIdentity, Role, TlsMaterial};
@@ -598,15 +598,7 @@ pub fn audit_export(ctx: &NodeCtx, from: u64, max: u32) -> AuditPage {
         key: ctx
             .state
             .with_gov(|g| g.audit_key.as_ref().map(|k| k.info.clone())),
-        records: records
-            .into_iter()
-            .map(|r| AuditEntry {
-                index: r.index,
-                prev: r.prev,
-                summary: r.summary,
-                hash: r.hash,
-            })
-            .collect(),
+        records,
         more,
     }
 }
