@@ -302,6 +302,18 @@ impl RaftNode {
             .collect()
     }
 
+    /// True when `id` is in the membership (a voter or a learner).
+    #[must_use]
+    pub fn is_member(&self, id: u64) -> bool {
+        self.inner
+            .metrics
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some()
+    }
+
     /// The voters, by id.
     #[must_use]
     pub fn voters(&self) -> Vec<u64> {

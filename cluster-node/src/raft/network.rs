@@ -752,7 +752,7 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
         | PeerRequest::AddNode { .. }
         | PeerRequest::RemoveNode { .. }
         | PeerRequest::DomainExport { .. })
-            if !ctx.raft.members().iter().any(|(id, _)| *id == peer) =>
+            if !ctx.raft.is_member(peer) =>
         {
             tracing::warn!(
                 peer,
