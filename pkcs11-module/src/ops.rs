@@ -78,6 +78,26 @@ impl Kind {
     }
 }
 
+/// The input of a finishing call, from which its [`CacheKey`] is made only when needed: a
+/// result is kept, or compared with a kept one, only when the output length is not known
+/// beforehand or the caller's buffer was too small, so the common call hashes nothing.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// The data of a single-part call.
+    Single(&'a [u8]),
+    /// The final call of a multi-part operation.
+    Final,
+}
+
+impl Input<'_> {
+    fn key(self) -> CacheKey {
+        match self {
+            Self::Single(data) => single_key(data),
+            Self::Final => CacheKey::Final,
+        }
+    }
+}
+
 /// Which input a kept result belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum CacheKey {
@@ -126,7 +146,15 @@ enum Payload {
 }
 
 fn single_key(data: &[u8]) -> CacheKey {
+    #[cfg(test)]
+    KEYS_HASHED.with(|n| n.set(n.get() + 1));
     CacheKey::Single(Hasher::digest(Hash::Sha256, data))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// How many cache keys this thread has hashed (tests of the hot path's cost).
+    pub(crate) static KEYS_HASHED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 fn fits(cap: Option<usize>, n: usize) -> bool {
@@ -277,7 +305,7 @@ impl Module {
         &self,
         s: &Session,
         kind: Kind,
-        key: CacheKey,
+        input: Input<'_>,
         cap: Option<usize>,
         payload: impl FnOnce(&mut KeyOp) -> Result<Payload, Ckr>,
     ) -> Result<Output, Ckr> {
@@ -286,7 +314,7 @@ impl Module {
             let slot = kind.slot(&mut st);
             let op = slot.as_mut().ok_or(Ckr::OPERATION_NOT_INITIALIZED)?;
             if let Some((k, v)) = &op.cached {
-                if *k == key {
+                if *k == input.key() {
                     if !fits(cap, v.len()) {
                         return Ok(Output::Len(v.len()));
                     }
@@ -344,7 +372,7 @@ impl Module {
             Ok(v) if !fits(cap, v.len()) => {
                 let n = v.len();
                 if let Some(op) = slot.as_mut().filter(|_| same) {
-                    op.cached = Some((key, v));
+                    op.cached = Some((input.key(), v));
                 }
                 Ok(Output::Len(n))
             }
@@ -368,7 +396,7 @@ impl Module {
         cap: Option<usize>,
     ) -> Result<Output, Ckr> {
         let s = self.session(h)?;
-        self.produce(&s, Kind::Sign, single_key(data), cap, |op| {
+        self.produce(&s, Kind::Sign, Input::Single(data), cap, |op| {
             sign_input(op, data).map(Payload::Sign)
         })
     }
@@ -383,7 +411,7 @@ impl Module {
         cap: Option<usize>,
     ) -> Result<Output, Ckr> {
         let s = self.session(h)?;
-        self.produce(&s, Kind::Sign, CacheKey::Final, cap, |op| {
+        self.produce(&s, Kind::Sign, Input::Final, cap, |op| {
             final_input(op).map(Payload::Sign)
         })
     }
@@ -400,7 +428,7 @@ impl Module {
         cap: Option<usize>,
     ) -> Result<Output, Ckr> {
         let s = self.session(h)?;
-        self.produce(&s, kind, single_key(data), cap, |op| {
+        self.produce(&s, kind, Input::Single(data), cap, |op| {
             if op.multipart {
                 return Err(Ckr::OPERATION_ACTIVE);
             }
@@ -422,7 +450,7 @@ impl Module {
         cap: Option<usize>,
     ) -> Result<Output, Ckr> {
         let s = self.session(h)?;
-        self.produce(&s, kind, CacheKey::Final, cap, |op| {
+        self.produce(&s, kind, Input::Final, cap, |op| {
             Ok(Payload::Data(std::mem::take(&mut *op.buf)))
         })
     }

@@ -245,6 +245,22 @@ fn find_and_get_attributes() {
 }
 
 #[test]
+fn a_sign_or_encrypt_whose_length_is_known_hashes_no_cache_key() {
+    let hashed = || crate::ops::KEYS_HASHED.with(std::cell::Cell::get);
+    let (_, m) = setup();
+    let (h, _, private) = with_key_pair(&m, ck::CKM_EC_KEY_PAIR_GEN);
+    let before = hashed();
+    // Size query, short buffer, then the call: the length (64) is known at init, so the
+    // input is never hashed to recognise the repeated call.
+    m.op_init(h, Kind::Sign, Some(mech(ck::CKM_ECDSA)), private)
+        .unwrap();
+    assert_eq!(m.sign(h, &[1; 32], None).unwrap(), Output::Len(64));
+    assert_eq!(m.sign(h, &[1; 32], Some(10)).unwrap(), Output::Len(64));
+    assert_eq!(data(m.sign(h, &[1; 32], Some(64)).unwrap()).len(), 64);
+    assert_eq!(hashed(), before, "no cache key for a known output length");
+}
+
+#[test]
 fn sign_two_call_protocol_and_local_hashing() {
     let (node, m) = setup();
     let (h, public, private) = with_key_pair(&m, ck::CKM_EC_KEY_PAIR_GEN);
