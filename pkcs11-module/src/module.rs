@@ -510,7 +510,9 @@ impl Module {
         build: impl Fn(Auth) -> Request,
     ) -> Result<Response, Ckr> {
         let (auth, epoch) = self.auth(slot)?;
-        match self.call(build(auth)) {
+        let request = build(auth);
+        let named = crate::objects::named_object(&request);
+        let r = match self.call(request) {
             Err(e) if e == Ckr::USER_NOT_LOGGED_IN => {
                 let Some(epoch) = epoch else { return Err(e) };
                 self.relogin(slot, epoch)?;
@@ -523,7 +525,13 @@ impl Module {
                 Err(e)
             }
             r => r,
+        };
+        if let (Err(e), Some(id)) = (&r, named) {
+            if crate::objects::is_gone(*e) {
+                self.objects.forget_gone(id, slot.id);
+            }
         }
+        r
     }
 
     /// `C_Finalize`: close every session of every slot.

@@ -6,6 +6,13 @@
 //! every session. The node owns the object model (defaults, read-only attributes, visibility,
 //! sensitivity); the module converts values and remembers which objects are *session objects*
 //! (`CKA_TOKEN` false), which it destroys when their session closes.
+//!
+//! The table holds only objects that may still exist, so it does not grow with every object
+//! the application has ever seen: an entry is dropped when the object is destroyed through
+//! this module, when its session closes (session objects), when its token is re-initialised,
+//! and when the cluster answers that the object named by a request is not on the token
+//! (destroyed by another application). A dropped handle stays invalid for good
+//! (`CKR_OBJECT_HANDLE_INVALID`): handles are never reused.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,7 +20,7 @@ use std::sync::Mutex;
 
 use cloudkey_protocol::msg::{AttrValue, ObjectId, Request, Response};
 use cryptoki_sys as ck;
-use cryptoki_sys::{CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG};
+use cryptoki_sys::{CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_SLOT_ID, CK_ULONG};
 
 use crate::attrs;
 use crate::error::Ckr;
@@ -33,6 +40,9 @@ pub(crate) struct KeyMeta {
 #[derive(Debug)]
 struct Entry {
     id: ObjectId,
+    /// The slot whose token holds the object (where it was first seen: an object is on one
+    /// token, and another slot's "no such object" says nothing about it).
+    slot: CK_SLOT_ID,
     /// The session that created this session object; `None` for token objects (and objects
     /// the module did not create).
     owner: Option<CK_SESSION_HANDLE>,
@@ -63,8 +73,8 @@ impl Default for Objects {
 }
 
 impl Objects {
-    /// The handle of `id`, made on first sight.
-    pub(crate) fn handle(&self, id: ObjectId) -> CK_OBJECT_HANDLE {
+    /// The handle of `id`, an object of `slot`'s token, made on first sight.
+    pub(crate) fn handle(&self, id: ObjectId, slot: CK_SLOT_ID) -> CK_OBJECT_HANDLE {
         let mut m = lock(&self.maps);
         if let Some(h) = m.by_id.get(&id) {
             return *h;
@@ -75,6 +85,7 @@ impl Objects {
             h,
             Entry {
                 id,
+                slot,
                 owner: None,
                 meta: None,
             },
@@ -127,6 +138,40 @@ impl Objects {
         }
     }
 
+    /// Forgets `id` when the cluster answered, for a request of a session on `slot`, that
+    /// the token has no such object: it was destroyed elsewhere, and its handle stays invalid.
+    pub(crate) fn forget_gone(&self, id: ObjectId, slot: CK_SLOT_ID) {
+        let mut m = lock(&self.maps);
+        let Some(h) = m.by_id.get(&id).copied() else {
+            return;
+        };
+        if m.by_handle.get(&h).is_some_and(|e| e.slot == slot) {
+            m.by_handle.remove(&h);
+            m.by_id.remove(&id);
+        }
+    }
+
+    /// Forgets every object of `slot`'s token (`C_InitToken` destroyed them all).
+    pub(crate) fn forget_slot(&self, slot: CK_SLOT_ID) {
+        let mut m = lock(&self.maps);
+        let Maps { by_handle, by_id } = &mut *m;
+        by_handle.retain(|_, e| {
+            let keep = e.slot != slot;
+            if !keep {
+                by_id.remove(&e.id);
+            }
+            keep
+        });
+    }
+
+    /// How many objects the table holds.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        let m = lock(&self.maps);
+        debug_assert_eq!(m.by_handle.len(), m.by_id.len());
+        m.by_handle.len()
+    }
+
     /// Cached key facts.
     pub(crate) fn meta(&self, h: CK_OBJECT_HANDLE) -> Option<KeyMeta> {
         lock(&self.maps).by_handle.get(&h).and_then(|e| e.meta)
@@ -155,7 +200,7 @@ impl Module {
         id: ObjectId,
         token: Option<bool>,
     ) -> CK_OBJECT_HANDLE {
-        let h = self.objects.handle(id);
+        let h = self.objects.handle(id, self.slots[s.slot].id);
         if token != Some(true) {
             self.objects.set_owner(h, s.handle);
         }
@@ -345,7 +390,10 @@ impl Module {
             Response::Found(ids) => ids,
             _ => return Err(unexpected("find_objects")),
         };
-        let handles = ids.into_iter().map(|id| self.objects.handle(id)).collect();
+        let handles = ids
+            .into_iter()
+            .map(|id| self.objects.handle(id, slot.id))
+            .collect();
         let mut st = s.lock();
         if st.find.is_some() {
             return Err(Ckr::OPERATION_ACTIVE);
@@ -383,6 +431,29 @@ impl Module {
     }
 }
 
+/// The one object a request names, for which the node's `CKR_OBJECT_HANDLE_INVALID` or
+/// `CKR_KEY_HANDLE_INVALID` means "not on the token" (the node answers an invisible private
+/// object with `CKR_USER_NOT_LOGGED_IN`, not with these). Requests naming two objects (wrap,
+/// unwrap) or none are not used: their error does not say which object is gone.
+pub(crate) fn named_object(r: &Request) -> Option<ObjectId> {
+    match r {
+        Request::GetAttributes { object, .. }
+        | Request::SetAttributes { object, .. }
+        | Request::DestroyObject { object, .. }
+        | Request::CopyObject { object, .. } => Some(*object),
+        Request::Sign { key, .. }
+        | Request::Verify { key, .. }
+        | Request::Encrypt { key, .. }
+        | Request::Decrypt { key, .. } => Some(*key),
+        _ => None,
+    }
+}
+
+/// True for the node's answers that the object a request names does not exist.
+pub(crate) fn is_gone(e: Ckr) -> bool {
+    e == Ckr::OBJECT_HANDLE_INVALID || e == Ckr::KEY_HANDLE_INVALID
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,9 +463,9 @@ mod tests {
         let o = Objects::default();
         let a = ObjectId([1; 16]);
         let b = ObjectId([2; 16]);
-        let ha = o.handle(a);
-        assert_eq!(o.handle(a), ha);
-        let hb = o.handle(b);
+        let ha = o.handle(a, 0);
+        assert_eq!(o.handle(a, 0), ha);
+        let hb = o.handle(b, 0);
         assert_ne!(ha, hb);
         assert_ne!(ha, 0);
         assert_eq!(o.id(ha), Ok(a));
@@ -403,7 +474,26 @@ mod tests {
         assert_eq!(o.owned_by(7), vec![(hb, b)]);
         o.forget(ha);
         assert_eq!(o.id(ha), Err(Ckr::OBJECT_HANDLE_INVALID));
-        let ha2 = o.handle(a);
+        let ha2 = o.handle(a, 0);
         assert!(ha2 > hb, "a destroyed handle is never reused");
+    }
+
+    #[test]
+    fn objects_gone_from_their_token_are_forgotten_and_only_there() {
+        let o = Objects::default();
+        let (a, b, c) = (ObjectId([1; 16]), ObjectId([2; 16]), ObjectId([3; 16]));
+        let ha = o.handle(a, 0);
+        let hb = o.handle(b, 1);
+        let hc = o.handle(c, 1);
+        // Slot 0's token says nothing about slot 1's objects.
+        o.forget_gone(b, 0);
+        assert_eq!(o.id(hb), Ok(b));
+        o.forget_gone(b, 1);
+        assert_eq!(o.id(hb), Err(Ckr::OBJECT_HANDLE_INVALID));
+        assert_eq!(o.len(), 2);
+        o.forget_slot(1);
+        assert_eq!(o.id(hc), Err(Ckr::OBJECT_HANDLE_INVALID));
+        assert_eq!((o.id(ha), o.len()), (Ok(a), 1));
+        assert!(o.handle(b, 1) > hc, "handles are never reused");
     }
 }

@@ -387,6 +387,7 @@ impl Module {
         };
         slot.logout();
         slot.rebind(label, new_id);
+        self.objects.forget_slot(slot.id);
         self.forget_tokens();
         Ok(())
     }

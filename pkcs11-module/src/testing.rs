@@ -39,8 +39,9 @@ pub(crate) struct FakeState {
     pub(crate) log: Vec<&'static str>,
     /// The last sign/verify input.
     pub(crate) last_input: Option<SignInput>,
-    objects: BTreeMap<ObjectId, Vec<Attribute>>,
-    next_object: u8,
+    /// The objects of the token.
+    pub(crate) objects: BTreeMap<ObjectId, Vec<Attribute>>,
+    next_object: u64,
     /// Grants issued before this generation are refused (as if expired).
     pub(crate) generation: u8,
     /// Every call fails with CKR_DEVICE_ERROR.
@@ -82,7 +83,9 @@ impl FakeState {
 
     fn new_object(&mut self, attrs: Vec<Attribute>) -> ObjectId {
         self.next_object += 1;
-        let id = ObjectId([self.next_object; 16]);
+        let mut id = ObjectId([0; 16]);
+        id.0[..8].copy_from_slice(&self.next_object.to_le_bytes());
+        id.0[8..].copy_from_slice(&self.next_object.to_le_bytes());
         self.objects.insert(id, attrs);
         id
     }
@@ -205,9 +208,12 @@ impl FakeState {
                 object,
                 types,
             } => {
+                // Like the node: a missing object is an invalid handle, a private one
+                // without a user login is refused as such.
+                self.objects.get(&object).ok_or(E::ObjectHandleInvalid)?;
                 let attrs = self
                     .visible(&object, self.grant_ok(auth.grant.as_ref()))
-                    .ok_or(E::ObjectHandleInvalid)?;
+                    .ok_or(E::UserNotLoggedIn)?;
                 let sensitive = value(attrs, ck::CKA_SENSITIVE) == Some(&[1]);
                 Response::Attributes(
                     types

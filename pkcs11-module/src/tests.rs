@@ -235,13 +235,81 @@ fn find_and_get_attributes() {
         Ok(ck::CK_UNAVAILABLE_INFORMATION)
     );
     assert_eq!(m.object_size(h, 999), Err(Ckr::OBJECT_HANDLE_INVALID));
-    // The same object keeps its handle; a private object is invisible after logout.
+    // The same object keeps its handle; a private object is refused after logout (as the
+    // node does), and its handle works again after a new login.
     m.logout(h).unwrap();
     assert_eq!(
         m.get_attributes(h, private, &[q(ck::CKA_LABEL, None)])
             .unwrap_err(),
-        Ckr::OBJECT_HANDLE_INVALID
+        Ckr::USER_NOT_LOGGED_IN
     );
+    m.login(h, ck::CKU_USER, pin(USER_PIN)).unwrap();
+    assert!(m
+        .get_attributes(h, private, &[q(ck::CKA_LABEL, None)])
+        .is_ok());
+}
+
+#[test]
+fn the_handle_table_keeps_only_objects_that_may_exist() {
+    let (node, m) = setup();
+    let rw = m.open_session(0, RW).unwrap();
+    m.login(rw, ck::CKU_USER, pin(USER_PIN)).unwrap();
+    let data_obj = |token: bool| {
+        [
+            ulong(ck::CKA_CLASS, ck::CKO_DATA),
+            boolean(ck::CKA_TOKEN, token),
+        ]
+    };
+    // Created and destroyed through the module: nothing stays behind.
+    let mut last = 0;
+    for _ in 0..500 {
+        let o = m.create_object(rw, &raw(&data_obj(true))).unwrap();
+        assert!(o > last, "handles are never reused");
+        last = o;
+        m.destroy_object(rw, o).unwrap();
+    }
+    assert_eq!(m.objects.len(), 0);
+    // Session objects go with their session.
+    let other = m.open_session(0, RW).unwrap();
+    for _ in 0..100 {
+        m.create_object(other, &raw(&data_obj(false))).unwrap();
+    }
+    assert_eq!(m.objects.len(), 100);
+    m.close_session(other).unwrap();
+    assert_eq!(m.objects.len(), 0);
+    // Objects another application destroys: forgotten when the cluster says so, and the
+    // stale handle stays invalid while live objects keep theirs.
+    let kept = m.create_object(rw, &raw(&data_obj(true))).unwrap();
+    let mut stale = Vec::new();
+    for _ in 0..100 {
+        stale.push(m.create_object(rw, &raw(&data_obj(true))).unwrap());
+    }
+    m.find_init(rw, &[]).unwrap();
+    assert_eq!(m.find_next(rw, 1000).unwrap().len(), 101);
+    m.find_final(rw).unwrap();
+    let kept_id = m.objects.id(kept).unwrap();
+    node.st().objects.retain(|id, _| *id == kept_id);
+    for &o in &stale {
+        let q = [AttrQuery {
+            ty: ck::CKA_LABEL,
+            capacity: None,
+        }];
+        assert_eq!(
+            m.get_attributes(rw, o, &q).unwrap_err(),
+            Ckr::OBJECT_HANDLE_INVALID
+        );
+    }
+    assert_eq!(m.objects.len(), 1);
+    for &o in &stale {
+        assert_eq!(
+            m.set_attributes(rw, o, &raw(&[(ck::CKA_LABEL, b"x".to_vec())])),
+            Err(Ckr::OBJECT_HANDLE_INVALID)
+        );
+        assert_eq!(m.destroy_object(rw, o), Err(Ckr::OBJECT_HANDLE_INVALID));
+    }
+    m.find_init(rw, &[]).unwrap();
+    assert_eq!(m.find_next(rw, 1000).unwrap(), vec![kept]);
+    m.find_final(rw).unwrap();
 }
 
 #[test]
