@@ -53,4 +53,4 @@ mod testing;
 mod tests;
 
 pub use error::Ckr;
-pub use mechanism::VendorNumbers;
+pub use mechanism::{advertised, Advertised, VendorNumbers};

@@ -108,6 +108,19 @@ pub(crate) enum Family {
 }
 
 impl Family {
+    /// The key type a key of this family has by default (wire numbering).
+    pub(crate) fn key_type(self) -> Option<u64> {
+        match self {
+            Self::Ec => Some(ck::CKK_EC),
+            Self::Rsa => Some(ck::CKK_RSA),
+            Self::Aes => Some(ck::CKK_AES),
+            Self::Generic => Some(ck::CKK_GENERIC_SECRET),
+            Self::Sm2 => Some(vendor::CKK_SM2),
+            Self::Sm4 => Some(vendor::CKK_SM4),
+            Self::None => None,
+        }
+    }
+
     /// Whether a key of wire type `ckk` can serve this family; `true` when in doubt, since the
     /// node checks again.
     pub(crate) fn accepts(self, ckk: u64) -> bool {
@@ -441,6 +454,46 @@ pub(crate) const TABLE: &[Spec] = &[
     spec(vendor::CKM_SM4_CBC_PAD, 16, 16, CRYPT, P::Iv16, F::Sm4),
 ];
 
+/// One mechanism the module advertises (`C_GetMechanismList`, `C_GetMechanismInfo`), in the
+/// wire numbering (SM2/SM3/SM4 as [`cloudkey_protocol::vendor`] numbers them, whatever
+/// `[vendor_mechanisms]` an application sees): what the cluster must accept for the
+/// mechanism's operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advertised {
+    /// `CKM_*` on the wire.
+    pub ckm: u64,
+    /// `CK_MECHANISM_INFO.flags` (`CKF_SIGN`, `CKF_ENCRYPT`, `CKF_WRAP`, `CKF_DERIVE`, ...).
+    pub flags: CK_FLAGS,
+    /// `CK_MECHANISM_INFO.ulMinKeySize`.
+    pub min_key_size: u64,
+    /// `CK_MECHANISM_INFO.ulMaxKeySize`.
+    pub max_key_size: u64,
+    /// The `CKK_*` (wire numbering) of the key the mechanism is used with; `None` for digests,
+    /// key generation and derivation, which the module does not check against a key type.
+    pub key_type: Option<u64>,
+    /// True for the digests the module computes itself (the cluster is never asked).
+    pub local: bool,
+}
+
+/// Every mechanism the module advertises, in the order of `C_GetMechanismList`.
+#[must_use]
+pub fn advertised() -> Vec<Advertised> {
+    TABLE
+        .iter()
+        .map(|s| {
+            let info = s.info();
+            Advertised {
+                ckm: s.ckm,
+                flags: info.flags,
+                min_key_size: info.ulMinKeySize,
+                max_key_size: info.ulMaxKeySize,
+                key_type: s.family.key_type(),
+                local: s.digest.is_some(),
+            }
+        })
+        .collect()
+}
+
 /// The spec of a wire mechanism number.
 pub(crate) fn spec_of(wire: u64) -> Option<&'static Spec> {
     TABLE.iter().find(|s| s.ckm == wire)
@@ -766,6 +819,22 @@ mod tests {
 
     fn resolve_c(m: &CK_MECHANISM, flag: CK_FLAGS) -> Result<Resolved, Ckr> {
         resolve(&ptr::mechanism(m).unwrap(), &Numbering::default(), flag)
+    }
+
+    #[test]
+    fn the_advertised_list_is_the_mechanism_list() {
+        let all = advertised();
+        let ckms: Vec<u64> = all.iter().map(|a| a.ckm).collect();
+        assert_eq!(ckms, Numbering::default().list());
+        for a in &all {
+            let s = spec_of(a.ckm).unwrap();
+            assert_eq!(
+                (a.flags, a.min_key_size, a.max_key_size),
+                (s.info().flags, s.info().ulMinKeySize, s.info().ulMaxKeySize)
+            );
+            assert!(a.key_type.is_none_or(|k| s.family.accepts(k)), "{a:?}");
+            assert_eq!(a.local, a.flags & ck::CKF_DIGEST != 0, "{a:?}");
+        }
     }
 
     #[test]
