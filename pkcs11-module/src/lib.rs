@@ -21,7 +21,9 @@
 //!
 //! `README.md` lists what is supported; `VENDOR.md` the SM2/SM3/SM4 numbers.
 #![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
+#![deny(clippy::missing_safety_doc)]
 #![warn(missing_docs)]
 
 #[forbid(unsafe_code)]

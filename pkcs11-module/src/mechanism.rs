@@ -818,7 +818,11 @@ mod tests {
     use crate::ffi::ptr;
 
     fn resolve_c(m: &CK_MECHANISM, flag: CK_FLAGS) -> Result<Resolved, Ckr> {
-        resolve(&ptr::mechanism(m).unwrap(), &Numbering::default(), flag)
+        resolve(
+            &ptr::test_mechanism(m).unwrap(),
+            &Numbering::default(),
+            flag,
+        )
     }
 
     #[test]

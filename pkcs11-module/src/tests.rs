@@ -37,7 +37,7 @@ fn mech(ckm: u64) -> MechPtr {
         pParameter: null_mut(),
         ulParameterLen: 0,
     };
-    ptr::mechanism(&m).unwrap()
+    ptr::test_mechanism(&m).unwrap()
 }
 
 fn ulong(ty: u64, v: u64) -> (u64, Vec<u8>) {
@@ -463,7 +463,7 @@ fn encryption_keeps_the_result_of_a_size_query() {
         pParameter: (&raw mut oaep).cast(),
         ulParameterLen: std::mem::size_of::<ck::CK_RSA_PKCS_OAEP_PARAMS>() as u64,
     };
-    let oaep_mech = || ptr::mechanism(&cm).unwrap();
+    let oaep_mech = || ptr::test_mechanism(&cm).unwrap();
     m.op_init(h, Kind::Encrypt, Some(oaep_mech()), private)
         .unwrap();
     let calls = node.st().log.len();

@@ -1,6 +1,5 @@
 //! Encryption and decryption (PKCS#11 3.0 §5.8, §5.9), the dual-function updates (§5.13)
 //! and the message-based functions of 3.0 (§5.10, §5.11), which are not supported.
-#![deny(unsafe_code)]
 
 use std::ffi::c_void;
 
@@ -13,17 +12,29 @@ use crate::error::Ckr;
 use crate::module;
 use crate::ops::Kind;
 
-pub(super) fn init(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn init(
     h: CK_SESSION_HANDLE,
     kind: Kind,
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.op_init(h, kind, ptr::mechanism(mech), key)
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    m.op_init(h, kind, unsafe { ptr::mechanism(mech) }, key)
 }
 
-pub(super) fn single(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn single(
     h: CK_SESSION_HANDLE,
     kind: Kind,
     data: *mut CK_BYTE,
@@ -32,12 +43,20 @@ pub(super) fn single(
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let out = OutBuf::new(out, out_len)?;
-    let data = ptr::in_bytes(data, len)?;
+    // SAFETY: `out_len` is NULL or a valid length and `out` NULL or a buffer of `*out_len` bytes,
+    // and the OutBuf does not outlive this call (this body's contract).
+    let out = unsafe { OutBuf::new(out, out_len) }?;
+    // SAFETY: `data` is NULL or valid for reads of `len` bytes (this body's contract).
+    let data = unsafe { ptr::in_bytes(data, len) }?;
     out.deliver(m.crypt(h, kind, data, out.capacity())?)
 }
 
-pub(super) fn update(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn update(
     h: CK_SESSION_HANDLE,
     kind: Kind,
     part: *mut CK_BYTE,
@@ -49,7 +68,8 @@ pub(super) fn update(
     if out_len.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let part = ptr::in_bytes(part, len)?;
+    // SAFETY: `part` is NULL or valid for reads of `len` bytes (this body's contract).
+    let part = unsafe { ptr::in_bytes(part, len) }?;
     if out.is_null() {
         // A size query (§5.2, the two-call protocol): it only says how much output the part
         // would give, and the application calls again with the same part and a buffer, so the
@@ -59,122 +79,178 @@ pub(super) fn update(
         m.op_update(h, kind, part)?;
     }
     // Parts are buffered and processed at the final call: no output yet.
-    ptr::out_value(out_len, 0)
+    // SAFETY: `out_len` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out_len, 0) }
 }
 
-pub(super) fn last(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn last(
     h: CK_SESSION_HANDLE,
     kind: Kind,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let out = OutBuf::new(out, out_len)?;
+    // SAFETY: `out_len` is NULL or a valid length and `out` NULL or a buffer of `*out_len` bytes,
+    // and the OutBuf does not outlive this call (this body's contract).
+    let out = unsafe { OutBuf::new(out, out_len) }?;
     out.deliver(m.crypt_final(h, kind, out.capacity())?)
 }
 
 ck_fn!(
     /// §5.8 C_EncryptInit.
-    C_EncryptInit = encrypt_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+    C_EncryptInit = unsafe encrypt_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
 );
-pub(super) fn encrypt_init(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn encrypt_init(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
-    init(h, Kind::Encrypt, mech, key)
+    // SAFETY: this body's contract is `init`'s.
+    unsafe { init(h, Kind::Encrypt, mech, key) }
 }
 
 ck_fn!(
     /// §5.8 C_Encrypt.
-    C_Encrypt = encrypt(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_Encrypt = unsafe encrypt(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn encrypt(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn encrypt(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    single(h, Kind::Encrypt, data, len, out, out_len)
+    // SAFETY: this body's contract is `single`'s.
+    unsafe { single(h, Kind::Encrypt, data, len, out, out_len) }
 }
 
 ck_fn!(
     /// §5.8 C_EncryptUpdate (buffers; output comes at `C_EncryptFinal`).
-    C_EncryptUpdate = encrypt_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_EncryptUpdate = unsafe encrypt_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn encrypt_update(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn encrypt_update(
     h: CK_SESSION_HANDLE,
     part: *mut CK_BYTE,
     len: CK_ULONG,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    update(h, Kind::Encrypt, part, len, out, out_len)
+    // SAFETY: this body's contract is `update`'s.
+    unsafe { update(h, Kind::Encrypt, part, len, out, out_len) }
 }
 
 ck_fn!(
     /// §5.8 C_EncryptFinal.
-    C_EncryptFinal = encrypt_final(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_EncryptFinal = unsafe encrypt_final(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn encrypt_final(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn encrypt_final(
     h: CK_SESSION_HANDLE,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    last(h, Kind::Encrypt, out, out_len)
+    // SAFETY: this body's contract is `last`'s.
+    unsafe { last(h, Kind::Encrypt, out, out_len) }
 }
 
 ck_fn!(
     /// §5.9 C_DecryptInit.
-    C_DecryptInit = decrypt_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+    C_DecryptInit = unsafe decrypt_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
 );
-pub(super) fn decrypt_init(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn decrypt_init(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
-    init(h, Kind::Decrypt, mech, key)
+    // SAFETY: this body's contract is `init`'s.
+    unsafe { init(h, Kind::Decrypt, mech, key) }
 }
 
 ck_fn!(
     /// §5.9 C_Decrypt.
-    C_Decrypt = decrypt(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_Decrypt = unsafe decrypt(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn decrypt(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn decrypt(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    single(h, Kind::Decrypt, data, len, out, out_len)
+    // SAFETY: this body's contract is `single`'s.
+    unsafe { single(h, Kind::Decrypt, data, len, out, out_len) }
 }
 
 ck_fn!(
     /// §5.9 C_DecryptUpdate (buffers; output comes at `C_DecryptFinal`).
-    C_DecryptUpdate = decrypt_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_DecryptUpdate = unsafe decrypt_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn decrypt_update(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn decrypt_update(
     h: CK_SESSION_HANDLE,
     part: *mut CK_BYTE,
     len: CK_ULONG,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    update(h, Kind::Decrypt, part, len, out, out_len)
+    // SAFETY: this body's contract is `update`'s.
+    unsafe { update(h, Kind::Decrypt, part, len, out, out_len) }
 }
 
 ck_fn!(
     /// §5.9 C_DecryptFinal.
-    C_DecryptFinal = decrypt_final(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_DecryptFinal = unsafe decrypt_final(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn decrypt_final(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn decrypt_final(
     h: CK_SESSION_HANDLE,
     out: *mut CK_BYTE,
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
-    last(h, Kind::Decrypt, out, out_len)
+    // SAFETY: this body's contract is `last`'s.
+    unsafe { last(h, Kind::Decrypt, out, out_len) }
 }
 
 ck_fn!(

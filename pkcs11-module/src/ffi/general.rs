@@ -1,5 +1,4 @@
 //! General-purpose functions (PKCS#11 3.0 §5.4) and the parallel-function stubs (§5.20).
-#![deny(unsafe_code)]
 
 use std::ffi::c_void;
 
@@ -38,10 +37,16 @@ pub(crate) fn library_version() -> CK_VERSION {
 
 ck_fn!(
     /// §5.4 C_Initialize.
-    C_Initialize = initialize(args: *mut c_void)
+    C_Initialize = unsafe initialize(args: *mut c_void)
 );
-pub(super) fn initialize(args: *mut c_void) -> Result<(), Ckr> {
-    if let Some(a) = ptr::init_args(args) {
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn initialize(args: *mut c_void) -> Result<(), Ckr> {
+    // SAFETY: `args` is NULL or a `CK_C_INITIALIZE_ARGS` (this body's contract).
+    if let Some(a) = unsafe { ptr::init_args(args) } {
         module::check_init_args(&a)?;
     }
     module::initialize()
@@ -60,50 +65,79 @@ pub(super) fn finalize(reserved: *mut c_void) -> Result<(), Ckr> {
 
 ck_fn!(
     /// §5.4 C_GetInfo.
-    C_GetInfo = get_info(info: *mut CK_INFO)
+    C_GetInfo = unsafe get_info(info: *mut CK_INFO)
 );
-pub(super) fn get_info(info: *mut CK_INFO) -> Result<(), Ckr> {
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_info(info: *mut CK_INFO) -> Result<(), Ckr> {
     module::get()?;
-    ptr::out_value(
-        info,
-        CK_INFO {
-            cryptokiVersion: FUNCTION_LIST.version,
-            manufacturerID: padded("cloudkey"),
-            flags: 0,
-            libraryDescription: padded("cloudkey PKCS#11 module"),
-            libraryVersion: library_version(),
-        },
-    )
+    // SAFETY: `info` is NULL or valid for writes (this body's contract).
+    unsafe {
+        ptr::out_value(
+            info,
+            CK_INFO {
+                cryptokiVersion: FUNCTION_LIST.version,
+                manufacturerID: padded("cloudkey"),
+                flags: 0,
+                libraryDescription: padded("cloudkey PKCS#11 module"),
+                libraryVersion: library_version(),
+            },
+        )
+    }
 }
 
 ck_fn!(
     /// §5.4 C_GetFunctionList: the v2.40 table. Works before `C_Initialize`.
-    C_GetFunctionList = get_function_list(list: *mut *mut CK_FUNCTION_LIST)
+    C_GetFunctionList = unsafe get_function_list(list: *mut *mut CK_FUNCTION_LIST)
 );
-pub(super) fn get_function_list(list: *mut *mut CK_FUNCTION_LIST) -> Result<(), Ckr> {
-    ptr::out_value(list, (&raw const FUNCTION_LIST).cast_mut())
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_function_list(list: *mut *mut CK_FUNCTION_LIST) -> Result<(), Ckr> {
+    // SAFETY: `list` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(list, (&raw const FUNCTION_LIST).cast_mut()) }
 }
 
 ck_fn!(
     /// §5.4 C_GetInterfaceList: "PKCS 11" 3.0 and 2.40. Works before `C_Initialize`.
-    C_GetInterfaceList = get_interface_list(list: *mut CK_INTERFACE, count: *mut CK_ULONG)
+    C_GetInterfaceList = unsafe get_interface_list(list: *mut CK_INTERFACE, count: *mut CK_ULONG)
 );
-pub(super) fn get_interface_list(list: *mut CK_INTERFACE, count: *mut CK_ULONG) -> Result<(), Ckr> {
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_interface_list(
+    list: *mut CK_INTERFACE,
+    count: *mut CK_ULONG,
+) -> Result<(), Ckr> {
     let all: Vec<CK_INTERFACE> = INTERFACES.iter().map(|i| i.0).collect();
-    ptr::out_list(list, count, &all)
+    // SAFETY: `count` is NULL or a valid count and `list` NULL or an array of `*count` entries
+    // (this body's contract).
+    unsafe { ptr::out_list(list, count, &all) }
 }
 
 ck_fn!(
     /// §5.4 C_GetInterface: by name (NULL or "PKCS 11"), version (NULL for the default 3.0,
     /// or 3.0 or 2.40) and flags (none offered). Works before `C_Initialize`.
-    C_GetInterface = get_interface(
+    C_GetInterface = unsafe get_interface(
         name: *mut CK_UTF8CHAR,
         version: *mut CK_VERSION,
         iface: *mut *mut CK_INTERFACE,
         flags: CK_FLAGS,
     )
 );
-pub(super) fn get_interface(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_interface(
     name: *mut CK_UTF8CHAR,
     version: *mut CK_VERSION,
     iface: *mut *mut CK_INTERFACE,
@@ -112,13 +146,15 @@ pub(super) fn get_interface(
     if iface.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    if ptr::in_cstr(name).is_some_and(|n| n != INTERFACE_NAME.to_bytes()) {
+    // SAFETY: `name` is NULL or a NUL-terminated string (this body's contract).
+    if unsafe { ptr::in_cstr(name) }.is_some_and(|n| n != INTERFACE_NAME.to_bytes()) {
         return Err(Ckr::ARGUMENTS_BAD);
     }
     let index = if version.is_null() {
         0
     } else {
-        match ptr::in_value(version.cast_const())? {
+        // SAFETY: `version` is NULL or valid for reads (this body's contract).
+        match unsafe { ptr::in_value(version.cast_const()) }? {
             CK_VERSION { major: 3, minor: 0 } => 0,
             CK_VERSION {
                 major: 2,
@@ -131,7 +167,8 @@ pub(super) fn get_interface(
     if flags & !chosen.0.flags != 0 {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    ptr::out_value(iface, (&raw const chosen.0).cast_mut())
+    // SAFETY: `iface` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(iface, (&raw const chosen.0).cast_mut()) }
 }
 
 ck_fn!(
@@ -172,81 +209,89 @@ mod tests {
 
     #[test]
     fn initialize_arguments_are_checked_to_the_letter() {
-        let _g = GLOBAL.lock();
-        let call =
-            |a: &mut CK_C_INITIALIZE_ARGS| initialize((a as *mut CK_C_INITIALIZE_ARGS).cast());
-        let mut a = args(0, false);
-        a.pReserved = std::ptr::NonNull::<c_void>::dangling().as_ptr();
-        assert_eq!(call(&mut a), Err(Ckr::ARGUMENTS_BAD));
-        let mut a = args(ck::CKF_OS_LOCKING_OK, true);
-        a.LockMutex = None;
-        assert_eq!(call(&mut a), Err(Ckr::ARGUMENTS_BAD));
-        assert_eq!(call(&mut args(0, true)), Err(Ckr::CANT_LOCK));
-        assert_eq!(
-            call(&mut args(ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS, false)),
-            Err(Ckr::NEED_TO_CREATE_THREADS)
-        );
-        assert_eq!(
-            call(&mut args(ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS, true)),
-            Err(Ckr::CANT_LOCK)
-        );
-        // Valid arguments reach the configuration, which the test process does not name.
-        if std::env::var_os(crate::config::ENV_CONFIG).is_none() {
+        // SAFETY: every pointer passed below is NULL or points to a local of this test that outlives
+        // the call, with the size given, as the PKCS#11 caller contract asks.
+        unsafe {
+            let _g = GLOBAL.lock();
+            let call =
+                |a: &mut CK_C_INITIALIZE_ARGS| initialize((a as *mut CK_C_INITIALIZE_ARGS).cast());
+            let mut a = args(0, false);
+            a.pReserved = std::ptr::NonNull::<c_void>::dangling().as_ptr();
+            assert_eq!(call(&mut a), Err(Ckr::ARGUMENTS_BAD));
+            let mut a = args(ck::CKF_OS_LOCKING_OK, true);
+            a.LockMutex = None;
+            assert_eq!(call(&mut a), Err(Ckr::ARGUMENTS_BAD));
+            assert_eq!(call(&mut args(0, true)), Err(Ckr::CANT_LOCK));
             assert_eq!(
-                call(&mut args(ck::CKF_OS_LOCKING_OK, true)),
-                Err(Ckr::GENERAL_ERROR)
+                call(&mut args(ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS, false)),
+                Err(Ckr::NEED_TO_CREATE_THREADS)
             );
-            // What GnuTLS 3.7.9 (Debian 12) passes: accepted (see `check_init_args`).
-            let gnutls = ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS | ck::CKF_OS_LOCKING_OK;
-            assert_eq!(call(&mut args(gnutls, false)), Err(Ckr::GENERAL_ERROR));
-            assert_eq!(initialize(null_mut()), Err(Ckr::GENERAL_ERROR));
+            assert_eq!(
+                call(&mut args(ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS, true)),
+                Err(Ckr::CANT_LOCK)
+            );
+            // Valid arguments reach the configuration, which the test process does not name.
+            if std::env::var_os(crate::config::ENV_CONFIG).is_none() {
+                assert_eq!(
+                    call(&mut args(ck::CKF_OS_LOCKING_OK, true)),
+                    Err(Ckr::GENERAL_ERROR)
+                );
+                // What GnuTLS 3.7.9 (Debian 12) passes: accepted (see `check_init_args`).
+                let gnutls = ck::CKF_LIBRARY_CANT_CREATE_OS_THREADS | ck::CKF_OS_LOCKING_OK;
+                assert_eq!(call(&mut args(gnutls, false)), Err(Ckr::GENERAL_ERROR));
+                assert_eq!(initialize(null_mut()), Err(Ckr::GENERAL_ERROR));
+            }
+            assert_eq!(
+                finalize(std::ptr::NonNull::<c_void>::dangling().as_ptr()),
+                Err(Ckr::ARGUMENTS_BAD)
+            );
+            assert_eq!(finalize(null_mut()), Err(Ckr::CRYPTOKI_NOT_INITIALIZED));
         }
-        assert_eq!(
-            finalize(std::ptr::NonNull::<c_void>::dangling().as_ptr()),
-            Err(Ckr::ARGUMENTS_BAD)
-        );
-        assert_eq!(finalize(null_mut()), Err(Ckr::CRYPTOKI_NOT_INITIALIZED));
     }
 
     #[test]
     fn interfaces() {
-        let mut p: *mut CK_FUNCTION_LIST = null_mut();
-        get_function_list(&mut p).unwrap();
-        assert_eq!(p.cast_const(), &raw const FUNCTION_LIST);
-        assert_eq!(get_function_list(null_mut()), Err(Ckr::ARGUMENTS_BAD));
+        // SAFETY: every pointer passed below is NULL or points to a local of this test that outlives
+        // the call, with the size given, as the PKCS#11 caller contract asks.
+        unsafe {
+            let mut p: *mut CK_FUNCTION_LIST = null_mut();
+            get_function_list(&mut p).unwrap();
+            assert_eq!(p.cast_const(), &raw const FUNCTION_LIST);
+            assert_eq!(get_function_list(null_mut()), Err(Ckr::ARGUMENTS_BAD));
 
-        let mut count: CK_ULONG = 0;
-        get_interface_list(null_mut(), &mut count).unwrap();
-        assert_eq!(count, 2);
+            let mut count: CK_ULONG = 0;
+            get_interface_list(null_mut(), &mut count).unwrap();
+            assert_eq!(count, 2);
 
-        let mut i: *mut CK_INTERFACE = null_mut();
-        get_interface(null_mut(), null_mut(), &mut i, 0).unwrap();
-        assert_eq!(i.cast_const(), &raw const INTERFACES[0].0);
-        let mut v = CK_VERSION {
-            major: 2,
-            minor: 40,
-        };
-        let mut name = *b"PKCS 11\0";
-        get_interface(name.as_mut_ptr(), &mut v, &mut i, 0).unwrap();
-        assert_eq!(i.cast_const(), &raw const INTERFACES[1].0);
-        let mut v = CK_VERSION { major: 3, minor: 1 };
-        assert_eq!(
-            get_interface(null_mut(), &mut v, &mut i, 0),
-            Err(Ckr::ARGUMENTS_BAD)
-        );
-        let mut other = *b"Vendor\0";
-        assert_eq!(
-            get_interface(other.as_mut_ptr(), null_mut(), &mut i, 0),
-            Err(Ckr::ARGUMENTS_BAD)
-        );
-        assert_eq!(
-            get_interface(null_mut(), null_mut(), &mut i, ck::CKF_INTERFACE_FORK_SAFE),
-            Err(Ckr::ARGUMENTS_BAD)
-        );
-        assert_eq!(
-            get_interface(null_mut(), null_mut(), null_mut(), 0),
-            Err(Ckr::ARGUMENTS_BAD)
-        );
+            let mut i: *mut CK_INTERFACE = null_mut();
+            get_interface(null_mut(), null_mut(), &mut i, 0).unwrap();
+            assert_eq!(i.cast_const(), &raw const INTERFACES[0].0);
+            let mut v = CK_VERSION {
+                major: 2,
+                minor: 40,
+            };
+            let mut name = *b"PKCS 11\0";
+            get_interface(name.as_mut_ptr(), &mut v, &mut i, 0).unwrap();
+            assert_eq!(i.cast_const(), &raw const INTERFACES[1].0);
+            let mut v = CK_VERSION { major: 3, minor: 1 };
+            assert_eq!(
+                get_interface(null_mut(), &mut v, &mut i, 0),
+                Err(Ckr::ARGUMENTS_BAD)
+            );
+            let mut other = *b"Vendor\0";
+            assert_eq!(
+                get_interface(other.as_mut_ptr(), null_mut(), &mut i, 0),
+                Err(Ckr::ARGUMENTS_BAD)
+            );
+            assert_eq!(
+                get_interface(null_mut(), null_mut(), &mut i, ck::CKF_INTERFACE_FORK_SAFE),
+                Err(Ckr::ARGUMENTS_BAD)
+            );
+            assert_eq!(
+                get_interface(null_mut(), null_mut(), null_mut(), 0),
+                Err(Ckr::ARGUMENTS_BAD)
+            );
+        }
     }
 
     #[test]

@@ -1,5 +1,4 @@
 //! Key management (PKCS#11 3.0 §5.18) and random number generation (§5.19).
-#![deny(unsafe_code)]
 
 use cryptoki_sys::{
     CK_ATTRIBUTE, CK_BYTE, CK_MECHANISM, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG,
@@ -11,9 +10,14 @@ use crate::module;
 
 ck_fn!(
     /// §5.18 C_GenerateKey.
-    C_GenerateKey = generate_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
+    C_GenerateKey = unsafe generate_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
 );
-pub(super) fn generate_key(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn generate_key(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     t: *mut CK_ATTRIBUTE,
@@ -21,17 +25,21 @@ pub(super) fn generate_key(
     out: *mut CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let mech = ptr::mechanism(mech).ok_or(Ckr::ARGUMENTS_BAD)?;
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    let mech = unsafe { ptr::mechanism(mech) }.ok_or(Ckr::ARGUMENTS_BAD)?;
     if out.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let k = m.generate_key(h, &mech, &ptr::template_in(t, n)?)?;
-    ptr::out_value(out, k)
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    let k = m.generate_key(h, &mech, &unsafe { ptr::template_in(t, n) }?)?;
+    // SAFETY: `out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out, k) }
 }
 
 ck_fn!(
     /// §5.18 C_GenerateKeyPair.
-    C_GenerateKeyPair = generate_key_pair(
+    C_GenerateKeyPair = unsafe generate_key_pair(
         h: CK_SESSION_HANDLE,
         mech: *mut CK_MECHANISM,
         pub_t: *mut CK_ATTRIBUTE,
@@ -43,7 +51,12 @@ ck_fn!(
     )
 );
 #[allow(clippy::too_many_arguments)]
-pub(super) fn generate_key_pair(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn generate_key_pair(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     pub_t: *mut CK_ATTRIBUTE,
@@ -54,22 +67,35 @@ pub(super) fn generate_key_pair(
     priv_out: *mut CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let mech = ptr::mechanism(mech).ok_or(Ckr::ARGUMENTS_BAD)?;
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    let mech = unsafe { ptr::mechanism(mech) }.ok_or(Ckr::ARGUMENTS_BAD)?;
     if pub_out.is_null() || priv_out.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let public = ptr::template_in(pub_t, pub_n)?;
-    let private = ptr::template_in(priv_t, priv_n)?;
+    // SAFETY: `pub_t` is NULL or a template of `pub_n` attributes with valid values (this body's
+    // contract).
+    let public = unsafe { ptr::template_in(pub_t, pub_n) }?;
+    // SAFETY: `priv_t` is NULL or a template of `priv_n` attributes with valid values (this body's
+    // contract).
+    let private = unsafe { ptr::template_in(priv_t, priv_n) }?;
     let (p, q) = m.generate_key_pair(h, &mech, &public, &private)?;
-    ptr::out_value(pub_out, p)?;
-    ptr::out_value(priv_out, q)
+    // SAFETY: `pub_out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(pub_out, p) }?;
+    // SAFETY: `priv_out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(priv_out, q) }
 }
 
 ck_fn!(
     /// §5.18 C_WrapKey.
-    C_WrapKey = wrap_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
+    C_WrapKey = unsafe wrap_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, wrapping: CK_OBJECT_HANDLE, key: CK_OBJECT_HANDLE, out: *mut CK_BYTE, out_len: *mut CK_ULONG)
 );
-pub(super) fn wrap_key(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn wrap_key(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     wrapping: CK_OBJECT_HANDLE,
@@ -78,14 +104,18 @@ pub(super) fn wrap_key(
     out_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let mech = ptr::mechanism(mech).ok_or(Ckr::ARGUMENTS_BAD)?;
-    let out = OutBuf::new(out, out_len)?;
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    let mech = unsafe { ptr::mechanism(mech) }.ok_or(Ckr::ARGUMENTS_BAD)?;
+    // SAFETY: `out_len` is NULL or a valid length and `out` NULL or a buffer of `*out_len` bytes,
+    // and the OutBuf does not outlive this call (this body's contract).
+    let out = unsafe { OutBuf::new(out, out_len) }?;
     out.deliver(m.wrap_key(h, &mech, wrapping, key, out.capacity())?)
 }
 
 ck_fn!(
     /// §5.18 C_UnwrapKey.
-    C_UnwrapKey = unwrap_key(
+    C_UnwrapKey = unsafe unwrap_key(
         h: CK_SESSION_HANDLE,
         mech: *mut CK_MECHANISM,
         unwrapping: CK_OBJECT_HANDLE,
@@ -97,7 +127,12 @@ ck_fn!(
     )
 );
 #[allow(clippy::too_many_arguments)]
-pub(super) fn unwrap_key(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn unwrap_key(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     unwrapping: CK_OBJECT_HANDLE,
@@ -108,20 +143,32 @@ pub(super) fn unwrap_key(
     out: *mut CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let mech = ptr::mechanism(mech).ok_or(Ckr::ARGUMENTS_BAD)?;
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    let mech = unsafe { ptr::mechanism(mech) }.ok_or(Ckr::ARGUMENTS_BAD)?;
     if out.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let wrapped = ptr::in_bytes(wrapped, wrapped_len)?;
-    let k = m.unwrap_key(h, &mech, unwrapping, wrapped, &ptr::template_in(t, n)?)?;
-    ptr::out_value(out, k)
+    // SAFETY: `wrapped` is NULL or valid for reads of `wrapped_len` bytes (this body's contract).
+    let wrapped = unsafe { ptr::in_bytes(wrapped, wrapped_len) }?;
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    let k = m.unwrap_key(h, &mech, unwrapping, wrapped, &unsafe {
+        ptr::template_in(t, n)
+    }?)?;
+    // SAFETY: `out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out, k) }
 }
 
 ck_fn!(
     /// §5.18 C_DeriveKey.
-    C_DeriveKey = derive_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, base: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
+    C_DeriveKey = unsafe derive_key(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, base: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
 );
-pub(super) fn derive_key(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn derive_key(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     base: CK_OBJECT_HANDLE,
@@ -130,12 +177,16 @@ pub(super) fn derive_key(
     out: *mut CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let mech = ptr::mechanism(mech).ok_or(Ckr::ARGUMENTS_BAD)?;
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    let mech = unsafe { ptr::mechanism(mech) }.ok_or(Ckr::ARGUMENTS_BAD)?;
     if out.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let k = m.derive_key(h, &mech, base, &ptr::template_in(t, n)?)?;
-    ptr::out_value(out, k)
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    let k = m.derive_key(h, &mech, base, &unsafe { ptr::template_in(t, n) }?)?;
+    // SAFETY: `out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out, k) }
 }
 
 ck_fn!(
@@ -153,9 +204,14 @@ pub(super) fn seed_random(
 
 ck_fn!(
     /// §5.19 C_GenerateRandom (from the chips, 4096 bytes per request).
-    C_GenerateRandom = generate_random(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_ULONG)
+    C_GenerateRandom = unsafe generate_random(h: CK_SESSION_HANDLE, out: *mut CK_BYTE, len: CK_ULONG)
 );
-pub(super) fn generate_random(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn generate_random(
     h: CK_SESSION_HANDLE,
     out: *mut CK_BYTE,
     len: CK_ULONG,
@@ -169,5 +225,7 @@ pub(super) fn generate_random(
         return Err(Ckr::ARGUMENTS_BAD);
     }
     let bytes = m.generate_random(h, n)?;
-    ptr::out_items(out, &bytes)
+    // SAFETY: `out` is valid for writes of `len` bytes (this body's contract), and the node's
+    // answer was checked to be exactly `len` bytes by `generate_random`.
+    unsafe { ptr::out_items(out, &bytes) }
 }

@@ -5,6 +5,13 @@
 //! (`CKR_GENERAL_ERROR`), turns the body's `Result<(), Ckr>` into a `CK_RV`, and traces the call.
 //! The bodies, one file per chapter of the specification, convert pointers through [`ptr`]
 //! (the only place that dereferences them) and call the safe module.
+//!
+//! A body that reads or writes through a pointer argument is an `unsafe fn` whose `# Safety`
+//! is the PKCS#11 caller contract for its arguments, and its entry point is written
+//! `ck_fn!(C_Name = unsafe body(..))`: the exported function's own contract is the same, so the
+//! shim's `unsafe` call is justified by its caller, and each `ptr` call in the body says in its
+//! `// SAFETY:` line which part of the contract it relies on. A body that only looks at
+//! handles and flags (or only compares a pointer with NULL) is a safe `fn`.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -13,9 +20,26 @@ use cryptoki_sys::{CKR_GENERAL_ERROR, CKR_OK, CK_RV};
 use crate::error::Ckr;
 
 /// One exported PKCS#11 function: `ck_fn!(C_Name = body(arg: TYPE, ...));` makes
-/// `pub unsafe extern "C" fn C_Name(arg: TYPE, ...) -> CK_RV` calling `body(arg, ...)`, or with
-/// `=> CKR` a function that answers that error once the module is initialised.
+/// `pub unsafe extern "C" fn C_Name(arg: TYPE, ...) -> CK_RV` calling the safe `body(arg, ...)`;
+/// `ck_fn!(C_Name = unsafe body(..))` the same calling an `unsafe fn` body; with `=> CKR` a
+/// function that answers that error once the module is initialised.
 macro_rules! ck_fn {
+    ($(#[$doc:meta])* $name:ident = unsafe $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        /// The PKCS#11 caller contract: every pointer argument is NULL or valid for its
+        /// stated length for the duration of the call.
+        #[allow(unsafe_code, non_snake_case, clippy::too_many_arguments)]
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> cryptoki_sys::CK_RV {
+            $crate::ffi::guard(stringify!($name), || {
+                // SAFETY: the body's `# Safety` is the PKCS#11 caller contract for these
+                // arguments, which the application promises by calling this function.
+                unsafe { $body($($arg),*) }
+            })
+        }
+    };
     ($(#[$doc:meta])* $name:ident = $body:ident ( $($arg:ident : $ty:ty),* $(,)? )) => {
         $(#[$doc])*
         ///
@@ -48,16 +72,27 @@ macro_rules! ck_fn {
 #[allow(unsafe_code)]
 pub(crate) mod ptr;
 
+// The bodies: `unsafe fn`s over the application's pointers and the `unsafe` blocks that call
+// `ptr` in them, each with its `// SAFETY:` line; no other unsafe code.
+#[allow(unsafe_code)]
 mod crypt;
+#[allow(unsafe_code)]
 mod digest;
+#[allow(unsafe_code)]
 mod general;
+#[allow(unsafe_code)]
 mod keys;
+#[allow(unsafe_code)]
 mod object;
+#[allow(unsafe_code)]
 mod session;
+#[allow(unsafe_code)]
 mod sign;
+#[allow(unsafe_code)]
 mod slot;
+// The bodies called as an application would, with pointers to the tests' locals.
 #[cfg(test)]
-#[forbid(unsafe_code)]
+#[allow(unsafe_code)]
 mod tests;
 
 use crypt::*;

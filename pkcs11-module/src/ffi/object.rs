@@ -1,5 +1,4 @@
 //! Object management (PKCS#11 3.0 §5.7).
-#![deny(unsafe_code)]
 
 use cryptoki_sys::{CK_ATTRIBUTE, CK_OBJECT_HANDLE, CK_SESSION_HANDLE, CK_ULONG};
 
@@ -9,9 +8,14 @@ use crate::module;
 
 ck_fn!(
     /// §5.7 C_CreateObject.
-    C_CreateObject = create_object(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
+    C_CreateObject = unsafe create_object(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
 );
-pub(super) fn create_object(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn create_object(
     h: CK_SESSION_HANDLE,
     t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
@@ -21,15 +25,22 @@ pub(super) fn create_object(
     if out.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let o = m.create_object(h, &ptr::template_in(t, n)?)?;
-    ptr::out_value(out, o)
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    let o = m.create_object(h, &unsafe { ptr::template_in(t, n) }?)?;
+    // SAFETY: `out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out, o) }
 }
 
 ck_fn!(
     /// §5.7 C_CopyObject.
-    C_CopyObject = copy_object(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
+    C_CopyObject = unsafe copy_object(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG, out: *mut CK_OBJECT_HANDLE)
 );
-pub(super) fn copy_object(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn copy_object(
     h: CK_SESSION_HANDLE,
     o: CK_OBJECT_HANDLE,
     t: *mut CK_ATTRIBUTE,
@@ -40,8 +51,10 @@ pub(super) fn copy_object(
     if out.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let new = m.copy_object(h, o, &ptr::template_in(t, n)?)?;
-    ptr::out_value(out, new)
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    let new = m.copy_object(h, o, &unsafe { ptr::template_in(t, n) }?)?;
+    // SAFETY: `out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out, new) }
 }
 
 ck_fn!(
@@ -54,9 +67,14 @@ pub(super) fn destroy_object(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE) -> Resul
 
 ck_fn!(
     /// §5.7 C_GetObjectSize: `CK_UNAVAILABLE_INFORMATION`.
-    C_GetObjectSize = get_object_size(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, size: *mut CK_ULONG)
+    C_GetObjectSize = unsafe get_object_size(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, size: *mut CK_ULONG)
 );
-pub(super) fn get_object_size(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_object_size(
     h: CK_SESSION_HANDLE,
     o: CK_OBJECT_HANDLE,
     size: *mut CK_ULONG,
@@ -66,58 +84,84 @@ pub(super) fn get_object_size(
         return Err(Ckr::ARGUMENTS_BAD);
     }
     let n = m.object_size(h, o)?;
-    ptr::out_value(size, n)
+    // SAFETY: `size` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(size, n) }
 }
 
 ck_fn!(
     /// §5.7 C_GetAttributeValue: every attribute is answered; see `attrs::answer`.
-    C_GetAttributeValue = get_attribute_value(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG)
+    C_GetAttributeValue = unsafe get_attribute_value(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG)
 );
-pub(super) fn get_attribute_value(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_attribute_value(
     h: CK_SESSION_HANDLE,
     o: CK_OBJECT_HANDLE,
     t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let queries = ptr::template_query(t, n)?;
+    // SAFETY: `t` is NULL or a template of `n` attributes (this body's contract).
+    let queries = unsafe { ptr::template_query(t, n) }?;
     let (answers, rv) = m.get_attributes(h, o, &queries)?;
-    ptr::template_answer(t, &answers)?;
+    // SAFETY: `t` is the template of as many attributes as answers, with writable values (this
+    // body's contract).
+    unsafe { ptr::template_answer(t, &answers) }?;
     rv
 }
 
 ck_fn!(
     /// §5.7 C_SetAttributeValue.
-    C_SetAttributeValue = set_attribute_value(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG)
+    C_SetAttributeValue = unsafe set_attribute_value(h: CK_SESSION_HANDLE, o: CK_OBJECT_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG)
 );
-pub(super) fn set_attribute_value(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn set_attribute_value(
     h: CK_SESSION_HANDLE,
     o: CK_OBJECT_HANDLE,
     t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.set_attributes(h, o, &ptr::template_in(t, n)?)
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    m.set_attributes(h, o, &unsafe { ptr::template_in(t, n) }?)
 }
 
 ck_fn!(
     /// §5.7 C_FindObjectsInit: one request to the cluster; the handles are kept.
-    C_FindObjectsInit = find_objects_init(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG)
+    C_FindObjectsInit = unsafe find_objects_init(h: CK_SESSION_HANDLE, t: *mut CK_ATTRIBUTE, n: CK_ULONG)
 );
-pub(super) fn find_objects_init(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn find_objects_init(
     h: CK_SESSION_HANDLE,
     t: *mut CK_ATTRIBUTE,
     n: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.find_init(h, &ptr::template_in(t, n)?)
+    // SAFETY: `t` is NULL or a template of `n` attributes with valid values (this body's contract).
+    m.find_init(h, &unsafe { ptr::template_in(t, n) }?)
 }
 
 ck_fn!(
     /// §5.7 C_FindObjects.
-    C_FindObjects = find_objects(h: CK_SESSION_HANDLE, out: *mut CK_OBJECT_HANDLE, max: CK_ULONG, count: *mut CK_ULONG)
+    C_FindObjects = unsafe find_objects(h: CK_SESSION_HANDLE, out: *mut CK_OBJECT_HANDLE, max: CK_ULONG, count: *mut CK_ULONG)
 );
-pub(super) fn find_objects(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn find_objects(
     h: CK_SESSION_HANDLE,
     out: *mut CK_OBJECT_HANDLE,
     max: CK_ULONG,
@@ -128,8 +172,11 @@ pub(super) fn find_objects(
         return Err(Ckr::ARGUMENTS_BAD);
     }
     let found = m.find_next(h, usize::try_from(max).unwrap_or(usize::MAX))?;
-    ptr::out_items(out, &found)?;
-    ptr::out_value(count, found.len() as CK_ULONG)
+    // SAFETY: `out` has room for `max` handles (this body's contract), and `find_next` gives
+    // at most `max`.
+    unsafe { ptr::out_items(out, &found) }?;
+    // SAFETY: `count` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(count, found.len() as CK_ULONG) }
 }
 
 ck_fn!(

@@ -1,5 +1,4 @@
 //! Session management (PKCS#11 3.0 §5.6).
-#![deny(unsafe_code)]
 
 use std::ffi::c_void;
 
@@ -15,7 +14,7 @@ use crate::module;
 
 ck_fn!(
     /// §5.6 C_OpenSession (notification callbacks are never called).
-    C_OpenSession = open_session(
+    C_OpenSession = unsafe open_session(
         slot: CK_SLOT_ID,
         flags: CK_FLAGS,
         app: *mut c_void,
@@ -23,7 +22,12 @@ ck_fn!(
         out: *mut CK_SESSION_HANDLE,
     )
 );
-pub(super) fn open_session(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn open_session(
     slot: CK_SLOT_ID,
     flags: CK_FLAGS,
     _app: *mut c_void,
@@ -35,7 +39,8 @@ pub(super) fn open_session(
         return Err(Ckr::ARGUMENTS_BAD);
     }
     let h = m.open_session(slot, flags)?;
-    ptr::out_value(out, h)
+    // SAFETY: `out` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(out, h) }
 }
 
 ck_fn!(
@@ -56,23 +61,31 @@ pub(super) fn close_all_sessions(slot: CK_SLOT_ID) -> Result<(), Ckr> {
 
 ck_fn!(
     /// §5.6 C_GetSessionInfo.
-    C_GetSessionInfo = get_session_info(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO)
+    C_GetSessionInfo = unsafe get_session_info(h: CK_SESSION_HANDLE, info: *mut CK_SESSION_INFO)
 );
-pub(super) fn get_session_info(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_session_info(
     h: CK_SESSION_HANDLE,
     info: *mut CK_SESSION_INFO,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
     let (slot, state, flags) = m.session_info(h)?;
-    ptr::out_value(
-        info,
-        CK_SESSION_INFO {
-            slotID: slot,
-            state,
-            flags,
-            ulDeviceError: 0,
-        },
-    )
+    // SAFETY: `info` is NULL or valid for writes (this body's contract).
+    unsafe {
+        ptr::out_value(
+            info,
+            CK_SESSION_INFO {
+                slotID: slot,
+                state,
+                flags,
+                ulDeviceError: 0,
+            },
+        )
+    }
 }
 
 ck_fn!(
@@ -88,21 +101,27 @@ ck_fn!(
 
 ck_fn!(
     /// §5.6 C_Login.
-    C_Login = login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, len: CK_ULONG)
+    C_Login = unsafe login(h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: *mut CK_UTF8CHAR, len: CK_ULONG)
 );
-pub(super) fn login(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn login(
     h: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.login(h, user, ptr::in_secret(pin, len)?)
+    // SAFETY: `pin` is NULL or valid for reads of `len` bytes (this body's contract).
+    m.login(h, user, unsafe { ptr::in_secret(pin, len) }?)
 }
 
 ck_fn!(
     /// §5.6 C_LoginUser (3.0): tokens have no named users; an empty user name is `C_Login`.
-    C_LoginUser = login_user(
+    C_LoginUser = unsafe login_user(
         h: CK_SESSION_HANDLE,
         user: CK_USER_TYPE,
         pin: *mut CK_UTF8CHAR,
@@ -111,7 +130,12 @@ ck_fn!(
         name_len: CK_ULONG,
     )
 );
-pub(super) fn login_user(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn login_user(
     h: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
     pin: *mut CK_UTF8CHAR,
@@ -120,10 +144,12 @@ pub(super) fn login_user(
     name_len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    if !ptr::in_bytes(name, name_len)?.is_empty() {
+    // SAFETY: `name` is NULL or valid for reads of `name_len` bytes (this body's contract).
+    if !unsafe { ptr::in_bytes(name, name_len) }?.is_empty() {
         return Err(Ckr::FUNCTION_NOT_SUPPORTED);
     }
-    m.login(h, user, ptr::in_secret(pin, len)?)
+    // SAFETY: `pin` is NULL or valid for reads of `len` bytes (this body's contract).
+    m.login(h, user, unsafe { ptr::in_secret(pin, len) }?)
 }
 
 ck_fn!(

@@ -1,7 +1,6 @@
 //! Signing and MACing (PKCS#11 3.0 §5.13), verification (§5.15), and the message-based
 //! sign/verify functions of 3.0 (§5.14, §5.16) and the recover variants, which are not
 //! supported.
-#![deny(unsafe_code)]
 
 use std::ffi::c_void;
 
@@ -14,21 +13,33 @@ use crate::ops::Kind;
 
 ck_fn!(
     /// §5.13 C_SignInit.
-    C_SignInit = sign_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+    C_SignInit = unsafe sign_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
 );
-pub(super) fn sign_init(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn sign_init(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
-    module::get()?.op_init(h, Kind::Sign, ptr::mechanism(mech), key)
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    module::get()?.op_init(h, Kind::Sign, unsafe { ptr::mechanism(mech) }, key)
 }
 
 ck_fn!(
     /// §5.13 C_Sign: a NULL buffer gets the signature length and keeps the operation.
-    C_Sign = sign(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG)
+    C_Sign = unsafe sign(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG)
 );
-pub(super) fn sign(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn sign(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
@@ -36,55 +47,83 @@ pub(super) fn sign(
     sig_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let out = OutBuf::new(sig, sig_len)?;
-    let data = ptr::in_bytes(data, len)?;
+    // SAFETY: `sig_len` is NULL or a valid length and `sig` NULL or a buffer of `*sig_len` bytes,
+    // and the OutBuf does not outlive this call (this body's contract).
+    let out = unsafe { OutBuf::new(sig, sig_len) }?;
+    // SAFETY: `data` is NULL or valid for reads of `len` bytes (this body's contract).
+    let data = unsafe { ptr::in_bytes(data, len) }?;
     out.deliver(m.sign(h, data, out.capacity())?)
 }
 
 ck_fn!(
     /// §5.13 C_SignUpdate.
-    C_SignUpdate = sign_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG)
+    C_SignUpdate = unsafe sign_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG)
 );
-pub(super) fn sign_update(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn sign_update(
     h: CK_SESSION_HANDLE,
     part: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.op_update(h, Kind::Sign, ptr::in_bytes(part, len)?)
+    // SAFETY: `part` is NULL or valid for reads of `len` bytes (this body's contract).
+    m.op_update(h, Kind::Sign, unsafe { ptr::in_bytes(part, len) }?)
 }
 
 ck_fn!(
     /// §5.13 C_SignFinal.
-    C_SignFinal = sign_final(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG)
+    C_SignFinal = unsafe sign_final(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: *mut CK_ULONG)
 );
-pub(super) fn sign_final(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn sign_final(
     h: CK_SESSION_HANDLE,
     sig: *mut CK_BYTE,
     sig_len: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let out = OutBuf::new(sig, sig_len)?;
+    // SAFETY: `sig_len` is NULL or a valid length and `sig` NULL or a buffer of `*sig_len` bytes,
+    // and the OutBuf does not outlive this call (this body's contract).
+    let out = unsafe { OutBuf::new(sig, sig_len) }?;
     out.deliver(m.sign_final(h, out.capacity())?)
 }
 
 ck_fn!(
     /// §5.15 C_VerifyInit.
-    C_VerifyInit = verify_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
+    C_VerifyInit = unsafe verify_init(h: CK_SESSION_HANDLE, mech: *mut CK_MECHANISM, key: CK_OBJECT_HANDLE)
 );
-pub(super) fn verify_init(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn verify_init(
     h: CK_SESSION_HANDLE,
     mech: *mut CK_MECHANISM,
     key: CK_OBJECT_HANDLE,
 ) -> Result<(), Ckr> {
-    module::get()?.op_init(h, Kind::Verify, ptr::mechanism(mech), key)
+    // SAFETY: `mech` is NULL or a `CK_MECHANISM` with a valid parameter, and the MechPtr does not
+    // outlive this call (this body's contract).
+    module::get()?.op_init(h, Kind::Verify, unsafe { ptr::mechanism(mech) }, key)
 }
 
 ck_fn!(
     /// §5.15 C_Verify.
-    C_Verify = verify(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE, sig_len: CK_ULONG)
+    C_Verify = unsafe verify(h: CK_SESSION_HANDLE, data: *mut CK_BYTE, len: CK_ULONG, sig: *mut CK_BYTE, sig_len: CK_ULONG)
 );
-pub(super) fn verify(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn verify(
     h: CK_SESSION_HANDLE,
     data: *mut CK_BYTE,
     len: CK_ULONG,
@@ -92,34 +131,48 @@ pub(super) fn verify(
     sig_len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    let data = ptr::in_bytes(data, len)?;
-    m.verify(h, Some(data), ptr::in_bytes(sig, sig_len)?)
+    // SAFETY: `data` is NULL or valid for reads of `len` bytes (this body's contract).
+    let data = unsafe { ptr::in_bytes(data, len) }?;
+    // SAFETY: `sig` is NULL or valid for reads of `sig_len` bytes (this body's contract).
+    m.verify(h, Some(data), unsafe { ptr::in_bytes(sig, sig_len) }?)
 }
 
 ck_fn!(
     /// §5.15 C_VerifyUpdate.
-    C_VerifyUpdate = verify_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG)
+    C_VerifyUpdate = unsafe verify_update(h: CK_SESSION_HANDLE, part: *mut CK_BYTE, len: CK_ULONG)
 );
-pub(super) fn verify_update(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn verify_update(
     h: CK_SESSION_HANDLE,
     part: *mut CK_BYTE,
     len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.op_update(h, Kind::Verify, ptr::in_bytes(part, len)?)
+    // SAFETY: `part` is NULL or valid for reads of `len` bytes (this body's contract).
+    m.op_update(h, Kind::Verify, unsafe { ptr::in_bytes(part, len) }?)
 }
 
 ck_fn!(
     /// §5.15 C_VerifyFinal.
-    C_VerifyFinal = verify_final(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: CK_ULONG)
+    C_VerifyFinal = unsafe verify_final(h: CK_SESSION_HANDLE, sig: *mut CK_BYTE, sig_len: CK_ULONG)
 );
-pub(super) fn verify_final(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn verify_final(
     h: CK_SESSION_HANDLE,
     sig: *mut CK_BYTE,
     sig_len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.verify(h, None, ptr::in_bytes(sig, sig_len)?)
+    // SAFETY: `sig` is NULL or valid for reads of `sig_len` bytes (this body's contract).
+    m.verify(h, None, unsafe { ptr::in_bytes(sig, sig_len) }?)
 }
 
 ck_fn!(

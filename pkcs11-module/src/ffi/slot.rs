@@ -1,5 +1,4 @@
 //! Slot and token management (PKCS#11 3.0 §5.5).
-#![deny(unsafe_code)]
 
 use std::ffi::c_void;
 
@@ -21,9 +20,14 @@ const HARDWARE: CK_VERSION = CK_VERSION { major: 1, minor: 0 };
 ck_fn!(
     /// §5.5 C_GetSlotList: every configured slot, or (`tokenPresent`) those whose token the
     /// cluster has.
-    C_GetSlotList = get_slot_list(present: CK_BBOOL, list: *mut CK_SLOT_ID, count: *mut CK_ULONG)
+    C_GetSlotList = unsafe get_slot_list(present: CK_BBOOL, list: *mut CK_SLOT_ID, count: *mut CK_ULONG)
 );
-pub(super) fn get_slot_list(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_slot_list(
     present: CK_BBOOL,
     list: *mut CK_SLOT_ID,
     count: *mut CK_ULONG,
@@ -44,14 +48,21 @@ pub(super) fn get_slot_list(
             Err(e) => return Err(e),
         }
     }
-    ptr::out_list(list, count, &ids)
+    // SAFETY: `count` is NULL or a valid count and `list` NULL or an array of `*count` entries
+    // (this body's contract).
+    unsafe { ptr::out_list(list, count, &ids) }
 }
 
 ck_fn!(
     /// §5.5 C_GetSlotInfo.
-    C_GetSlotInfo = get_slot_info(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO)
+    C_GetSlotInfo = unsafe get_slot_info(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO)
 );
-pub(super) fn get_slot_info(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> Result<(), Ckr> {
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_slot_info(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> Result<(), Ckr> {
     let m = module::get()?;
     let slot = m.slot(id)?;
     if info.is_null() {
@@ -65,16 +76,19 @@ pub(super) fn get_slot_info(id: CK_SLOT_ID, info: *mut CK_SLOT_INFO) -> Result<(
     let flags = ck::CKF_HW_SLOT
         | ck::CKF_REMOVABLE_DEVICE
         | if present { ck::CKF_TOKEN_PRESENT } else { 0 };
-    ptr::out_value(
-        info,
-        CK_SLOT_INFO {
-            slotDescription: padded(&format!("cloudkey cluster token {}", slot.label())),
-            manufacturerID: padded("cloudkey"),
-            flags,
-            hardwareVersion: HARDWARE,
-            firmwareVersion: library_version(),
-        },
-    )
+    // SAFETY: `info` is NULL or valid for writes (this body's contract).
+    unsafe {
+        ptr::out_value(
+            info,
+            CK_SLOT_INFO {
+                slotDescription: padded(&format!("cloudkey cluster token {}", slot.label())),
+                manufacturerID: padded("cloudkey"),
+                flags,
+                hardwareVersion: HARDWARE,
+                firmwareVersion: library_version(),
+            },
+        )
+    }
 }
 
 /// `CKF_*_PIN_COUNT_LOW`, `_FINAL_TRY`, `_LOCKED` for one PIN.
@@ -124,9 +138,14 @@ pub(crate) fn token_flags(t: &TokenInfo) -> CK_FLAGS {
 
 ck_fn!(
     /// §5.5 C_GetTokenInfo: label, serial (the token id) and PIN state from the cluster.
-    C_GetTokenInfo = get_token_info(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO)
+    C_GetTokenInfo = unsafe get_token_info(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO)
 );
-pub(super) fn get_token_info(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> Result<(), Ckr> {
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_token_info(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> Result<(), Ckr> {
     let m = module::get()?;
     let slot = m.slot(id)?;
     if info.is_null() {
@@ -134,50 +153,65 @@ pub(super) fn get_token_info(id: CK_SLOT_ID, info: *mut CK_TOKEN_INFO) -> Result
     }
     let t = m.token_info(slot, false)?;
     let (sessions, rw) = m.sessions.counts(usize::try_from(id).unwrap_or(usize::MAX));
-    ptr::out_value(
-        info,
-        CK_TOKEN_INFO {
-            label: padded(&t.label),
-            manufacturerID: padded("cloudkey"),
-            model: padded("cloudkey"),
-            serialNumber: padded(&t.id.to_string()),
-            flags: token_flags(&t),
-            ulMaxSessionCount: ck::CK_EFFECTIVELY_INFINITE,
-            ulSessionCount: sessions as CK_ULONG,
-            ulMaxRwSessionCount: ck::CK_EFFECTIVELY_INFINITE,
-            ulRwSessionCount: rw as CK_ULONG,
-            ulMaxPinLen: MAX_PIN as CK_ULONG,
-            ulMinPinLen: MIN_PIN as CK_ULONG,
-            ulTotalPublicMemory: ck::CK_UNAVAILABLE_INFORMATION,
-            ulFreePublicMemory: ck::CK_UNAVAILABLE_INFORMATION,
-            ulTotalPrivateMemory: ck::CK_UNAVAILABLE_INFORMATION,
-            ulFreePrivateMemory: ck::CK_UNAVAILABLE_INFORMATION,
-            hardwareVersion: HARDWARE,
-            firmwareVersion: library_version(),
-            utcTime: padded(""),
-        },
-    )
+    // SAFETY: `info` is NULL or valid for writes (this body's contract).
+    unsafe {
+        ptr::out_value(
+            info,
+            CK_TOKEN_INFO {
+                label: padded(&t.label),
+                manufacturerID: padded("cloudkey"),
+                model: padded("cloudkey"),
+                serialNumber: padded(&t.id.to_string()),
+                flags: token_flags(&t),
+                ulMaxSessionCount: ck::CK_EFFECTIVELY_INFINITE,
+                ulSessionCount: sessions as CK_ULONG,
+                ulMaxRwSessionCount: ck::CK_EFFECTIVELY_INFINITE,
+                ulRwSessionCount: rw as CK_ULONG,
+                ulMaxPinLen: MAX_PIN as CK_ULONG,
+                ulMinPinLen: MIN_PIN as CK_ULONG,
+                ulTotalPublicMemory: ck::CK_UNAVAILABLE_INFORMATION,
+                ulFreePublicMemory: ck::CK_UNAVAILABLE_INFORMATION,
+                ulTotalPrivateMemory: ck::CK_UNAVAILABLE_INFORMATION,
+                ulFreePrivateMemory: ck::CK_UNAVAILABLE_INFORMATION,
+                hardwareVersion: HARDWARE,
+                firmwareVersion: library_version(),
+                utcTime: padded(""),
+            },
+        )
+    }
 }
 
 ck_fn!(
     /// §5.5 C_GetMechanismList.
-    C_GetMechanismList = get_mechanism_list(id: CK_SLOT_ID, list: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG)
+    C_GetMechanismList = unsafe get_mechanism_list(id: CK_SLOT_ID, list: *mut CK_MECHANISM_TYPE, count: *mut CK_ULONG)
 );
-pub(super) fn get_mechanism_list(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_mechanism_list(
     id: CK_SLOT_ID,
     list: *mut CK_MECHANISM_TYPE,
     count: *mut CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
     m.slot(id)?;
-    ptr::out_list(list, count, &m.numbering.list())
+    // SAFETY: `count` is NULL or a valid count and `list` NULL or an array of `*count` entries
+    // (this body's contract).
+    unsafe { ptr::out_list(list, count, &m.numbering.list()) }
 }
 
 ck_fn!(
     /// §5.5 C_GetMechanismInfo.
-    C_GetMechanismInfo = get_mechanism_info(id: CK_SLOT_ID, ty: CK_MECHANISM_TYPE, info: *mut CK_MECHANISM_INFO)
+    C_GetMechanismInfo = unsafe get_mechanism_info(id: CK_SLOT_ID, ty: CK_MECHANISM_TYPE, info: *mut CK_MECHANISM_INFO)
 );
-pub(super) fn get_mechanism_info(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn get_mechanism_info(
     id: CK_SLOT_ID,
     ty: CK_MECHANISM_TYPE,
     info: *mut CK_MECHANISM_INFO,
@@ -185,7 +219,8 @@ pub(super) fn get_mechanism_info(
     let m = module::get()?;
     m.slot(id)?;
     let spec = m.numbering.spec(ty)?;
-    ptr::out_value(info, spec.info())
+    // SAFETY: `info` is NULL or valid for writes (this body's contract).
+    unsafe { ptr::out_value(info, spec.info()) }
 }
 
 /// A 32-byte, space-padded `CK_UTF8CHAR` label as a string.
@@ -199,9 +234,14 @@ pub(super) fn label_of(raw: &[u8]) -> Result<String, Ckr> {
 
 ck_fn!(
     /// §5.5 C_InitToken.
-    C_InitToken = init_token(id: CK_SLOT_ID, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG, label: *mut CK_UTF8CHAR)
+    C_InitToken = unsafe init_token(id: CK_SLOT_ID, pin: *mut CK_UTF8CHAR, pin_len: CK_ULONG, label: *mut CK_UTF8CHAR)
 );
-pub(super) fn init_token(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn init_token(
     id: CK_SLOT_ID,
     pin: *mut CK_UTF8CHAR,
     pin_len: CK_ULONG,
@@ -211,29 +251,42 @@ pub(super) fn init_token(
     if label.is_null() {
         return Err(Ckr::ARGUMENTS_BAD);
     }
-    let label = label_of(ptr::in_bytes(label, 32)?)?;
-    let pin = ptr::in_secret(pin, pin_len)?;
+    // SAFETY: `label` is NULL or valid for reads of `32` bytes (this body's contract).
+    let label = label_of(unsafe { ptr::in_bytes(label, 32) }?)?;
+    // SAFETY: `pin` is NULL or valid for reads of `pin_len` bytes (this body's contract).
+    let pin = unsafe { ptr::in_secret(pin, pin_len) }?;
     m.init_token(id, pin, label)
 }
 
 ck_fn!(
     /// §5.5 C_InitPIN.
-    C_InitPIN = init_pin(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG)
+    C_InitPIN = unsafe init_pin(h: CK_SESSION_HANDLE, pin: *mut CK_UTF8CHAR, len: CK_ULONG)
 );
-pub(super) fn init_pin(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn init_pin(
     h: CK_SESSION_HANDLE,
     pin: *mut CK_UTF8CHAR,
     len: CK_ULONG,
 ) -> Result<(), Ckr> {
     let m = module::get()?;
-    m.init_pin(h, ptr::in_secret(pin, len)?)
+    // SAFETY: `pin` is NULL or valid for reads of `len` bytes (this body's contract).
+    m.init_pin(h, unsafe { ptr::in_secret(pin, len) }?)
 }
 
 ck_fn!(
     /// §5.5 C_SetPIN.
-    C_SetPIN = set_pin(h: CK_SESSION_HANDLE, old: *mut CK_UTF8CHAR, old_len: CK_ULONG, new: *mut CK_UTF8CHAR, new_len: CK_ULONG)
+    C_SetPIN = unsafe set_pin(h: CK_SESSION_HANDLE, old: *mut CK_UTF8CHAR, old_len: CK_ULONG, new: *mut CK_UTF8CHAR, new_len: CK_ULONG)
 );
-pub(super) fn set_pin(
+/// # Safety
+/// The PKCS#11 caller contract for the pointer arguments (see `ffi/ptr.rs`): each is NULL or
+/// valid, for the rest of the call, for what the specification says it points to (its length
+/// argument's bytes, a `CK_ULONG` length and `*len` bytes for an output buffer, a template of
+/// its count, a `CK_MECHANISM` with its parameter).
+pub(super) unsafe fn set_pin(
     h: CK_SESSION_HANDLE,
     old: *mut CK_UTF8CHAR,
     old_len: CK_ULONG,
@@ -243,8 +296,10 @@ pub(super) fn set_pin(
     let m = module::get()?;
     m.set_pin(
         h,
-        ptr::in_secret(old, old_len)?,
-        ptr::in_secret(new, new_len)?,
+        // SAFETY: `old` is NULL or valid for reads of `old_len` bytes (this body's contract).
+        unsafe { ptr::in_secret(old, old_len) }?,
+        // SAFETY: `new` is NULL or valid for reads of `new_len` bytes (this body's contract).
+        unsafe { ptr::in_secret(new, new_len) }?,
     )
 }
 
