@@ -59,12 +59,12 @@
 //!   44+n      16  tag                GCM tag
 //! ```
 //!
-//! The material is encoded as for [`Chip::import_key`]: the 32-byte big-endian scalar for P-256
+//! The material is encoded as for [`crate::ChipExt::import_key`]: the 32-byte big-endian scalar for P-256
 //! and SM2, the PKCS#8 `PrivateKeyInfo` DER for RSA, the raw value for secret keys. Nonces are
 //! random (96 bits), so one domain key may seal up to 2^32 blobs (NIST SP 800-38D, 8.3) — far
 //! more keys than a cluster holds.
 //!
-//! The domain key package is described at [`SoftChip::domain_export`](Chip::domain_export) and
+//! The domain key package is described at [`SoftChip::domain_export`](crate::ChipExt::domain_export) and
 //! in [`DOMAIN_PACKAGE_LEN`].
 
 use std::collections::HashMap;
@@ -104,6 +104,7 @@ use sm3::{Digest as _, Sm3};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::nvram::{self, SoftNvram};
+use crate::wire::{Request, Response};
 use crate::{
     BlobHeader, Chip, ChipError, ChipInfo, CipherMech, DomainInfo, HashAlg, KeyBlob, KeyId, KeyRef,
     KeySpec, KeyTemplate, KeyType, KeyUsage, NewKey, PublicKey, Result, SignMech, WrapMech,
@@ -160,7 +161,7 @@ const CHIP_MANAGED: KeyUsage = KeyUsage::LOCAL
 pub struct SoftChipConfig {
     /// Number of key slots (default 64).
     pub slots: u32,
-    /// Simulated latency: when set, every command (all but [`Chip::info`]) sleeps this long
+    /// Simulated latency: when set, every command (all but [`crate::ChipExt::info`]) sleeps this long
     /// before it runs, like a real chip behind a slow bus. Default none.
     pub latency: Option<Duration>,
     /// Serial number (default: 16 random hex digits). A chip with NVRAM keeps the serial it
@@ -492,7 +493,7 @@ enum KeyMaterial {
 }
 
 impl KeyMaterial {
-    /// Parses material in the [`Chip::import_key`] encoding. `usage` decides which optional
+    /// Parses material in the [`crate::ChipExt::import_key`] encoding. `usage` decides which optional
     /// parsed forms are built (ECDH key, RSA decryption key, AES-GCM key).
     fn parse(spec: KeySpec, usage: KeyUsage, material: &[u8]) -> std::result::Result<Self, String> {
         Ok(match spec.key_type {
@@ -1780,8 +1781,69 @@ fn aes_unwrap(kek: &[u8], pad: bool, wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>
 }
 
 impl Chip for SoftChip {
-    fn info(&self) -> Result<ChipInfo> {
-        Ok(ChipInfo {
+    /// Executes one command: each arm calls the function that does it.
+    fn execute(&self, request: &Request) -> Result<Response> {
+        Ok(match request {
+            Request::Info => Response::Info(self.info()),
+            Request::SelfTest => {
+                self.self_test()?;
+                Response::Done
+            }
+            Request::GenerateKeyPair(t) => Response::NewKey(self.generate_key_pair(*t)?),
+            Request::GenerateSecretKey(t) => Response::NewKey(self.generate_secret_key(*t)?),
+            Request::ImportKey { template, material } => {
+                Response::NewKey(self.import_key(*template, material.expose())?)
+            }
+            Request::LoadKey(blob) => Response::KeyId(self.load_key(blob)?),
+            Request::EvictKey(id) => {
+                self.evict_key(*id);
+                Response::Done
+            }
+            Request::PublicKey(id) => Response::PublicKey(self.public_key(*id)?),
+            Request::Sign { key, mech, data } => Response::Bytes(self.sign(*key, mech, data)?),
+            Request::Verify {
+                key,
+                mech,
+                data,
+                signature,
+            } => {
+                self.verify(key, mech, data, signature)?;
+                Response::Done
+            }
+            Request::Encrypt { key, mech, data } => Response::Bytes(self.encrypt(key, mech, data)?),
+            Request::Decrypt { key, mech, data } => {
+                Response::Bytes(self.decrypt(*key, mech, data)?)
+            }
+            Request::WrapKey {
+                wrapping,
+                mech,
+                target,
+            } => Response::Bytes(self.wrap_key(wrapping, mech, *target)?),
+            Request::UnwrapKey {
+                unwrapping,
+                mech,
+                wrapped,
+                target,
+            } => Response::NewKey(self.unwrap_key(*unwrapping, mech, wrapped, *target)?),
+            Request::DeriveEcdh {
+                key,
+                peer_point,
+                target,
+            } => Response::NewKey(self.derive_ecdh(*key, peer_point, *target)?),
+            Request::Random(n) => {
+                Response::Bytes(self.random(usize::try_from(*n).unwrap_or(usize::MAX))?)
+            }
+            Request::DomainGenerate => Response::Domain(self.domain_generate()?),
+            Request::DomainExport(recipient) => Response::Bytes(self.domain_export(recipient)?),
+            Request::DomainImport(package) => Response::Domain(self.domain_import(package)?),
+        })
+    }
+}
+
+/// The commands, one function each ([`Chip::execute`] calls them).
+impl SoftChip {
+    fn info(&self) -> ChipInfo {
+        ChipInfo {
             model: MODEL.to_string(),
             serial: self.serial.clone(),
             firmware: env!("CARGO_PKG_VERSION").to_string(),
@@ -1789,7 +1851,7 @@ impl Chip for SoftChip {
             loaded: u32::try_from(self.read_keys().len()).unwrap_or(u32::MAX),
             identity_key: self.identity_public.clone(),
             domain: self.current_domain().map(|d| d.info()),
-        })
+        }
     }
 
     fn self_test(&self) -> Result<()> {
@@ -1896,13 +1958,12 @@ impl Chip for SoftChip {
         Ok(id)
     }
 
-    fn evict_key(&self, id: KeyId) -> Result<()> {
+    fn evict_key(&self, id: KeyId) {
         self.pause();
         // The key is zeroized when the last `Arc` goes: here, or when an operation that
         // cloned it before the eviction finishes.
         let removed = self.write_keys().remove(&id);
         drop(removed);
-        Ok(())
     }
 
     fn public_key(&self, id: KeyId) -> Result<PublicKey> {
