@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::digest;
 use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
-use cloudkey_chip::{Chip, KeyId, KeySpec, KeyTemplate, KeyUsage, SignMech, SM2_DEFAULT_ID};
+use cloudkey_chip::{ChipExt, KeyId, KeySpec, KeyTemplate, KeyUsage, SignMech, SM2_DEFAULT_ID};
 use criterion::{criterion_group, Criterion};
 use p256::ecdsa::signature::hazmat::PrehashSigner;
 

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use lru::LruCache;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::wire::{self, Request, Response};
-use crate::{
-    Chip, ChipError, CipherMech, KeyBlob, KeyId, KeyRef, KeyTemplate, NewKey, PublicKey, Result,
-    SignMech, WrapMech,
-};
+use crate::wire::{Request, Response};
+use crate::{Chip, ChipError, ChipExt as _, KeyBlob, KeyId, PublicKey, Result};
+
+mod ext;
+pub use ext::PoolExt;
 
 /// Pool tuning.
 #[derive(Clone, Debug)]
@@ -106,7 +106,8 @@ pub struct ChipStatus {
 }
 
 struct Job {
-    request: Request,
+    /// Shared with the caller, who may send it to another chip if this one is lost.
+    request: Arc<Request>,
     keys: Vec<PoolKey>,
     enqueued: Instant,
     queued_until: Instant,
@@ -228,196 +229,26 @@ impl ChipPool {
             .collect()
     }
 
-    /// Signs with a key; see [`Chip::sign`].
-    ///
-    /// # Errors
-    /// The chip's error, [`ChipError::Busy`], or [`ChipError::DeviceLost`] when no chip is left.
-    pub async fn sign(&self, key: &PoolKey, mech: SignMech, data: Vec<u8>) -> Result<Vec<u8>> {
-        let req = Request::Sign {
-            key: key.id,
-            mech,
-            data,
-        };
-        self.call(req, std::slice::from_ref(key))
-            .await?
-            .into_bytes()
-    }
-
-    /// Verifies with a key held in the pool or a given public key; see [`Chip::verify`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`], and [`ChipError::SignatureInvalid`].
-    pub async fn verify(
-        &self,
-        key: &PoolKeyRef,
-        mech: SignMech,
-        data: Vec<u8>,
-        signature: Vec<u8>,
-    ) -> Result<()> {
-        let (key, keys) = key.split();
-        self.call(
-            Request::Verify {
-                key,
-                mech,
-                data,
-                signature,
-            },
-            &keys,
-        )
-        .await?
-        .into_done()
-    }
-
-    /// Encrypts; see [`Chip::encrypt`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn encrypt(
-        &self,
-        key: &PoolKeyRef,
-        mech: CipherMech,
-        data: Vec<u8>,
-    ) -> Result<Vec<u8>> {
-        let (key, keys) = key.split();
-        self.call(Request::Encrypt { key, mech, data }, &keys)
-            .await?
-            .into_bytes()
-    }
-
-    /// Decrypts; see [`Chip::decrypt`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn decrypt(&self, key: &PoolKey, mech: CipherMech, data: Vec<u8>) -> Result<Vec<u8>> {
-        let req = Request::Decrypt {
-            key: key.id,
-            mech,
-            data,
-        };
-        self.call(req, std::slice::from_ref(key))
-            .await?
-            .into_bytes()
-    }
-
-    /// Wraps `target` under `wrapping`; both are loaded on the same chip. See [`Chip::wrap_key`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn wrap_key(
-        &self,
-        wrapping: &PoolKeyRef,
-        mech: WrapMech,
-        target: &PoolKey,
-    ) -> Result<Vec<u8>> {
-        let (wrapping, mut keys) = wrapping.split();
-        keys.push(target.clone());
-        self.call(
-            Request::WrapKey {
-                wrapping,
-                mech,
-                target: target.id,
-            },
-            &keys,
-        )
-        .await?
-        .into_bytes()
-    }
-
-    /// Unwraps into a new key; see [`Chip::unwrap_key`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn unwrap_key(
-        &self,
-        unwrapping: &PoolKey,
-        mech: WrapMech,
-        wrapped: Vec<u8>,
-        target: KeyTemplate,
-    ) -> Result<NewKey> {
-        let req = Request::UnwrapKey {
-            unwrapping: unwrapping.id,
-            mech,
-            wrapped,
-            target,
-        };
-        self.call(req, std::slice::from_ref(unwrapping))
-            .await?
-            .into_new_key()
-    }
-
-    /// ECDH into a new secret key; see [`Chip::derive_ecdh`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn derive_ecdh(
-        &self,
-        key: &PoolKey,
-        peer_point: Vec<u8>,
-        target: KeyTemplate,
-    ) -> Result<NewKey> {
-        let req = Request::DeriveEcdh {
-            key: key.id,
-            peer_point,
-            target,
-        };
-        self.call(req, std::slice::from_ref(key))
-            .await?
-            .into_new_key()
-    }
-
-    /// The public key of a key pair; see [`Chip::public_key`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn public_key(&self, key: &PoolKey) -> Result<PublicKey> {
-        self.call(Request::PublicKey(key.id), std::slice::from_ref(key))
-            .await?
-            .into_public_key()
-    }
-
-    /// Generates a key pair on the least busy chip; see [`Chip::generate_key_pair`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn generate_key_pair(&self, template: KeyTemplate) -> Result<NewKey> {
-        self.call(Request::GenerateKeyPair(template), &[])
-            .await?
-            .into_new_key()
-    }
-
-    /// Generates a secret key on the least busy chip; see [`Chip::generate_secret_key`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn generate_secret_key(&self, template: KeyTemplate) -> Result<NewKey> {
-        self.call(Request::GenerateSecretKey(template), &[])
-            .await?
-            .into_new_key()
-    }
-
-    /// Random bytes from the least busy chip; see [`Chip::random`].
-    ///
-    /// # Errors
-    /// As [`ChipPool::sign`].
-    pub async fn random(&self, len: u32) -> Result<Vec<u8>> {
-        self.call(Request::Random(len), &[]).await?.into_bytes()
-    }
-
-    /// Runs `request` on one chip of the pool, after loading `keys` into that chip. Requests that
-    /// name no key go to the least busy chip.
+    /// Runs `request` on one chip of the pool, after loading `keys` (the blobs of the keys the
+    /// request uses) into that chip where they are missing. The pool does not look at the
+    /// request's kind: it schedules by [`Request::key_ids`] (a chip that holds the first key is
+    /// preferred) and requests that use no key go to the least busy chip. The typed calls are
+    /// the helpers of [`PoolExt`].
     ///
     /// # Errors
     /// The chip's error; [`ChipError::Busy`] when no queue had room in time;
     /// [`ChipError::DeviceLost`] when no healthy chip is left.
     pub async fn call(&self, request: Request, keys: &[PoolKey]) -> Result<Response> {
-        let affinity = keys.first().map(PoolKey::id);
+        let affinity = request.key_ids().next();
+        // Shared, not copied: the retry below sends the same request (data included) again.
+        let request = Arc::new(request);
         let first = self.pick(affinity, None)?;
-        match self.call_on(first, request.clone(), keys).await {
+        match self.enqueue(first, request.clone(), keys).await {
             // The chip vanished under this request: it is out of rotation now, so the retry
             // lands on another chip (or finds none left).
             Err(ChipError::DeviceLost(_)) if self.lanes.len() > 1 => {
                 let second = self.pick(affinity, Some(first))?;
-                self.call_on(second, request, keys).await
+                self.enqueue(second, request, keys).await
             }
             other => other,
         }
@@ -431,6 +262,16 @@ impl ChipPool {
         &self,
         index: usize,
         request: Request,
+        keys: &[PoolKey],
+    ) -> Result<Response> {
+        self.enqueue(index, Arc::new(request), keys).await
+    }
+
+    /// Queues `request` for chip `index` and waits for its answer.
+    async fn enqueue(
+        &self,
+        index: usize,
+        request: Arc<Request>,
         keys: &[PoolKey],
     ) -> Result<Response> {
         let lane = self
@@ -515,15 +356,6 @@ pub enum PoolKeyRef {
     Public(PublicKey),
 }
 
-impl PoolKeyRef {
-    fn split(&self) -> (KeyRef, Vec<PoolKey>) {
-        match self {
-            Self::Key(k) => (KeyRef::Loaded(k.id), vec![k.clone()]),
-            Self::Public(p) => (KeyRef::Public(p.clone()), Vec::new()),
-        }
-    }
-}
-
 /// A chip's worker thread: runs jobs one at a time and keeps the chip's LRU of loaded keys.
 struct Worker {
     chip: Arc<dyn Chip>,
@@ -560,8 +392,7 @@ impl Worker {
                 self.ensure_loaded(key, &job.keys)?;
             }
             let chip = &*self.chip;
-            let request = job.request.clone();
-            let result = catch_unwind(AssertUnwindSafe(|| wire::execute(chip, request)))
+            let result = catch_unwind(AssertUnwindSafe(|| chip.execute(&job.request)))
                 .unwrap_or_else(|_| Err(ChipError::Internal("chip operation panicked".into())));
             match result {
                 // The chip forgot a key the LRU thought loaded (it was reset or restarted):

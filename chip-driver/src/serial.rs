@@ -1,7 +1,7 @@
 //! [`SerialChip`]: the host side of the serial chip protocol (`PROTOCOL.md`).
 //!
-//! A `SerialChip` owns one serial line and implements [`Chip`] by sending each call as one
-//! request frame ([`frame`], [`wire`]) and waiting for the matching response frame.
+//! A `SerialChip` owns one serial line and implements [`Chip`] by sending each request, whatever
+//! its command, as one request frame ([`frame`], [`wire`]) and waiting for the matching response frame.
 //!
 //! # Threading
 //!
@@ -49,10 +49,7 @@ use zeroize::Zeroize;
 
 use crate::frame::{self, Decoder, Event, Frame};
 use crate::wire::{self, Request, Response};
-use crate::{
-    Chip, ChipError, ChipInfo, CipherMech, DomainInfo, KeyBlob, KeyId, KeyRef, KeyTemplate, NewKey,
-    PublicKey, Result, SecretBytes, SignMech, WrapMech,
-};
+use crate::{Chip, ChipError, Result};
 
 /// Default line speed.
 pub const DEFAULT_BAUD: u32 = 115_200;
@@ -111,7 +108,7 @@ impl SerialConfig {
 /// Counters of what happened on the line, for metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SerialStats {
-    /// Calls made (one per [`SerialChip::call`]).
+    /// Calls made (one per [`Chip::execute`]).
     pub requests: u64,
     /// Request frames written, retransmissions included.
     pub transmissions: u64,
@@ -272,54 +269,7 @@ impl SerialChip {
         self.lost.load(Ordering::Acquire)
     }
 
-    /// Sends one request and waits for its response, with the retransmission rules of the
-    /// [module docs](self). Callers are serialised.
-    ///
-    /// # Errors
-    /// The chip's error for the request (decoded from the response status);
-    /// [`ChipError::Timeout`] when no attempt was answered in time; [`ChipError::DeviceLost`];
-    /// [`ChipError::Protocol`] when the line keeps corrupting frames beyond the retry budget or
-    /// the chip answers with a payload that does not decode.
-    pub fn call(&self, req: Request) -> Result<Response> {
-        let mut line = self.lock();
-        Counters::bump(&self.counters.requests);
-        if let Some(reason) = &line.lost {
-            return Err(self.lost_error(reason));
-        }
-        let cmd = req.cmd();
-        let x = Exchange {
-            name: req.name(),
-            idempotent: req.is_idempotent(),
-            per_attempt: self
-                .cfg
-                .timeout
-                .unwrap_or_else(|| req.timeout_at(self.timing_baud())),
-            attempts: self.cfg.attempts(),
-            started: Instant::now(),
-        };
-        let mut request = Frame {
-            response: false,
-            seq: 0,
-            cmd,
-            status: wire::STATUS_OK,
-            payload: req.encode(),
-        };
-        // The request may carry key material (import, unwrap); its encoding is zeroized below.
-        drop(req);
-        let result = self.exchange(&mut line, &mut request, &x);
-        request.payload.zeroize();
-        let mut reply = result?;
-        let response = if reply.status == wire::STATUS_OK {
-            Response::decode(cmd, &reply.payload)
-        } else {
-            Err(wire::decode_error(reply.status, &reply.payload))
-        };
-        // Responses carry plaintext (decrypt) and fresh random bytes.
-        reply.payload.zeroize();
-        response
-    }
-
-    /// The retransmission loop of [`SerialChip::call`].
+    /// The retransmission loop of [`Chip::execute`].
     fn exchange(&self, line: &mut Line, request: &mut Frame, x: &Exchange) -> Result<Frame> {
         let mut attempt = 0u32;
         loop {
@@ -600,130 +550,50 @@ impl fmt::Debug for SerialChip {
 }
 
 impl Chip for SerialChip {
-    fn info(&self) -> Result<ChipInfo> {
-        self.call(Request::Info)?.into_info()
-    }
-
-    fn self_test(&self) -> Result<()> {
-        self.call(Request::SelfTest)?.into_done()
-    }
-
-    fn generate_key_pair(&self, template: KeyTemplate) -> Result<NewKey> {
-        self.call(Request::GenerateKeyPair(template))?
-            .into_new_key()
-    }
-
-    fn generate_secret_key(&self, template: KeyTemplate) -> Result<NewKey> {
-        self.call(Request::GenerateSecretKey(template))?
-            .into_new_key()
-    }
-
-    fn import_key(&self, template: KeyTemplate, material: &[u8]) -> Result<NewKey> {
-        let material = SecretBytes::new(material.to_vec());
-        self.call(Request::ImportKey { template, material })?
-            .into_new_key()
-    }
-
-    fn load_key(&self, blob: &KeyBlob) -> Result<KeyId> {
-        self.call(Request::LoadKey(blob.clone()))?.into_key_id()
-    }
-
-    fn evict_key(&self, id: KeyId) -> Result<()> {
-        self.call(Request::EvictKey(id))?.into_done()
-    }
-
-    fn public_key(&self, id: KeyId) -> Result<PublicKey> {
-        self.call(Request::PublicKey(id))?.into_public_key()
-    }
-
-    fn sign(&self, key: KeyId, mech: &SignMech, data: &[u8]) -> Result<Vec<u8>> {
-        let req = Request::Sign {
-            key,
-            mech: mech.clone(),
-            data: data.to_vec(),
+    /// Sends the request, whatever its command, and waits for its response, with the
+    /// retransmission rules of the [module docs](self). Callers are serialised.
+    ///
+    /// # Errors
+    /// The chip's error for the request (decoded from the response status);
+    /// [`ChipError::Timeout`] when no attempt was answered in time; [`ChipError::DeviceLost`];
+    /// [`ChipError::Protocol`] when the line keeps corrupting frames beyond the retry budget or
+    /// the chip answers with a payload that does not decode.
+    fn execute(&self, req: &Request) -> Result<Response> {
+        let mut line = self.lock();
+        Counters::bump(&self.counters.requests);
+        if let Some(reason) = &line.lost {
+            return Err(self.lost_error(reason));
+        }
+        let cmd = req.cmd();
+        let x = Exchange {
+            name: req.name(),
+            idempotent: req.is_idempotent(),
+            per_attempt: self
+                .cfg
+                .timeout
+                .unwrap_or_else(|| req.timeout_at(self.timing_baud())),
+            attempts: self.cfg.attempts(),
+            started: Instant::now(),
         };
-        self.call(req)?.into_bytes()
-    }
-
-    fn verify(&self, key: &KeyRef, mech: &SignMech, data: &[u8], signature: &[u8]) -> Result<()> {
-        let req = Request::Verify {
-            key: key.clone(),
-            mech: mech.clone(),
-            data: data.to_vec(),
-            signature: signature.to_vec(),
+        let mut request = Frame {
+            response: false,
+            seq: 0,
+            cmd,
+            status: wire::STATUS_OK,
+            payload: req.encode(),
         };
-        self.call(req)?.into_done()
-    }
-
-    fn encrypt(&self, key: &KeyRef, mech: &CipherMech, data: &[u8]) -> Result<Vec<u8>> {
-        let req = Request::Encrypt {
-            key: key.clone(),
-            mech: mech.clone(),
-            data: data.to_vec(),
+        // The request may carry key material (import, unwrap); its encoding is zeroized below,
+        // the request itself by its owner.
+        let result = self.exchange(&mut line, &mut request, &x);
+        request.payload.zeroize();
+        let mut reply = result?;
+        let response = if reply.status == wire::STATUS_OK {
+            Response::decode(cmd, &reply.payload)
+        } else {
+            Err(wire::decode_error(reply.status, &reply.payload))
         };
-        self.call(req)?.into_bytes()
-    }
-
-    fn decrypt(&self, key: KeyId, mech: &CipherMech, data: &[u8]) -> Result<Vec<u8>> {
-        let req = Request::Decrypt {
-            key,
-            mech: mech.clone(),
-            data: data.to_vec(),
-        };
-        self.call(req)?.into_bytes()
-    }
-
-    fn wrap_key(&self, wrapping: &KeyRef, mech: &WrapMech, target: KeyId) -> Result<Vec<u8>> {
-        let req = Request::WrapKey {
-            wrapping: wrapping.clone(),
-            mech: mech.clone(),
-            target,
-        };
-        self.call(req)?.into_bytes()
-    }
-
-    fn unwrap_key(
-        &self,
-        unwrapping: KeyId,
-        mech: &WrapMech,
-        wrapped: &[u8],
-        target: KeyTemplate,
-    ) -> Result<NewKey> {
-        let req = Request::UnwrapKey {
-            unwrapping,
-            mech: mech.clone(),
-            wrapped: wrapped.to_vec(),
-            target,
-        };
-        self.call(req)?.into_new_key()
-    }
-
-    fn derive_ecdh(&self, key: KeyId, peer_point: &[u8], target: KeyTemplate) -> Result<NewKey> {
-        let req = Request::DeriveEcdh {
-            key,
-            peer_point: peer_point.to_vec(),
-            target,
-        };
-        self.call(req)?.into_new_key()
-    }
-
-    fn random(&self, len: usize) -> Result<Vec<u8>> {
-        let len = u32::try_from(len)
-            .map_err(|_| ChipError::DataLenRange(format!("{len} random bytes requested")))?;
-        self.call(Request::Random(len))?.into_bytes()
-    }
-
-    fn domain_generate(&self) -> Result<DomainInfo> {
-        self.call(Request::DomainGenerate)?.into_domain()
-    }
-
-    fn domain_export(&self, recipient_identity: &[u8]) -> Result<Vec<u8>> {
-        self.call(Request::DomainExport(recipient_identity.to_vec()))?
-            .into_bytes()
-    }
-
-    fn domain_import(&self, package: &[u8]) -> Result<DomainInfo> {
-        self.call(Request::DomainImport(package.to_vec()))?
-            .into_domain()
+        // Responses carry plaintext (decrypt) and fresh random bytes.
+        reply.payload.zeroize();
+        response
     }
 }

@@ -27,7 +27,7 @@ use crate::types::{
     ChipInfo, CipherMech, DomainInfo, HashAlg, KeyBlob, KeyId, KeyRef, KeySpec, KeyTemplate,
     KeyType, KeyUsage, NewKey, PublicKey, SecretBytes, SignMech, WrapMech,
 };
-use crate::{Chip, ChipError, Result};
+use crate::{ChipError, Result};
 
 /// Command codes: the CMD byte of a frame.
 pub mod cmd {
@@ -139,31 +139,48 @@ const TIMEOUT_BAUD: u32 = 115_200;
 /// The largest detail text [`encode_error`] puts in an error payload, in bytes.
 pub const MAX_ERROR_DETAIL: usize = 255;
 
-/// A command with its arguments: the payload of a request frame.
+/// A command with its arguments: the payload of a request frame, and what every [`crate::Chip`]
+/// executes ([`crate::Chip::execute`]).
+///
+/// # Adding a command
+///
+/// A command is written in three places, and nowhere else:
+///
+/// 1. the wire type, in this module: a variant here, its code in [`cmd`] (with its name and in
+///    [`cmd::ALL`]), its arms in [`Request::is_idempotent`], [`Request::key_ids`] and the
+///    timing bounds, and the [`Response`] shape it is answered with;
+/// 2. its codec: the arms of [`Request::encode`] and [`Request::decode`] (and the response's
+///    shape in `shape`), with its layout in `PROTOCOL.md`;
+/// 3. the software chip: one arm of the `execute` match in `soft/mod.rs` and the function it
+///    calls.
+///
+/// The serial driver sends any request it is given and the pool passes requests through
+/// without looking at their kind (it asks [`Request::key_ids`] where the keys are), so neither
+/// changes. A typed helper on [`crate::ChipExt`] (and [`crate::pool::PoolExt`]) is optional.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    /// [`Chip::info`].
+    /// [`crate::ChipExt::info`].
     Info,
-    /// [`Chip::self_test`].
+    /// [`crate::ChipExt::self_test`].
     SelfTest,
-    /// [`Chip::generate_key_pair`].
+    /// [`crate::ChipExt::generate_key_pair`].
     GenerateKeyPair(KeyTemplate),
-    /// [`Chip::generate_secret_key`].
+    /// [`crate::ChipExt::generate_secret_key`].
     GenerateSecretKey(KeyTemplate),
-    /// [`Chip::import_key`].
+    /// [`crate::ChipExt::import_key`].
     ImportKey {
         /// The new key's id, spec and usage.
         template: KeyTemplate,
-        /// The clear key material (encodings on [`Chip::import_key`]).
+        /// The clear key material (encodings on [`crate::ChipExt::import_key`]).
         material: SecretBytes,
     },
-    /// [`Chip::load_key`].
+    /// [`crate::ChipExt::load_key`].
     LoadKey(KeyBlob),
-    /// [`Chip::evict_key`].
+    /// [`crate::ChipExt::evict_key`].
     EvictKey(KeyId),
-    /// [`Chip::public_key`].
+    /// [`crate::ChipExt::public_key`].
     PublicKey(KeyId),
-    /// [`Chip::sign`].
+    /// [`crate::ChipExt::sign`].
     Sign {
         /// The loaded key.
         key: KeyId,
@@ -172,7 +189,7 @@ pub enum Request {
         /// What to sign.
         data: Vec<u8>,
     },
-    /// [`Chip::verify`].
+    /// [`crate::ChipExt::verify`].
     Verify {
         /// A loaded key or a public key.
         key: KeyRef,
@@ -183,7 +200,7 @@ pub enum Request {
         /// The signature or MAC.
         signature: Vec<u8>,
     },
-    /// [`Chip::encrypt`].
+    /// [`crate::ChipExt::encrypt`].
     Encrypt {
         /// A loaded key or a public key.
         key: KeyRef,
@@ -192,7 +209,7 @@ pub enum Request {
         /// Plaintext.
         data: Vec<u8>,
     },
-    /// [`Chip::decrypt`].
+    /// [`crate::ChipExt::decrypt`].
     Decrypt {
         /// The loaded key.
         key: KeyId,
@@ -201,7 +218,7 @@ pub enum Request {
         /// Ciphertext.
         data: Vec<u8>,
     },
-    /// [`Chip::wrap_key`].
+    /// [`crate::ChipExt::wrap_key`].
     WrapKey {
         /// The wrapping key.
         wrapping: KeyRef,
@@ -210,7 +227,7 @@ pub enum Request {
         /// The loaded key to wrap.
         target: KeyId,
     },
-    /// [`Chip::unwrap_key`].
+    /// [`crate::ChipExt::unwrap_key`].
     UnwrapKey {
         /// The loaded unwrapping key.
         unwrapping: KeyId,
@@ -221,7 +238,7 @@ pub enum Request {
         /// What the unwrapped key is to be.
         target: KeyTemplate,
     },
-    /// [`Chip::derive_ecdh`].
+    /// [`crate::ChipExt::derive_ecdh`].
     DeriveEcdh {
         /// The loaded EC/SM2 key.
         key: KeyId,
@@ -230,13 +247,13 @@ pub enum Request {
         /// What the derived key is to be.
         target: KeyTemplate,
     },
-    /// [`Chip::random`] with this many bytes.
+    /// [`crate::ChipExt::random`] with this many bytes.
     Random(u32),
-    /// [`Chip::domain_generate`].
+    /// [`crate::ChipExt::domain_generate`].
     DomainGenerate,
-    /// [`Chip::domain_export`] to this recipient identity key.
+    /// [`crate::ChipExt::domain_export`] to this recipient identity key.
     DomainExport(Vec<u8>),
-    /// [`Chip::domain_import`] of this package.
+    /// [`crate::ChipExt::domain_import`] of this package.
     DomainImport(Vec<u8>),
 }
 
@@ -267,8 +284,41 @@ impl Request {
         }
     }
 
+    /// The loaded keys the request uses, the key it operates with first: what the
+    /// [pool](crate::pool) schedules by (a chip that holds the first key is preferred). Public
+    /// keys given with the request and keys it creates are not listed.
+    pub fn key_ids(&self) -> impl Iterator<Item = KeyId> {
+        let loaded = |k: &KeyRef| match k {
+            KeyRef::Loaded(id) => Some(*id),
+            KeyRef::Public(_) => None,
+        };
+        let (first, second) = match self {
+            Self::EvictKey(id)
+            | Self::PublicKey(id)
+            | Self::Sign { key: id, .. }
+            | Self::Decrypt { key: id, .. }
+            | Self::UnwrapKey { unwrapping: id, .. }
+            | Self::DeriveEcdh { key: id, .. } => (Some(*id), None),
+            Self::Verify { key, .. } | Self::Encrypt { key, .. } => (loaded(key), None),
+            Self::WrapKey {
+                wrapping, target, ..
+            } => (loaded(wrapping), Some(*target)),
+            Self::Info
+            | Self::SelfTest
+            | Self::GenerateKeyPair(_)
+            | Self::GenerateSecretKey(_)
+            | Self::ImportKey { .. }
+            | Self::LoadKey(_)
+            | Self::Random(_)
+            | Self::DomainGenerate
+            | Self::DomainExport(_)
+            | Self::DomainImport(_) => (None, None),
+        };
+        first.into_iter().chain(second)
+    }
+
     /// The command's name for logs and errors: `"sign"`, `"load_key"`, ... (the
-    /// [`Chip`] method's name).
+    /// [`crate::Chip`] method's name).
     #[must_use]
     pub fn name(&self) -> &'static str {
         cmd::name(self.cmd()).unwrap_or("unknown")
@@ -285,7 +335,7 @@ impl Request {
     /// `DomainExport` is idempotent: it changes nothing in the chip; a resend gives a package
     /// with another ephemeral key that the recipient accepts just the same. `DomainImport` is
     /// idempotent because importing the domain a chip already holds succeeds. `LoadKey` and
-    /// `EvictKey` are idempotent by the [`Chip`] contract.
+    /// `EvictKey` are idempotent by the [`crate::Chip`] contract.
     #[must_use]
     pub fn is_idempotent(&self) -> bool {
         !matches!(
@@ -780,65 +830,6 @@ impl Response {
             other => Err(other.mismatch("domain")),
         }
     }
-}
-
-/// Executes a request on a chip: the chip side of the protocol (the emulator's dispatcher).
-///
-/// # Errors
-/// Whatever the chip returns.
-pub fn execute(chip: &dyn Chip, req: Request) -> Result<Response> {
-    Ok(match req {
-        Request::Info => Response::Info(chip.info()?),
-        Request::SelfTest => {
-            chip.self_test()?;
-            Response::Done
-        }
-        Request::GenerateKeyPair(t) => Response::NewKey(chip.generate_key_pair(t)?),
-        Request::GenerateSecretKey(t) => Response::NewKey(chip.generate_secret_key(t)?),
-        Request::ImportKey { template, material } => {
-            Response::NewKey(chip.import_key(template, material.expose())?)
-        }
-        Request::LoadKey(blob) => Response::KeyId(chip.load_key(&blob)?),
-        Request::EvictKey(id) => {
-            chip.evict_key(id)?;
-            Response::Done
-        }
-        Request::PublicKey(id) => Response::PublicKey(chip.public_key(id)?),
-        Request::Sign { key, mech, data } => Response::Bytes(chip.sign(key, &mech, &data)?),
-        Request::Verify {
-            key,
-            mech,
-            data,
-            signature,
-        } => {
-            chip.verify(&key, &mech, &data, &signature)?;
-            Response::Done
-        }
-        Request::Encrypt { key, mech, data } => Response::Bytes(chip.encrypt(&key, &mech, &data)?),
-        Request::Decrypt { key, mech, data } => Response::Bytes(chip.decrypt(key, &mech, &data)?),
-        Request::WrapKey {
-            wrapping,
-            mech,
-            target,
-        } => Response::Bytes(chip.wrap_key(&wrapping, &mech, target)?),
-        Request::UnwrapKey {
-            unwrapping,
-            mech,
-            wrapped,
-            target,
-        } => Response::NewKey(chip.unwrap_key(unwrapping, &mech, &wrapped, target)?),
-        Request::DeriveEcdh {
-            key,
-            peer_point,
-            target,
-        } => Response::NewKey(chip.derive_ecdh(key, &peer_point, target)?),
-        Request::Random(n) => {
-            Response::Bytes(chip.random(usize::try_from(n).unwrap_or(usize::MAX))?)
-        }
-        Request::DomainGenerate => Response::Domain(chip.domain_generate()?),
-        Request::DomainExport(recipient) => Response::Bytes(chip.domain_export(&recipient)?),
-        Request::DomainImport(package) => Response::Domain(chip.domain_import(&package)?),
-    })
 }
 
 // ---------------------------------------------------------------------------------------------

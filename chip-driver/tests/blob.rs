@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use aws_lc_rs::{aead, agreement, hkdf, hmac};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig, DOMAIN_PACKAGE_LEN};
 use cloudkey_chip::{
-    Chip, ChipError, CipherMech, DomainInfo, HashAlg, KeyBlob, KeyId, KeyRef, KeySpec, KeyTemplate,
-    KeyType, KeyUsage, NewKey, PublicKey, SignMech, WrapMech, BLOB_HEADER_LEN,
+    ChipError, ChipExt, CipherMech, DomainInfo, HashAlg, KeyBlob, KeyId, KeyRef, KeySpec,
+    KeyTemplate, KeyType, KeyUsage, NewKey, PublicKey, SignMech, WrapMech, BLOB_HEADER_LEN,
 };
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 

@@ -13,8 +13,8 @@ use aws_lc_rs::encoding::AsDer;
 use aws_lc_rs::signature::RsaPublicKeyComponents;
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
 use cloudkey_chip::{
-    Chip, ChipError, CipherMech, HashAlg, KeyId, KeyRef, KeySpec, KeyTemplate, KeyType, KeyUsage,
-    NewKey, PublicKey, SignMech, WrapMech, MAX_RANDOM_LEN, SM2_DEFAULT_ID,
+    ChipError, ChipExt, CipherMech, HashAlg, KeyId, KeyRef, KeySpec, KeyTemplate, KeyType,
+    KeyUsage, NewKey, PublicKey, SignMech, WrapMech, MAX_RANDOM_LEN, SM2_DEFAULT_ID,
 };
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 

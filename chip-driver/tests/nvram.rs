@@ -4,7 +4,7 @@
 use cloudkey_chip::nvram::SoftNvram;
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
 use cloudkey_chip::{
-    Chip, ChipError, KeyId, KeySpec, KeyTemplate, KeyUsage, SecretBytes, SignMech,
+    ChipError, ChipExt, KeyId, KeySpec, KeyTemplate, KeyUsage, SecretBytes, SignMech,
 };
 
 fn chip(nvram: &SoftNvram) -> Result<SoftChip, ChipError> {

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cloudkey_chip::pool::{ChipPool, PoolConfig, PoolKey};
+use std::sync::Mutex;
+
+use cloudkey_chip::pool::{ChipPool, PoolConfig, PoolExt, PoolKey};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
 use cloudkey_chip::{
-    Chip, ChipError, ChipInfo, CipherMech, DomainInfo, KeyBlob, KeyId, KeyRef, KeySpec,
-    KeyTemplate, KeyUsage, NewKey, PublicKey, Result, SignMech, WrapMech,
+    Chip, ChipError, ChipExt, KeyId, KeySpec, KeyTemplate, KeyUsage, PublicKey, Request, Response,
+    Result, SignMech,
 };
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 
@@ -218,81 +220,9 @@ impl Unpluggable {
 }
 
 impl Chip for Unpluggable {
-    fn info(&self) -> Result<ChipInfo> {
+    fn execute(&self, request: &Request) -> Result<Response> {
         self.check()?;
-        self.inner.info()
-    }
-    fn self_test(&self) -> Result<()> {
-        self.check()?;
-        self.inner.self_test()
-    }
-    fn generate_key_pair(&self, t: KeyTemplate) -> Result<NewKey> {
-        self.check()?;
-        self.inner.generate_key_pair(t)
-    }
-    fn generate_secret_key(&self, t: KeyTemplate) -> Result<NewKey> {
-        self.check()?;
-        self.inner.generate_secret_key(t)
-    }
-    fn import_key(&self, t: KeyTemplate, material: &[u8]) -> Result<NewKey> {
-        self.check()?;
-        self.inner.import_key(t, material)
-    }
-    fn load_key(&self, blob: &KeyBlob) -> Result<KeyId> {
-        self.check()?;
-        self.inner.load_key(blob)
-    }
-    fn evict_key(&self, id: KeyId) -> Result<()> {
-        self.check()?;
-        self.inner.evict_key(id)
-    }
-    fn public_key(&self, id: KeyId) -> Result<PublicKey> {
-        self.check()?;
-        self.inner.public_key(id)
-    }
-    fn sign(&self, key: KeyId, mech: &SignMech, data: &[u8]) -> Result<Vec<u8>> {
-        self.check()?;
-        self.inner.sign(key, mech, data)
-    }
-    fn verify(&self, key: &KeyRef, mech: &SignMech, data: &[u8], sig: &[u8]) -> Result<()> {
-        self.check()?;
-        self.inner.verify(key, mech, data, sig)
-    }
-    fn encrypt(&self, key: &KeyRef, mech: &CipherMech, data: &[u8]) -> Result<Vec<u8>> {
-        self.check()?;
-        self.inner.encrypt(key, mech, data)
-    }
-    fn decrypt(&self, key: KeyId, mech: &CipherMech, data: &[u8]) -> Result<Vec<u8>> {
-        self.check()?;
-        self.inner.decrypt(key, mech, data)
-    }
-    fn wrap_key(&self, w: &KeyRef, mech: &WrapMech, target: KeyId) -> Result<Vec<u8>> {
-        self.check()?;
-        self.inner.wrap_key(w, mech, target)
-    }
-    fn unwrap_key(&self, u: KeyId, m: &WrapMech, w: &[u8], t: KeyTemplate) -> Result<NewKey> {
-        self.check()?;
-        self.inner.unwrap_key(u, m, w, t)
-    }
-    fn derive_ecdh(&self, key: KeyId, peer: &[u8], t: KeyTemplate) -> Result<NewKey> {
-        self.check()?;
-        self.inner.derive_ecdh(key, peer, t)
-    }
-    fn random(&self, len: usize) -> Result<Vec<u8>> {
-        self.check()?;
-        self.inner.random(len)
-    }
-    fn domain_generate(&self) -> Result<DomainInfo> {
-        self.check()?;
-        self.inner.domain_generate()
-    }
-    fn domain_export(&self, r: &[u8]) -> Result<Vec<u8>> {
-        self.check()?;
-        self.inner.domain_export(r)
-    }
-    fn domain_import(&self, p: &[u8]) -> Result<DomainInfo> {
-        self.check()?;
-        self.inner.domain_import(p)
+        self.inner.execute(request)
     }
 }
 
@@ -338,4 +268,43 @@ async fn a_lost_chip_leaves_rotation_and_its_request_runs_on_another() {
         matches!(solo, Err(ChipError::DeviceLost(_))),
         "info fails on a lost chip"
     );
+}
+
+/// A chip that notes where the data of each signing request it executes lies in memory.
+struct Recording {
+    inner: Arc<SoftChip>,
+    data_at: Mutex<Vec<usize>>,
+}
+
+impl Chip for Recording {
+    fn execute(&self, request: &Request) -> Result<Response> {
+        if let Request::Sign { data, .. } = request {
+            let at = data.as_ptr() as usize;
+            self.data_at.lock().unwrap().push(at);
+        }
+        self.inner.execute(request)
+    }
+}
+
+/// The pool hands the chip the caller's request itself: the data to sign is not copied on the
+/// way (it used to be cloned twice per call, once for the failover retry and once per run).
+#[tokio::test]
+async fn the_pool_passes_the_callers_data_to_the_chip_without_copying_it() {
+    let chip = Arc::new(Recording {
+        inner: domain_chips(1, 4, None).remove(0),
+        data_at: Mutex::new(Vec::new()),
+    });
+    let pool = ChipPool::new(vec![chip.clone() as Arc<dyn Chip>], PoolConfig::default()).unwrap();
+    let new = pool.generate_key_pair(p256_template()).await.unwrap();
+    let key = PoolKey::new(new.blob).unwrap();
+    let data = vec![7u8; 32];
+    let caller_at = data.as_ptr() as usize;
+    let req = Request::Sign {
+        key: key.id(),
+        mech: SignMech::Ecdsa,
+        data,
+    };
+    let sig = pool.call(req, std::slice::from_ref(&key)).await.unwrap();
+    assert!(matches!(sig, Response::Bytes(_)), "{sig:?}");
+    assert_eq!(*chip.data_at.lock().unwrap(), [caller_at]);
 }

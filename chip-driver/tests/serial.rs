@@ -17,8 +17,8 @@ use cloudkey_chip::frame::{self, Decoder, Event, Frame};
 use cloudkey_chip::serial::{SerialChip, SerialConfig};
 use cloudkey_chip::wire::{self, Request};
 use cloudkey_chip::{
-    Chip, ChipError, CipherMech, HashAlg, KeyId, KeyRef, KeySpec, KeyTemplate, KeyUsage, PublicKey,
-    SignMech, MAX_RANDOM_LEN, SM2_DEFAULT_ID,
+    Chip, ChipError, ChipExt, CipherMech, HashAlg, KeyId, KeyRef, KeySpec, KeyTemplate, KeyUsage,
+    PublicKey, SignMech, MAX_RANDOM_LEN, SM2_DEFAULT_ID,
 };
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use serialport::{SerialPort, TTYPort};

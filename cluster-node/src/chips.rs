@@ -34,8 +34,8 @@ use cloudkey_chip::serial::{SerialChip, SerialConfig};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
 use cloudkey_chip::wire::Request as ChipRequest;
 use cloudkey_chip::{
-    Chip, ChipError, ChipInfo, HashAlg, KeyBlob, KeyId, KeySpec, KeyTemplate, KeyUsage,
-    SecretBytes, SignMech,
+    Chip, ChipError, ChipExt as _, ChipInfo, HashAlg, KeyBlob, KeyId, KeySpec, KeyTemplate,
+    KeyUsage, SecretBytes, SignMech,
 };
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;

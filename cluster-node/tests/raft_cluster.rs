@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use cloudkey_chip::pool::{ChipPool, PoolConfig};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
-use cloudkey_chip::{BlobHeader, Chip, KeyId, KeySpec, KeyType, KeyUsage, BLOB_VERSION};
+use cloudkey_chip::{
+    BlobHeader, Chip, ChipExt as _, KeyId, KeySpec, KeyType, KeyUsage, BLOB_VERSION,
+};
 use cloudkey_node::raft::{
     serve_peer, PeerContext, PeerError, PeerNetwork, PeerRequest, PeerResponse, RaftNode,
     RaftTimings,

@@ -29,7 +29,7 @@ use clap::Parser;
 use cloudkey_chip::frame::{self, Decoder, Event, Frame};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
 use cloudkey_chip::wire::{self, Request};
-use cloudkey_chip::ChipError;
+use cloudkey_chip::{Chip, ChipError};
 use serialport::{DataBits, FlowControl, Parity, SerialPort, StopBits, TTYPort};
 use zeroize::Zeroize;
 
@@ -249,7 +249,7 @@ fn execute(chip: &SoftChip, cmd: u8, payload: &[u8], seq: u16) -> (u8, Vec<u8>) 
         };
         let name = req.name();
         let started = Instant::now();
-        let result = wire::execute(chip, req).map(|r| r.encode());
+        let result = chip.execute(&req).map(|r| r.encode());
         match &result {
             Ok(_) => tracing::debug!(seq, cmd = name, elapsed = ?started.elapsed(), "ok"),
             Err(e) => tracing::debug!(seq, cmd = name, error = %e, "refused"),

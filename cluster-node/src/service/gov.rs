@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudkey_chip::pool::{PoolKey, PoolKeyRef};
+use cloudkey_chip::pool::{PoolExt as _, PoolKey, PoolKeyRef};
 use cloudkey_chip::{
     CipherMech, HashAlg, KeyBlob, KeyId, KeySpec, KeyTemplate, KeyType, KeyUsage, PublicKey,
     SignMech, WrapMech,

@@ -22,7 +22,7 @@
 
 use std::sync::Arc;
 
-use cloudkey_chip::pool::{PoolKey, PoolKeyRef};
+use cloudkey_chip::pool::{PoolExt as _, PoolKey, PoolKeyRef};
 use cloudkey_chip::{KeyId, KeyTemplate, MAX_RANDOM_LEN};
 use cloudkey_protocol::ck;
 use cloudkey_protocol::msg::{Attribute, Mechanism, ObjectId, SignInput};

@@ -175,7 +175,7 @@ pub(crate) mod testkit {
 
     use cloudkey_chip::pool::PoolConfig;
     use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
-    use cloudkey_chip::Chip;
+    use cloudkey_chip::{Chip, ChipExt as _};
 
     use super::*;
     use crate::state::{ClusterInfo, PinHash};

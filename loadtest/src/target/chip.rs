@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Result};
-use cloudkey_chip::pool::{ChipPool, PoolConfig, PoolKey};
+use cloudkey_chip::pool::{ChipPool, PoolConfig, PoolExt as _, PoolKey};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
 use cloudkey_chip::{
-    Chip, ChipError, HashAlg, KeyId, KeySpec, KeyTemplate, KeyUsage, PublicKey, SignMech,
-    SM2_DEFAULT_ID,
+    Chip, ChipError, ChipExt as _, HashAlg, KeyId, KeySpec, KeyTemplate, KeyUsage, PublicKey,
+    SignMech, SM2_DEFAULT_ID,
 };
 use tokio::runtime::Handle;
 
