@@ -12,7 +12,8 @@ use std::time::Duration;
 use cloudkey_chip::pool::ChipPool;
 use cloudkey_protocol::gov::{GuardedOp, TerminalInfo};
 use cloudkey_protocol::msg::{
-    Auth, ClientRequest, ClientResponse, Mechanism, ObjectId, Request, Response, SignInput,
+    Attribute, Auth, ClientRequest, ClientResponse, Deadline, Mechanism, ObjectId, Request,
+    Response, Sender, SignInput,
 };
 use cloudkey_protocol::tls::{PeerIdentity, Role};
 use cloudkey_protocol::{ErrorCode, WireError, PROTOCOL_VERSION};
@@ -151,30 +152,24 @@ impl NodeCtx {
     }
 }
 
-/// True for requests only an operator certificate may make.
-fn operator_only(req: &Request) -> bool {
-    matches!(
-        req,
-        Request::Init { .. }
-            | Request::AddNode(_)
-            | Request::RemoveNode { .. }
-            | Request::CreateToken { .. }
-            | Request::DeleteToken(_)
-            | Request::UnlockToken(_)
-            | Request::ListObjects { .. }
-            | Request::AddOfficer { .. }
-            | Request::SetPolicy { .. }
-            | Request::AuditExport { .. }
-            | Request::AddTerminal { .. }
-    )
-}
-
-/// True for requests that wait on Raft membership changes (the longer admin deadline).
-fn membership_change(req: &Request) -> bool {
-    matches!(
-        req,
-        Request::Init { .. } | Request::AddNode(_) | Request::RemoveNode { .. }
-    )
+/// Admits a request from a certificate of `role` by the request's spec ([`Request::spec`]):
+/// what the spec's sender does not permit is refused, node certificates always.
+///
+/// # Errors
+/// `Forbidden`.
+fn admit(role: &Role, req: &Request) -> Result<()> {
+    let spec = req.spec();
+    if spec.sender.permits(role) {
+        return Ok(());
+    }
+    Err(NodeError::refuse(
+        ErrorCode::Forbidden,
+        match (role, spec.sender) {
+            (Role::Node(_), _) => "node certificates may not use the client protocol".to_owned(),
+            (_, Sender::Operator) => format!("{} needs an operator certificate", spec.name),
+            (_, sender) => format!("{} may not be sent by {sender:?} certificates", spec.name),
+        },
+    ))
 }
 
 /// Handles one request from `peer`. Never fails: errors are in the response.
@@ -224,21 +219,7 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
             ),
         ));
     }
-    match peer.role {
-        Role::Node(_) => {
-            return Err(NodeError::refuse(
-                ErrorCode::Forbidden,
-                "node certificates may not use the client protocol",
-            ))
-        }
-        Role::Client if operator_only(&req.request) => {
-            return Err(NodeError::refuse(
-                ErrorCode::Forbidden,
-                format!("{} needs an operator certificate", req.request.name()),
-            ))
-        }
-        Role::Client | Role::Operator => {}
-    }
+    admit(&peer.role, &req.request)?;
     if ctx.state.applied() < req.min_applied {
         ctx.state
             .wait_applied(req.min_applied, ctx.limits.read_wait)
@@ -254,10 +235,9 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
                 )
             })?;
     }
-    let deadline = if membership_change(&req.request) {
-        ctx.limits.admin_deadline
-    } else {
-        ctx.limits.request_deadline
+    let deadline = match req.request.spec().deadline {
+        Deadline::Membership => ctx.limits.admin_deadline,
+        Deadline::Request => ctx.limits.request_deadline,
     };
     match tokio::time::timeout(deadline, dispatch(ctx, peer, req.request)).await {
         Ok(r) => r,
@@ -358,45 +338,29 @@ fn generated_key_type(ckm: u64) -> Option<u64> {
         .ok()
 }
 
+/// The router of every request but `Sign`: each arm calls the one function that serves its
+/// request (a token request with the session its grant verifies to).
 async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Result<Response> {
     let svc = &ctx.svc;
     Ok(match req {
         Request::Status => Response::Status(admin::status(ctx)),
-        Request::Init { members } => {
-            admin::init(ctx, &members).await?;
-            Response::Done
-        }
-        Request::AddNode(member) => {
-            admin::add_node(ctx, &member).await?;
-            Response::Done
-        }
-        Request::RemoveNode { id } => {
-            admin::remove_node(ctx, id).await?;
-            Response::Done
-        }
+        Request::Init { members } => done(admin::init(ctx, &members).await)?,
+        Request::AddNode(member) => done(admin::add_node(ctx, &member).await)?,
+        Request::RemoveNode { id } => done(admin::remove_node(ctx, id).await)?,
         Request::CreateToken {
             label,
             so_pin,
             user_pin,
         } => Response::Token(admin::create_token(ctx, &label, &so_pin, user_pin.as_ref()).await?),
-        Request::DeleteToken(id) => {
-            admin::delete_token(ctx, id).await?;
-            Response::Done
-        }
-        Request::UnlockToken(id) => {
-            admin::unlock_token(ctx, id).await?;
-            Response::Done
-        }
+        Request::DeleteToken(id) => done(admin::delete_token(ctx, id).await)?,
+        Request::UnlockToken(id) => done(admin::unlock_token(ctx, id).await)?,
         Request::ListTokens => Response::Tokens(admin::list_tokens(ctx)),
         Request::ListObjects { token } => Response::Objects(admin::list_objects(ctx, token)?),
         Request::InitToken {
             token,
             so_pin,
             label,
-        } => {
-            login::init_token(ctx, token, &so_pin, &label).await?;
-            Response::Done
-        }
+        } => done(login::init_token(ctx, token, &so_pin, &label).await)?,
         Request::Login { token, user, pin } => {
             let (grant, expires_unix_ms) = login::login(ctx, token, user, &pin).await?;
             Response::Session {
@@ -404,102 +368,54 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 expires_unix_ms,
             }
         }
-        Request::InitPin { auth, pin } => {
-            login::init_pin(ctx, &auth, &pin).await?;
-            Response::Done
-        }
+        Request::InitPin { auth, pin } => done(login::init_pin(ctx, &auth, &pin).await)?,
         Request::SetPin {
             auth,
             old_pin,
             new_pin,
-        } => {
-            login::set_pin(ctx, &auth, &old_pin, &new_pin).await?;
-            Response::Done
-        }
-        Request::CreateObject { auth, template } => {
-            let s = session(ctx, &auth).await?;
-            Response::Object(objects::create_object(svc, s, &template).await?)
-        }
+        } => done(login::set_pin(ctx, &auth, &old_pin, &new_pin).await)?,
+        Request::CreateObject { auth, template } => Response::Object(
+            objects::create_object(svc, session(ctx, &auth).await?, &template).await?,
+        ),
         Request::CopyObject {
             auth,
             object,
             template,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Object(objects::copy_object(svc, s, object, &template).await?)
-        }
+        } => Response::Object(
+            objects::copy_object(svc, session(ctx, &auth).await?, object, &template).await?,
+        ),
         Request::DestroyObject { auth, object } => {
-            let s = session(ctx, &auth).await?;
-            let g = gov::guard(
-                ctx,
-                peer,
-                GuardedOp::Destroy,
-                Some(s.token),
-                &[object],
-                None,
-                &object,
-                || format!("destroy object {object}"),
-            )
-            .await?;
-            objects::destroy_object(&gov::svc_for(svc, g.as_ref()), s, object).await?;
-            Response::Done
+            done(destroy_object(ctx, peer, &auth, object).await)?
         }
         Request::GetAttributes {
             auth,
             object,
             types,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Attributes(objects::get_attributes(svc, s, object, &types).await?)
-        }
+        } => Response::Attributes(
+            objects::get_attributes(svc, session(ctx, &auth).await?, object, &types).await?,
+        ),
         Request::SetAttributes {
             auth,
             object,
             template,
-        } => {
-            let s = session(ctx, &auth).await?;
-            let params = (object, &template);
-            let g = gov::guard(
-                ctx,
-                peer,
-                GuardedOp::SetAttributes,
-                Some(s.token),
-                &[object],
-                None,
-                &params,
-                || format!("change {} attribute(s) of object {object}", template.len()),
-            )
-            .await?;
-            let svc = gov::svc_for(svc, g.as_ref());
-            objects::set_attributes(&svc, s, object, &template).await?;
-            Response::Done
-        }
-        Request::FindObjects { auth, template } => {
-            let s = session(ctx, &auth).await?;
-            Response::Found(objects::find_objects(svc, s, &template).await?)
-        }
+        } => done(set_attributes(ctx, peer, &auth, object, &template).await)?,
+        Request::FindObjects { auth, template } => Response::Found(
+            objects::find_objects(svc, session(ctx, &auth).await?, &template).await?,
+        ),
         Request::GenerateKey {
             auth,
             mechanism,
             template,
-        } => {
-            let s = session(ctx, &auth).await?;
-            let params = (&mechanism, &template);
-            let svc = guard_generation(ctx, peer, s, &mechanism, &params, "a secret key").await?;
-            Response::Object(keys::generate_key(&svc, s, &mechanism, &template).await?)
-        }
+        } => Response::Object(generate_key(ctx, peer, &auth, &mechanism, &template).await?),
         Request::GenerateKeyPair {
             auth,
             mechanism,
             public_template,
             private_template,
         } => {
-            let s = session(ctx, &auth).await?;
-            let params = (&mechanism, &public_template, &private_template);
-            let svc = guard_generation(ctx, peer, s, &mechanism, &params, "a key pair").await?;
+            let templates = (&public_template[..], &private_template[..]);
             let (public, private) =
-                keys::generate_key_pair(&svc, s, &mechanism, &public_template, &private_template)
-                    .await?;
+                generate_key_pair(ctx, peer, &auth, &mechanism, templates).await?;
             Response::KeyPair { public, private }
         }
         Request::Sign {
@@ -514,87 +430,80 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             mechanism,
             input,
             signature,
-        } => {
-            let s = session(ctx, &auth).await?;
-            keys::verify(svc, s, key, &mechanism, input, signature).await?;
-            Response::Done
-        }
+        } => done(
+            keys::verify(
+                svc,
+                session(ctx, &auth).await?,
+                key,
+                &mechanism,
+                input,
+                signature,
+            )
+            .await,
+        )?,
         Request::Encrypt {
             auth,
             key,
             mechanism,
             data,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Bytes(keys::encrypt(svc, s, key, &mechanism, data).await?)
-        }
+        } => Response::Bytes(
+            keys::encrypt(svc, session(ctx, &auth).await?, key, &mechanism, data).await?,
+        ),
         Request::Decrypt {
             auth,
             key,
             mechanism,
             data,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Bytes(keys::decrypt(svc, s, key, &mechanism, data).await?)
-        }
+        } => Response::Bytes(
+            keys::decrypt(svc, session(ctx, &auth).await?, key, &mechanism, data).await?,
+        ),
         Request::WrapKey {
             auth,
             wrapping_key,
             mechanism,
             key,
-        } => {
-            let s = session(ctx, &auth).await?;
-            let params = (wrapping_key, &mechanism, key);
-            let g = gov::guard(
-                ctx,
-                peer,
-                GuardedOp::Wrap,
-                Some(s.token),
-                &[key, wrapping_key],
-                None,
-                &params,
-                || format!("export key {key} wrapped under {wrapping_key}"),
-            )
-            .await?;
-            if let Some(g) = g {
-                g.consume(ctx).await?;
-            }
-            Response::Bytes(keys::wrap_key(svc, s, wrapping_key, &mechanism, key).await?)
-        }
+        } => Response::Bytes(wrap_key(ctx, peer, &auth, wrapping_key, &mechanism, key).await?),
         Request::UnwrapKey {
             auth,
             unwrapping_key,
             mechanism,
             wrapped,
             template,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Object(
-                keys::unwrap_key(svc, s, unwrapping_key, &mechanism, wrapped, &template).await?,
+        } => Response::Object(
+            keys::unwrap_key(
+                svc,
+                session(ctx, &auth).await?,
+                unwrapping_key,
+                &mechanism,
+                wrapped,
+                &template,
             )
-        }
+            .await?,
+        ),
         Request::DeriveKey {
             auth,
             base_key,
             mechanism,
             template,
-        } => {
-            let s = session(ctx, &auth).await?;
-            Response::Object(keys::derive_key(svc, s, base_key, &mechanism, &template).await?)
-        }
+        } => Response::Object(
+            keys::derive_key(
+                svc,
+                session(ctx, &auth).await?,
+                base_key,
+                &mechanism,
+                &template,
+            )
+            .await?,
+        ),
         Request::GenerateRandom { len } => Response::Bytes(keys::generate_random(svc, len).await?),
         Request::AddOfficer {
             name,
             identity,
             pin,
-        } => {
-            gov::add_officer(ctx, peer, &name, &identity, &pin).await?;
-            Response::Done
-        }
+        } => done(gov::add_officer(ctx, peer, &name, &identity, &pin).await)?,
         Request::ListOfficers => Response::Officers(gov::list_officers(ctx)),
         Request::SetPolicy { scope, rules } => {
-            gov::set_policy(ctx, peer, scope, rules).await?;
-            Response::Done
+            done(gov::set_policy(ctx, peer, scope, rules).await)?
         }
         Request::ListPolicies => Response::Policies(gov::list_policies(ctx)),
         Request::ListApprovals { all } => Response::Approvals(gov::list_approvals(ctx, all)),
@@ -616,7 +525,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             key,
             admins,
             identity,
-        } => {
+        } => done(
             gov::add_terminal(
                 ctx,
                 peer,
@@ -628,16 +537,14 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                     last_injection: None,
                 },
             )
-            .await?;
-            Response::Done
-        }
+            .await,
+        )?,
         Request::ListTerminals => Response::Terminals(gov::list_terminals(ctx)),
         Request::TmkRequest { terminal } => {
             Response::TmkQr(gov::tmk_request(ctx, peer, &terminal).await?)
         }
         Request::TmkSmsCode { officer, terminal } => {
-            gov::tmk_sms_code(ctx, peer, &officer, &terminal).await?;
-            Response::Done
+            done(gov::tmk_sms_code(ctx, peer, &officer, &terminal).await)?
         }
         Request::TmkApply {
             officer,
@@ -653,6 +560,114 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             admin,
         } => Response::Tmk(gov::tmk_fetch(ctx, peer, &terminal, &payload, &admin).await?),
     })
+}
+
+/// The response of a request that answers nothing but success.
+fn done(r: Result<()>) -> Result<Response> {
+    r.map(|()| Response::Done)
+}
+
+/// `C_DestroyObject`, under a `destroy` rule when one covers the object.
+async fn destroy_object(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+    object: ObjectId,
+) -> Result<()> {
+    let s = session(ctx, auth).await?;
+    let g = gov::guard(
+        ctx,
+        peer,
+        GuardedOp::Destroy,
+        Some(s.token),
+        &[object],
+        None,
+        &object,
+        || format!("destroy object {object}"),
+    )
+    .await?;
+    objects::destroy_object(&gov::svc_for(&ctx.svc, g.as_ref()), s, object).await
+}
+
+/// `C_SetAttributeValue`, under a `set-attributes` rule when one covers the object.
+async fn set_attributes(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+    object: ObjectId,
+    template: &[Attribute],
+) -> Result<()> {
+    let s = session(ctx, auth).await?;
+    let params = (object, template);
+    let g = gov::guard(
+        ctx,
+        peer,
+        GuardedOp::SetAttributes,
+        Some(s.token),
+        &[object],
+        None,
+        &params,
+        || format!("change {} attribute(s) of object {object}", template.len()),
+    )
+    .await?;
+    objects::set_attributes(&gov::svc_for(&ctx.svc, g.as_ref()), s, object, template).await
+}
+
+/// `C_GenerateKey`, under a `generate` rule when one covers the token and key type.
+async fn generate_key(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+    mechanism: &Mechanism,
+    template: &[Attribute],
+) -> Result<ObjectId> {
+    let s = session(ctx, auth).await?;
+    let params = (mechanism, template);
+    let svc = guard_generation(ctx, peer, s, mechanism, &params, "a secret key").await?;
+    keys::generate_key(&svc, s, mechanism, template).await
+}
+
+/// `C_GenerateKeyPair` (public, private templates), under a `generate` rule when one covers
+/// the token and key type.
+async fn generate_key_pair(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+    mechanism: &Mechanism,
+    (public, private): (&[Attribute], &[Attribute]),
+) -> Result<(ObjectId, ObjectId)> {
+    let s = session(ctx, auth).await?;
+    let params = (mechanism, public, private);
+    let svc = guard_generation(ctx, peer, s, mechanism, &params, "a key pair").await?;
+    keys::generate_key_pair(&svc, s, mechanism, public, private).await
+}
+
+/// `C_WrapKey`: under a `wrap` rule covering either key, the wrap consumes its approval first.
+async fn wrap_key(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+    wrapping_key: ObjectId,
+    mechanism: &Mechanism,
+    key: ObjectId,
+) -> Result<Vec<u8>> {
+    let s = session(ctx, auth).await?;
+    let params = (wrapping_key, mechanism, key);
+    let g = gov::guard(
+        ctx,
+        peer,
+        GuardedOp::Wrap,
+        Some(s.token),
+        &[key, wrapping_key],
+        None,
+        &params,
+        || format!("export key {key} wrapped under {wrapping_key}"),
+    )
+    .await?;
+    if let Some(g) = g {
+        g.consume(ctx).await?;
+    }
+    keys::wrap_key(&ctx.svc, s, wrapping_key, mechanism, key).await
 }
 
 /// The one mapping of node errors to wire errors.
@@ -675,5 +690,55 @@ pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
         }
         NodeError::Storage(d) => WireError::new(ErrorCode::DeviceError, format!("storage: {d}")),
         NodeError::Config(d) | NodeError::Internal(d) => WireError::new(ErrorCode::GeneralError, d),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The requests that needed an operator certificate before the request specs.
+    const OPERATOR_ONLY: [&str; 11] = [
+        "init",
+        "add_node",
+        "remove_node",
+        "create_token",
+        "delete_token",
+        "unlock_token",
+        "list_objects",
+        "add_officer",
+        "set_policy",
+        "audit_export",
+        "add_terminal",
+    ];
+
+    fn code(r: Result<()>) -> Option<ErrorCode> {
+        r.err().map(|e| match e {
+            NodeError::Refused(w) => w.code,
+            other => panic!("not a refusal: {other}"),
+        })
+    }
+
+    #[test]
+    fn an_application_certificate_is_refused_every_operator_only_request() {
+        let all = Request::one_of_each();
+        let operator_only: Vec<&str> = all
+            .iter()
+            .filter(|r| r.spec().sender == Sender::Operator)
+            .map(Request::name)
+            .collect();
+        assert_eq!(operator_only, OPERATOR_ONLY);
+        for r in &all {
+            let refused = OPERATOR_ONLY.contains(&r.name());
+            let expected = refused.then_some(ErrorCode::Forbidden);
+            assert_eq!(code(admit(&Role::Client, r)), expected, "{}", r.name());
+            assert_eq!(code(admit(&Role::Operator, r)), None, "{}", r.name());
+            assert_eq!(
+                code(admit(&Role::Node(1), r)),
+                Some(ErrorCode::Forbidden),
+                "{}",
+                r.name()
+            );
+        }
     }
 }

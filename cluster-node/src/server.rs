@@ -342,6 +342,7 @@ async fn serve_stream(
             return;
         }
         Ok(Err(ReadError::Memory)) => {
+            tracing::debug!("request memory exhausted: stream refused");
             let _ = recv.stop(quinn::VarInt::from_u32(reset::OVERLOADED));
             let _ = send.reset(quinn::VarInt::from_u32(reset::OVERLOADED));
             return;
@@ -386,7 +387,7 @@ fn bad_request(ctx: &NodeCtx, detail: String) -> ClientResponse {
 
 enum ReadError {
     Frame(FrameError),
-    /// The memory budget stayed exhausted.
+    /// The memory budget is exhausted.
     Memory,
 }
 
@@ -406,12 +407,7 @@ async fn read_request(
             return Err(ReadError::Frame(e));
         }
     };
-    let units = u32::try_from(len.div_ceil(MEMORY_UNIT).max(1)).unwrap_or(u32::MAX);
-    let budget = memory
-        .clone()
-        .acquire_many_owned(units)
-        .await
-        .map_err(|_| ReadError::Memory)?;
+    let budget = reserve(memory, len)?;
     let mut body = vec![0u8; len];
     read_exact(recv, &mut body, false).await?;
     match frame::decode::<ClientRequest>(&body) {
@@ -421,6 +417,21 @@ async fn read_request(
             Err(ReadError::Frame(e))
         }
     }
+}
+
+/// Takes `len` bytes of the node-wide memory budget, or fails at once with
+/// [`ReadError::Memory`] when the budget is exhausted: waiting for it would hold the stream
+/// until the read deadline and then answer `MALFORMED`, which the client does not retry;
+/// `OVERLOADED` now tells it to try again (elsewhere).
+fn reserve(
+    memory: &Arc<Semaphore>,
+    len: usize,
+) -> std::result::Result<OwnedSemaphorePermit, ReadError> {
+    let units = u32::try_from(len.div_ceil(MEMORY_UNIT).max(1)).unwrap_or(u32::MAX);
+    memory
+        .clone()
+        .try_acquire_many_owned(units)
+        .map_err(|_| ReadError::Memory)
 }
 
 async fn read_exact(
@@ -458,5 +469,18 @@ mod tests {
         assert_eq!(bind_addr(other, &record).unwrap(), other);
         fs::write(&record, b"nonsense").unwrap();
         assert!(bind_addr(any, &record).is_err());
+    }
+
+    #[test]
+    fn an_exhausted_memory_budget_is_refused_at_once_as_overloaded() {
+        let memory = Arc::new(Semaphore::new(4));
+        let held = reserve(&memory, 4 * MEMORY_UNIT)
+            .ok()
+            .expect("within the budget");
+        // Before, this waited for the budget until the read deadline, and the stream was then
+        // reset MALFORMED; now it fails at once, and the stream is reset OVERLOADED.
+        assert!(matches!(reserve(&memory, 1), Err(ReadError::Memory)));
+        drop(held);
+        assert!(reserve(&memory, 1).is_ok());
     }
 }

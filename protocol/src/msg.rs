@@ -18,9 +18,10 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::WireError;
 use crate::gov::{
-    ApprovalInfo, AuditPage, OfficerAuth, OfficerInfo, PolicyScope, Rule, TerminalInfo,
+    ApprovalInfo, AuditPage, GuardedOp, OfficerAuth, OfficerInfo, PolicyScope, Rule, TerminalInfo,
     TerminalKey, TmkDelivery, TmkQr,
 };
+use crate::tls::Role;
 
 /// A cluster-wide object identity: 16 random bytes, also the id bound into the object's chip
 /// blob.
@@ -595,89 +596,382 @@ pub enum Request {
     },
 }
 
-impl Request {
-    /// True for requests that change replicated state (they go through the Raft leader).
-    /// `Login` counts as a read: only a failed attempt writes.
+/// Who may send a request, by the role its TLS certificate gives ([`Role`]). Node certificates
+/// never use the client protocol; they have their own ALPN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Sender {
+    /// Any client or operator certificate: status and listings of what is not secret.
+    Anyone,
+    /// An application (PKCS#11 module, gateway, load tester) or an operator: token requests,
+    /// whose session grant the node checks.
+    Application,
+    /// An operator certificate only (the `cloudkey` CLI).
+    Operator,
+    /// An officer, with a client or operator certificate; the node checks the officer's PIN
+    /// and certificate identity ([`OfficerAuth`]).
+    Officer,
+    /// A terminal, with a client or operator certificate; the node checks the identity the
+    /// terminal is bound to.
+    Terminal,
+}
+
+impl Sender {
+    /// True when a certificate of `role` may send a request of this kind. Denies what it does
+    /// not name: node certificates always, other certificates below [`Sender::Operator`].
     #[must_use]
-    pub fn is_write(&self) -> bool {
-        !matches!(
-            self,
-            Self::Status
-                | Self::ListTokens
-                | Self::ListObjects { .. }
-                | Self::Login { .. }
-                | Self::GetAttributes { .. }
-                | Self::FindObjects { .. }
-                | Self::Sign { .. }
-                | Self::Verify { .. }
-                | Self::Encrypt { .. }
-                | Self::Decrypt { .. }
-                | Self::WrapKey { .. }
-                | Self::GenerateRandom { .. }
-                | Self::ListOfficers
-                | Self::ListPolicies
-                | Self::ListApprovals { .. }
-                | Self::AuditExport { .. }
-                | Self::ListTerminals
-        )
+    pub fn permits(self, role: &Role) -> bool {
+        match (self, role) {
+            (_, Role::Node(_)) => false,
+            (Self::Operator, Role::Operator) => true,
+            (Self::Operator, Role::Client) => false,
+            (
+                Self::Anyone | Self::Application | Self::Officer | Self::Terminal,
+                Role::Client | Role::Operator,
+            ) => true,
+        }
+    }
+}
+
+/// How long a request may run on the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Deadline {
+    /// The request deadline (`limits.request_deadline`).
+    Request,
+    /// The longer administrative deadline (`limits.admin_deadline`): the request waits on a
+    /// Raft membership change.
+    Membership,
+}
+
+/// The rules of one kind of request, all in one place ([`Request::spec`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestSpec {
+    /// A short name for logs and metrics.
+    pub name: &'static str,
+    /// Who may send it.
+    pub sender: Sender,
+    /// True when it changes replicated state (it goes through the Raft leader). `Login`
+    /// counts as a read: only a failed attempt writes.
+    pub write: bool,
+    /// True when sending it twice has the effect of sending it once, and the second answer is
+    /// the first one's: every read, and `TmkFetch` (it returns the key already delivered).
+    /// The client retries these when their outcome is unknown.
+    pub idempotent: bool,
+    /// Its deadline on the node.
+    pub deadline: Deadline,
+    /// The quorum-guarded operation a policy can put it under, if any.
+    pub guard: Option<GuardedOp>,
+}
+
+impl RequestSpec {
+    const fn new(name: &'static str, sender: Sender) -> Self {
+        Self {
+            name,
+            sender,
+            write: false,
+            idempotent: true,
+            deadline: Deadline::Request,
+            guard: None,
+        }
     }
 
-    /// True for writes that are safe to send again when their outcome is unknown: sending one
-    /// twice has the effect of sending it once, and the second answer is the first one's
-    /// (`TmkFetch` returns the key already delivered). The client retries these like reads.
+    /// A write that must not be sent again when its outcome is unknown.
+    const fn write(mut self) -> Self {
+        self.write = true;
+        self.idempotent = false;
+        self
+    }
+
+    /// A write whose repetition is harmless.
+    const fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    const fn membership(mut self) -> Self {
+        self.deadline = Deadline::Membership;
+        self
+    }
+
+    const fn guarded(mut self, op: GuardedOp) -> Self {
+        self.guard = Some(op);
+        self
+    }
+}
+
+impl Request {
+    /// The rules of this request. One exhaustive match: a new request does not compile until
+    /// it has a spec, and nothing is allowed that its spec does not allow.
     #[must_use]
-    pub fn is_idempotent(&self) -> bool {
-        !self.is_write() || matches!(self, Self::TmkFetch { .. })
+    pub const fn spec(&self) -> RequestSpec {
+        use RequestSpec as S;
+        use Sender::{Anyone, Application, Officer, Operator, Terminal};
+        match self {
+            Self::Status => S::new("status", Anyone),
+            Self::Init { .. } => S::new("init", Operator).write().membership(),
+            Self::AddNode(_) => S::new("add_node", Operator).write().membership(),
+            Self::RemoveNode { .. } => S::new("remove_node", Operator).write().membership(),
+            Self::CreateToken { .. } => S::new("create_token", Operator).write(),
+            Self::DeleteToken(_) => S::new("delete_token", Operator).write(),
+            Self::UnlockToken(_) => S::new("unlock_token", Operator).write(),
+            Self::ListTokens => S::new("list_tokens", Anyone),
+            Self::ListObjects { .. } => S::new("list_objects", Operator),
+            Self::InitToken { .. } => S::new("init_token", Application).write(),
+            Self::Login { .. } => S::new("login", Application),
+            Self::InitPin { .. } => S::new("init_pin", Application).write(),
+            Self::SetPin { .. } => S::new("set_pin", Application).write(),
+            Self::CreateObject { .. } => S::new("create_object", Application).write(),
+            Self::CopyObject { .. } => S::new("copy_object", Application).write(),
+            Self::DestroyObject { .. } => S::new("destroy_object", Application)
+                .write()
+                .guarded(GuardedOp::Destroy),
+            Self::GetAttributes { .. } => S::new("get_attributes", Application),
+            Self::SetAttributes { .. } => S::new("set_attributes", Application)
+                .write()
+                .guarded(GuardedOp::SetAttributes),
+            Self::FindObjects { .. } => S::new("find_objects", Application),
+            Self::GenerateKey { .. } => S::new("generate_key", Application)
+                .write()
+                .guarded(GuardedOp::Generate),
+            Self::GenerateKeyPair { .. } => S::new("generate_key_pair", Application)
+                .write()
+                .guarded(GuardedOp::Generate),
+            Self::Sign { .. } => S::new("sign", Application).guarded(GuardedOp::Sign),
+            Self::Verify { .. } => S::new("verify", Application),
+            Self::Encrypt { .. } => S::new("encrypt", Application),
+            Self::Decrypt { .. } => S::new("decrypt", Application),
+            Self::WrapKey { .. } => S::new("wrap_key", Application).guarded(GuardedOp::Wrap),
+            Self::UnwrapKey { .. } => S::new("unwrap_key", Application).write(),
+            Self::DeriveKey { .. } => S::new("derive_key", Application).write(),
+            Self::GenerateRandom { .. } => S::new("generate_random", Application),
+            Self::AddOfficer { .. } => S::new("add_officer", Operator)
+                .write()
+                .guarded(GuardedOp::Govern),
+            Self::ListOfficers => S::new("list_officers", Anyone),
+            Self::SetPolicy { .. } => S::new("set_policy", Operator)
+                .write()
+                .guarded(GuardedOp::Govern),
+            Self::ListPolicies => S::new("list_policies", Anyone),
+            Self::ListApprovals { .. } => S::new("list_approvals", Anyone),
+            Self::Approve { .. } => S::new("approve", Officer).write(),
+            Self::Reject { .. } => S::new("reject", Officer).write(),
+            Self::AuditExport { .. } => S::new("audit_export", Operator),
+            Self::AddTerminal { .. } => S::new("add_terminal", Operator)
+                .write()
+                .guarded(GuardedOp::Govern),
+            Self::ListTerminals => S::new("list_terminals", Anyone),
+            Self::TmkRequest { .. } => S::new("tmk_request", Terminal).write(),
+            Self::TmkSmsCode { .. } => S::new("tmk_sms_code", Officer).write(),
+            Self::TmkApply { .. } => S::new("tmk_apply", Officer)
+                .write()
+                .guarded(GuardedOp::TmkInject),
+            Self::TmkFetch { .. } => S::new("tmk_fetch", Terminal).write().idempotent(),
+        }
+    }
+
+    /// True for requests that change replicated state ([`RequestSpec::write`]).
+    #[must_use]
+    pub const fn is_write(&self) -> bool {
+        self.spec().write
+    }
+
+    /// True for requests that are safe to send again when their outcome is unknown
+    /// ([`RequestSpec::idempotent`]). The client retries these like reads.
+    #[must_use]
+    pub const fn is_idempotent(&self) -> bool {
+        self.spec().idempotent
     }
 
     /// A short name for logs and metrics.
     #[must_use]
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Status => "status",
-            Self::Init { .. } => "init",
-            Self::AddNode(_) => "add_node",
-            Self::RemoveNode { .. } => "remove_node",
-            Self::CreateToken { .. } => "create_token",
-            Self::DeleteToken(_) => "delete_token",
-            Self::UnlockToken(_) => "unlock_token",
-            Self::ListTokens => "list_tokens",
-            Self::ListObjects { .. } => "list_objects",
-            Self::InitToken { .. } => "init_token",
-            Self::Login { .. } => "login",
-            Self::InitPin { .. } => "init_pin",
-            Self::SetPin { .. } => "set_pin",
-            Self::CreateObject { .. } => "create_object",
-            Self::CopyObject { .. } => "copy_object",
-            Self::DestroyObject { .. } => "destroy_object",
-            Self::GetAttributes { .. } => "get_attributes",
-            Self::SetAttributes { .. } => "set_attributes",
-            Self::FindObjects { .. } => "find_objects",
-            Self::GenerateKey { .. } => "generate_key",
-            Self::GenerateKeyPair { .. } => "generate_key_pair",
-            Self::Sign { .. } => "sign",
-            Self::Verify { .. } => "verify",
-            Self::Encrypt { .. } => "encrypt",
-            Self::Decrypt { .. } => "decrypt",
-            Self::WrapKey { .. } => "wrap_key",
-            Self::UnwrapKey { .. } => "unwrap_key",
-            Self::DeriveKey { .. } => "derive_key",
-            Self::GenerateRandom { .. } => "generate_random",
-            Self::AddOfficer { .. } => "add_officer",
-            Self::ListOfficers => "list_officers",
-            Self::SetPolicy { .. } => "set_policy",
-            Self::ListPolicies => "list_policies",
-            Self::ListApprovals { .. } => "list_approvals",
-            Self::Approve { .. } => "approve",
-            Self::Reject { .. } => "reject",
-            Self::AuditExport { .. } => "audit_export",
-            Self::AddTerminal { .. } => "add_terminal",
-            Self::ListTerminals => "list_terminals",
-            Self::TmkRequest { .. } => "tmk_request",
-            Self::TmkSmsCode { .. } => "tmk_sms_code",
-            Self::TmkApply { .. } => "tmk_apply",
-            Self::TmkFetch { .. } => "tmk_fetch",
-        }
+    pub const fn name(&self) -> &'static str {
+        self.spec().name
+    }
+
+    /// One request of every kind, with placeholder contents: for tests that a rule holds for
+    /// every kind. A new kind belongs here too (the test of [`Request::spec`] counts them).
+    #[must_use]
+    pub fn one_of_each() -> Vec<Request> {
+        let auth = || Auth {
+            token: TokenId(1),
+            grant: None,
+        };
+        let officer = || OfficerAuth {
+            name: "o".into(),
+            pin: Secret::from("pin"),
+        };
+        let member = || Member {
+            id: 1,
+            addr: "127.0.0.1:1".into(),
+        };
+        let id = ObjectId([0; 16]);
+        let mech = || Mechanism::new(0);
+        let input = || SignInput::Data(Vec::new());
+        vec![
+            Self::Status,
+            Self::Init {
+                members: vec![member()],
+            },
+            Self::AddNode(member()),
+            Self::RemoveNode { id: 1 },
+            Self::CreateToken {
+                label: "t".into(),
+                so_pin: Secret::from("so"),
+                user_pin: None,
+            },
+            Self::DeleteToken(TokenId(1)),
+            Self::UnlockToken(TokenId(1)),
+            Self::ListTokens,
+            Self::ListObjects { token: None },
+            Self::InitToken {
+                token: TokenId(1),
+                so_pin: Secret::from("so"),
+                label: "t".into(),
+            },
+            Self::Login {
+                token: TokenId(1),
+                user: UserType::User,
+                pin: Secret::from("pin"),
+            },
+            Self::InitPin {
+                auth: auth(),
+                pin: Secret::from("pin"),
+            },
+            Self::SetPin {
+                auth: auth(),
+                old_pin: Secret::from("a"),
+                new_pin: Secret::from("b"),
+            },
+            Self::CreateObject {
+                auth: auth(),
+                template: Vec::new(),
+            },
+            Self::CopyObject {
+                auth: auth(),
+                object: id,
+                template: Vec::new(),
+            },
+            Self::DestroyObject {
+                auth: auth(),
+                object: id,
+            },
+            Self::GetAttributes {
+                auth: auth(),
+                object: id,
+                types: Vec::new(),
+            },
+            Self::SetAttributes {
+                auth: auth(),
+                object: id,
+                template: Vec::new(),
+            },
+            Self::FindObjects {
+                auth: auth(),
+                template: Vec::new(),
+            },
+            Self::GenerateKey {
+                auth: auth(),
+                mechanism: mech(),
+                template: Vec::new(),
+            },
+            Self::GenerateKeyPair {
+                auth: auth(),
+                mechanism: mech(),
+                public_template: Vec::new(),
+                private_template: Vec::new(),
+            },
+            Self::Sign {
+                auth: auth(),
+                key: id,
+                mechanism: mech(),
+                input: input(),
+            },
+            Self::Verify {
+                auth: auth(),
+                key: id,
+                mechanism: mech(),
+                input: input(),
+                signature: Vec::new(),
+            },
+            Self::Encrypt {
+                auth: auth(),
+                key: id,
+                mechanism: mech(),
+                data: Vec::new(),
+            },
+            Self::Decrypt {
+                auth: auth(),
+                key: id,
+                mechanism: mech(),
+                data: Vec::new(),
+            },
+            Self::WrapKey {
+                auth: auth(),
+                wrapping_key: id,
+                mechanism: mech(),
+                key: id,
+            },
+            Self::UnwrapKey {
+                auth: auth(),
+                unwrapping_key: id,
+                mechanism: mech(),
+                wrapped: Vec::new(),
+                template: Vec::new(),
+            },
+            Self::DeriveKey {
+                auth: auth(),
+                base_key: id,
+                mechanism: mech(),
+                template: Vec::new(),
+            },
+            Self::GenerateRandom { len: 1 },
+            Self::AddOfficer {
+                name: "o".into(),
+                identity: "client/o".into(),
+                pin: Secret::from("pin"),
+            },
+            Self::ListOfficers,
+            Self::SetPolicy {
+                scope: PolicyScope::Cluster,
+                rules: Vec::new(),
+            },
+            Self::ListPolicies,
+            Self::ListApprovals { all: false },
+            Self::Approve {
+                officer: officer(),
+                id: 1,
+                params_hash: [0; 32],
+            },
+            Self::Reject {
+                officer: officer(),
+                id: 1,
+            },
+            Self::AuditExport { from: 0, max: 1 },
+            Self::AddTerminal {
+                id: "t".into(),
+                key: TerminalKey::Sm2 { point: Vec::new() },
+                admins: Vec::new(),
+                identity: None,
+            },
+            Self::ListTerminals,
+            Self::TmkRequest {
+                terminal: "t".into(),
+            },
+            Self::TmkSmsCode {
+                officer: officer(),
+                terminal: "t".into(),
+            },
+            Self::TmkApply {
+                officer: officer(),
+                terminal: "t".into(),
+                payload: String::new(),
+                sms_code: Secret::from("1"),
+            },
+            Self::TmkFetch {
+                terminal: "t".into(),
+                payload: String::new(),
+                admin: "a".into(),
+            },
+        ]
     }
 }
 
@@ -837,4 +1131,89 @@ pub struct ClientResponse {
     pub node: u64,
     /// The outcome.
     pub result: Result<Response, WireError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    /// Every request kind there is; [`Request::spec`]'s match is what makes adding one without
+    /// a spec fail to compile, this counts that [`Request::one_of_each`] has them all.
+    const KINDS: usize = 43;
+
+    #[test]
+    fn every_request_kind_has_a_spec_with_its_own_name() {
+        let all = Request::one_of_each();
+        assert_eq!(all.len(), KINDS);
+        let names: HashSet<&str> = all.iter().map(Request::name).collect();
+        assert_eq!(names.len(), KINDS, "two kinds share a name");
+        for r in &all {
+            let spec = r.spec();
+            assert!(!spec.idempotent || !spec.write || matches!(r, Request::TmkFetch { .. }));
+            assert!(spec.write || spec.idempotent, "{} is a read", spec.name);
+            assert_eq!(
+                spec.deadline == Deadline::Membership,
+                matches!(
+                    r,
+                    Request::Init { .. } | Request::AddNode(_) | Request::RemoveNode { .. }
+                ),
+                "{}",
+                spec.name
+            );
+        }
+    }
+
+    #[test]
+    fn reads_and_idempotent_writes_are_the_ones_they_were() {
+        let reads: HashSet<&str> = Request::one_of_each()
+            .iter()
+            .filter(|r| !r.is_write())
+            .map(Request::name)
+            .collect();
+        let expected: HashSet<&str> = [
+            "status",
+            "list_tokens",
+            "list_objects",
+            "login",
+            "get_attributes",
+            "find_objects",
+            "sign",
+            "verify",
+            "encrypt",
+            "decrypt",
+            "wrap_key",
+            "generate_random",
+            "list_officers",
+            "list_policies",
+            "list_approvals",
+            "audit_export",
+            "list_terminals",
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(reads, expected);
+        let idempotent_writes: Vec<&str> = Request::one_of_each()
+            .iter()
+            .filter(|r| r.is_write() && r.is_idempotent())
+            .map(Request::name)
+            .collect();
+        assert_eq!(idempotent_writes, ["tmk_fetch"]);
+    }
+
+    #[test]
+    fn nodes_never_and_applications_only_below_operator() {
+        for r in Request::one_of_each() {
+            let sender = r.spec().sender;
+            assert!(!sender.permits(&Role::Node(1)), "{}", r.name());
+            assert!(sender.permits(&Role::Operator), "{}", r.name());
+            assert_eq!(
+                sender.permits(&Role::Client),
+                sender != Sender::Operator,
+                "{}",
+                r.name()
+            );
+        }
+    }
 }

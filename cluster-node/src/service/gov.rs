@@ -103,6 +103,27 @@ impl UsageCounters {
                 .fetch_add(*n, Ordering::Relaxed);
         }
     }
+
+    /// Drops the counters of keys that no longer exist (`exists` is false) and have nothing
+    /// left to summarise. Call it after a summary was committed: a counter with counts not yet
+    /// written stays, so no count is lost; a signature racing with the removal starts a new
+    /// counter, which the next summary writes.
+    pub fn prune(&self, exists: impl Fn(&ObjectId) -> bool) {
+        self.counts
+            .retain(|key, n| exists(key) || n.load(Ordering::Relaxed) != 0);
+    }
+
+    /// How many keys have a counter.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.counts.len()
+    }
+
+    /// True when no key has a counter.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.counts.is_empty()
+    }
 }
 
 /// What governance needs on a node besides the replicated state.
@@ -712,18 +733,19 @@ const LAST_SUMMARY_DEADLINE: Duration = Duration::from_secs(3);
 /// Raft errors; the counts are kept for a later try.
 async fn summarise_usage(ctx: &NodeCtx) -> Result<()> {
     let counts = ctx.gov.usage.take();
-    if counts.is_empty() {
-        return Ok(());
+    if !counts.is_empty() {
+        let cmd = Command::Gov(GovCommand::Usage {
+            node: ctx.id,
+            counts: counts.clone(),
+            now_ms: now_ms(),
+        });
+        if let Err(e) = ctx.write(cmd).await {
+            ctx.gov.usage.restore(&counts);
+            return Err(e);
+        }
     }
-    let cmd = Command::Gov(GovCommand::Usage {
-        node: ctx.id,
-        counts: counts.clone(),
-        now_ms: now_ms(),
-    });
-    if let Err(e) = ctx.write(cmd).await {
-        ctx.gov.usage.restore(&counts);
-        return Err(e);
-    }
+    // Every count taken is in the chain now: the counters of destroyed keys can go.
+    ctx.gov.usage.prune(|key| ctx.state.object(key).is_some());
     Ok(())
 }
 
@@ -1158,5 +1180,28 @@ pub async fn tmk_fetch(
             Some(AppState::Injected { delivery, .. }) => Ok(delivery),
             _ => Err(e),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_destroyed_keys_counter_goes_once_its_counts_are_summarised() {
+        let usage = UsageCounters::default();
+        let (live, gone) = (ObjectId([1; 16]), ObjectId([2; 16]));
+        usage.record(live);
+        usage.record(gone);
+        usage.record(gone);
+        // Counts not yet written keep their counter, destroyed key or not.
+        usage.prune(|k| *k == live);
+        assert_eq!(usage.len(), 2);
+        assert_eq!(usage.take(), vec![(live, 1), (gone, 2)]);
+        // Summarised: the destroyed key's counter goes, the live key's stays.
+        usage.prune(|k| *k == live);
+        assert_eq!(usage.len(), 1);
+        usage.record(live);
+        assert_eq!(usage.take(), vec![(live, 1)]);
     }
 }
