@@ -803,6 +803,8 @@ mod tests {
         let dead = BlackHole::start();
         let addr = dead.addr.to_string();
 
+        // Every call starts well within the others' deadline (1.5 s, generous for a loaded
+        // machine), so none may find the failed dial behind it and dial again.
         let calls = (0..16).map(|_| {
             let net = net.clone();
             let addr = addr.clone();
@@ -810,7 +812,7 @@ mod tests {
                 net.call_inner(
                     &addr,
                     PeerRequest::RemoveNode { id: 2 },
-                    Duration::from_millis(600),
+                    Duration::from_millis(1500),
                 )
                 .await
             })
