@@ -23,6 +23,8 @@ use rcgen::{
     KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
 };
 
+use cloudkey_protocol::tls::{PeerIdentity, Role};
+
 use crate::error::{NodeError, Result};
 
 /// File name of the CA certificate.
@@ -68,29 +70,36 @@ impl Identity {
         }
     }
 
-    /// Builds an identity from a role word (`node`, `operator`, `client`) and a name or id.
+    /// Builds an identity from a role word (`node`, `operator`, `client`) and a name or id, by
+    /// the protocol's one rule ([`PeerIdentity::parse`]): a certificate is issued for exactly
+    /// the identities a peer accepts.
     ///
     /// # Errors
-    /// [`NodeError::Config`] for an unknown role, a node id that is not a number, or a name that
-    /// is not 1 to 128 characters of `A-Z a-z 0-9 . _ - @` (not starting with `.` or `-`).
+    /// [`NodeError::Config`] for an unknown role, a node id that is not a canonical decimal
+    /// number, or a name that breaks [`cloudkey_protocol::tls::NAME_RULE`].
     pub fn parse(role: &str, name: &str) -> Result<Self> {
-        match role {
-            "node" => name
-                .parse::<u64>()
-                .map(Self::Node)
-                .map_err(|_| NodeError::Config(format!("node id {name:?} is not a number"))),
-            "operator" => check_name(name).map(|()| Self::Operator(name.to_owned())),
-            "client" => check_name(name).map(|()| Self::Client(name.to_owned())),
-            other => Err(NodeError::Config(format!(
-                "unknown certificate role {other:?} (node, operator or client)"
-            ))),
+        let peer = PeerIdentity::parse(role, name).map_err(|e| NodeError::Config(e.to_string()))?;
+        Ok(match peer.role {
+            Role::Node(id) => Self::Node(id),
+            Role::Operator => Self::Operator(peer.name),
+            Role::Client => Self::Client(peer.name),
+        })
+    }
+
+    /// The role word of the identity's URI.
+    fn role(&self) -> &'static str {
+        match self {
+            Self::Node(_) => "node",
+            Self::Operator(_) => "operator",
+            Self::Client(_) => "client",
         }
     }
 
+    /// Checks the identity by the rule of [`Identity::parse`].
     fn validate(&self) -> Result<()> {
         match self {
             Self::Node(_) => Ok(()),
-            Self::Operator(n) | Self::Client(n) => check_name(n),
+            Self::Operator(n) | Self::Client(n) => Self::parse(self.role(), n).map(drop),
         }
     }
 }
@@ -98,25 +107,6 @@ impl Identity {
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.uri())
-    }
-}
-
-/// Names end up in file names and URIs: the protocol's alphabet
-/// (`cloudkey_protocol::tls::PeerIdentity`), and no leading `.` or `-` (hidden files, options).
-fn check_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= cloudkey_protocol::tls::MAX_NAME_LEN
-        && !name.starts_with(['.', '-'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(NodeError::Config(format!(
-            "name {name:?}: use 1 to 128 characters of A-Z a-z 0-9 . _ - @ (not starting with \
-             . or -)"
-        )))
     }
 }
 
@@ -447,6 +437,62 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
+
+    /// Whether the peer check accepts `role/name` as a certificate's identity URI.
+    fn peer_accepts(role: &str, name: &str) -> bool {
+        PeerIdentity::from_uri(&format!("cloudkey://{role}/{name}")).is_ok()
+    }
+
+    proptest::proptest! {
+        /// The issuer accepts a name exactly when the peer check accepts the URI it issues.
+        #[test]
+        fn the_issuer_and_the_peer_check_accept_the_same_names(
+            name in "[-.@_/ a-z0-9+\u{e9}]{0,6}|[a-z.-]{125,130}",
+            role in "node|operator|client|admin",
+        ) {
+            proptest::prop_assert_eq!(
+                Identity::parse(&role, &name).is_ok(),
+                peer_accepts(&role, &name),
+                "{}/{}", role, name
+            );
+        }
+    }
+
+    #[test]
+    fn names_one_side_used_to_refuse_get_one_answer() {
+        // The peer check accepted these and the issuer refused them; node ids the other way.
+        for (role, name) in [
+            ("client", ".x"),
+            ("operator", "-x"),
+            ("client", "..x"),
+            ("node", "01"),
+            ("node", "+1"),
+            ("node", "007"),
+        ] {
+            assert!(Identity::parse(role, name).is_err(), "{role}/{name}");
+            assert!(!peer_accepts(role, name), "{role}/{name}");
+        }
+        // Names either side accepts are issued, and read back from the certificate as given.
+        let dir = tempfile::tempdir().unwrap();
+        let pki = init_pki(dir.path(), 0, &[], &[]).unwrap();
+        for (role, name) in [
+            ("client", "x."),
+            ("client", "a-b_c.d@bank"),
+            ("operator", "0"),
+            ("node", "0"),
+        ] {
+            assert!(peer_accepts(role, name), "{role}/{name}");
+            let who = Identity::parse(role, name).unwrap();
+            let p = issue(dir.path(), &who, false).unwrap();
+            let files = cloudkey_protocol::tls::TlsFiles {
+                ca: pki.ca.clone(),
+                cert: p.cert,
+                key: p.key,
+            };
+            let m = cloudkey_protocol::tls::TlsMaterial::load(&files).unwrap();
+            assert_eq!(m.identity().unwrap().uri(), who.uri());
+        }
+    }
 
     #[test]
     fn civil_dates() {

@@ -35,6 +35,10 @@ pub const URI_PREFIX: &str = "cloudkey://";
 /// The longest name of an operator or client identity.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// The rule for the name of an operator or client identity, as [`valid_name`] checks it.
+pub const NAME_RULE: &str =
+    "the name must be 1 to 128 characters of A-Z a-z 0-9 . _ - @, not starting with . or -";
+
 /// Streams a peer may have open at once on one connection.
 pub const MAX_CONCURRENT_STREAMS: u32 = 1024;
 /// Interval of QUIC keep-alive pings, so that an idle connection stays up and a dead peer is
@@ -416,14 +420,9 @@ impl PeerIdentity {
     /// An operator's identity.
     ///
     /// # Errors
-    /// [`TlsError::BadIdentity`] if the name is not 1 to [`MAX_NAME_LEN`] characters of
-    /// `A-Z a-z 0-9 . _ - @`.
+    /// [`TlsError::BadIdentity`] if the name breaks [`NAME_RULE`].
     pub fn operator(name: &str) -> Result<Self, TlsError> {
-        check_name(name, name)?;
-        Ok(Self {
-            role: Role::Operator,
-            name: name.to_owned(),
-        })
+        Self::parse("operator", name)
     }
 
     /// An application client's identity.
@@ -431,11 +430,20 @@ impl PeerIdentity {
     /// # Errors
     /// As [`PeerIdentity::operator`].
     pub fn client(name: &str) -> Result<Self, TlsError> {
-        check_name(name, name)?;
-        Ok(Self {
-            role: Role::Client,
-            name: name.to_owned(),
-        })
+        Self::parse("client", name)
+    }
+
+    /// The identity of a role word (`node`, `operator`, `client`) and a name: the one rule
+    /// for identities, which the peer check ([`PeerIdentity::from_uri`]) and the issuer of
+    /// certificates (`cloudkey pki`) both apply, so that a certificate is issued exactly for
+    /// the identities a peer accepts. A node id is a canonical decimal `u64` (no sign, no
+    /// leading zero); a name follows [`NAME_RULE`].
+    ///
+    /// # Errors
+    /// [`TlsError::BadIdentity`] (naming the URI the identity would have) for an unknown role,
+    /// a node id that is not canonical, or a name that breaks [`NAME_RULE`].
+    pub fn parse(role: &str, name: &str) -> Result<Self, TlsError> {
+        Self::parse_parts(&format!("{URI_PREFIX}{role}/{name}"), role, name)
     }
 
     /// The URI subject alternative name that carries this identity, e.g. `cloudkey://node/3`.
@@ -454,16 +462,19 @@ impl PeerIdentity {
     /// [`TlsError::BadIdentity`] for an unknown role, a node id that is not a canonical decimal
     /// `u64`, or a bad name.
     pub fn from_uri(uri: &str) -> Result<Self, TlsError> {
-        let bad = |reason| TlsError::BadIdentity {
-            uri: uri.chars().take(200).collect(),
-            reason,
-        };
+        let bad = |reason| bad_identity(uri, reason);
         let rest = uri
             .strip_prefix(URI_PREFIX)
             .ok_or_else(|| bad("not a cloudkey:// URI"))?;
         let (role, name) = rest
             .split_once('/')
             .ok_or_else(|| bad("expected cloudkey://<role>/<name>"))?;
+        Self::parse_parts(uri, role, name)
+    }
+
+    /// [`PeerIdentity::parse`], with `uri` for the error.
+    fn parse_parts(uri: &str, role: &str, name: &str) -> Result<Self, TlsError> {
+        let bad = |reason| bad_identity(uri, reason);
         match role {
             "node" => {
                 let canonical = !name.is_empty()
@@ -471,27 +482,24 @@ impl PeerIdentity {
                     && name.bytes().all(|b| b.is_ascii_digit())
                     && (name == "0" || !name.starts_with('0'));
                 if !canonical {
-                    return Err(bad("the node id must be a decimal number"));
+                    return Err(bad(
+                        "the node id must be a decimal number (no sign, no leading zero)",
+                    ));
                 }
                 let id = name
                     .parse::<u64>()
                     .map_err(|_| bad("the node id must fit in 64 bits"))?;
                 Ok(Self::node(id))
             }
-            "operator" => {
-                check_name(uri, name)?;
-                Ok(Self {
-                    role: Role::Operator,
-                    name: name.to_owned(),
-                })
-            }
-            "client" => {
-                check_name(uri, name)?;
-                Ok(Self {
-                    role: Role::Client,
-                    name: name.to_owned(),
-                })
-            }
+            "operator" | "client" if !valid_name(name) => Err(bad(NAME_RULE)),
+            "operator" => Ok(Self {
+                role: Role::Operator,
+                name: name.to_owned(),
+            }),
+            "client" => Ok(Self {
+                role: Role::Client,
+                name: name.to_owned(),
+            }),
             _ => Err(bad("unknown role (expected node, operator or client)")),
         }
     }
@@ -507,20 +515,25 @@ impl fmt::Display for PeerIdentity {
     }
 }
 
-fn check_name(uri: &str, name: &str) -> Result<(), TlsError> {
-    let ok = !name.is_empty()
+fn bad_identity(uri: &str, reason: &'static str) -> TlsError {
+    TlsError::BadIdentity {
+        uri: uri.chars().take(200).collect(),
+        reason,
+    }
+}
+
+/// True for a usable operator or client name ([`NAME_RULE`]): 1 to [`MAX_NAME_LEN`]
+/// characters of `A-Z a-z 0-9 . _ - @`, not starting with `.` or `-`. Names become URIs, file
+/// names (`client-<name>.pem`) and command-line arguments: a leading `-` reads as an option, a
+/// leading `.` as a hidden or relative path.
+#[must_use]
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
         && name.len() <= MAX_NAME_LEN
+        && !name.starts_with(['.', '-'])
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
-    if ok {
-        Ok(())
-    } else {
-        Err(TlsError::BadIdentity {
-            uri: uri.chars().take(200).collect(),
-            reason: "the name must be 1 to 128 characters of A-Z a-z 0-9 . _ - @",
-        })
-    }
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'))
 }
 
 /// The identity in a DER certificate: its one `cloudkey://` URI subject alternative name
@@ -612,6 +625,8 @@ mod tests {
             "cloudkey://operator/a b",
             "cloudkey://operator/a/b",
             "cloudkey://client/\u{e9}",
+            "cloudkey://client/.hidden",
+            "cloudkey://operator/-option",
             "cloudkey://admin/root",
             "cloudkey://node",
             "https://node/1",
@@ -623,6 +638,49 @@ mod tests {
         let max = format!("cloudkey://client/{}", "a".repeat(MAX_NAME_LEN));
         assert!(PeerIdentity::from_uri(&max).is_ok());
         assert!(PeerIdentity::operator("").is_err());
+    }
+
+    #[test]
+    fn names_follow_one_rule() {
+        for name in [
+            "a",
+            "A.b_c-d@e",
+            "0",
+            "@bank",
+            "x.",
+            "x-",
+            &"a".repeat(MAX_NAME_LEN),
+        ] {
+            assert!(valid_name(name), "{name}");
+            assert!(PeerIdentity::client(name).is_ok(), "{name}");
+            assert!(PeerIdentity::parse("operator", name).is_ok(), "{name}");
+        }
+        for name in [
+            "",
+            ".x",
+            "-x",
+            "..",
+            "a b",
+            "a/b",
+            "\u{e9}",
+            &"a".repeat(MAX_NAME_LEN + 1),
+        ] {
+            assert!(!valid_name(name), "{name}");
+            assert!(PeerIdentity::parse("client", name).is_err(), "{name}");
+        }
+        assert_eq!(
+            PeerIdentity::parse("node", "7").unwrap(),
+            PeerIdentity::node(7)
+        );
+        for id in ["", "01", "+1", "-1", "1 ", "18446744073709551616"] {
+            assert!(PeerIdentity::parse("node", id).is_err(), "{id}");
+        }
+        assert!(PeerIdentity::parse("admin", "root").is_err());
+        let e = PeerIdentity::parse("client", ".x").unwrap_err().to_string();
+        assert!(
+            e.contains("cloudkey://client/.x") && e.contains(NAME_RULE),
+            "{e}"
+        );
     }
 
     #[test]

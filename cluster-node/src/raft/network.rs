@@ -6,16 +6,19 @@
 //! (`cloudkey://node/<id>`): the client checks the server's, and [`serve_peer`] closes any
 //! connection whose client certificate is not a node's.
 //!
-//! [`PeerNetwork`] keeps one connection per peer address. A connection is cloned out of the pool
-//! (the lock is never held across an `await`), and re-dialled only when it has failed.
+//! [`PeerNetwork`] keeps one connection per peer address in the client's pool
+//! ([`NodeSlot`], the same locking rules): a connection is cloned out of the pool (no lock is
+//! held across an `await`), re-dialled only when it has failed, and dialled by one call at a
+//! time, so that the RPCs openraft sends to a dead peer at once make one dial, and all of them
+//! hear when it fails.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cloudkey_chip::pool::ChipPool;
 use cloudkey_chip::wire::Request as ChipRequest;
+use cloudkey_protocol::client::{Dialer, NodeConnection, NodeSlot};
 use cloudkey_protocol::frame::{self, reset, FrameError, MAX_FRAME};
 use cloudkey_protocol::tls::{self, Role, TlsMaterial};
 use cloudkey_protocol::{WireError, ALPN_RAFT};
@@ -31,6 +34,7 @@ use openraft::raft::{
 use openraft::{AnyError, BasicNode, RPCTypes};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::{RaftNode, TypeConfig};
@@ -39,6 +43,8 @@ use crate::state::CommandResult;
 
 /// Connections kept in the pool at most (peers are few; this bounds misuse).
 const MAX_POOLED: usize = 64;
+/// The handshake's own bound; each RPC's deadline bounds it further.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Streams one peer connection may have in service at once; more are refused as overloaded.
 const MAX_STREAMS_PER_PEER: usize = 256;
 /// QUIC application close code for a connection from a certificate that is not a node's.
@@ -235,17 +241,10 @@ impl std::fmt::Display for CallError {
 
 impl std::error::Error for CallError {}
 
-/// A pooled connection and the node its certificate names.
-#[derive(Clone)]
-struct Pooled {
-    conn: quinn::Connection,
-    node: u64,
-}
-
 struct NetInner {
-    endpoint: quinn::Endpoint,
-    client: quinn::ClientConfig,
-    pool: Mutex<HashMap<String, Pooled>>,
+    dialer: Dialer,
+    /// One slot per peer address; the lock is held only to find or add a slot.
+    pool: Mutex<HashMap<String, Arc<NodeSlot>>>,
 }
 
 /// The client side of node-to-node traffic; openraft's [`RaftNetworkFactory`]. Cheap to clone.
@@ -277,8 +276,12 @@ impl PeerNetwork {
             .map_err(|e| NodeError::Config(format!("peer TLS: {e}")))?;
         Ok(PeerNetwork {
             inner: Arc::new(NetInner {
-                endpoint,
-                client,
+                dialer: Dialer {
+                    endpoint,
+                    config: Some(client),
+                    connect_timeout: CONNECT_TIMEOUT,
+                    refuse_code: CLOSE_FORBIDDEN,
+                },
                 pool: Mutex::new(HashMap::new()),
             }),
             local: 0,
@@ -310,12 +313,12 @@ impl PeerNetwork {
 
     /// Closes every pooled connection.
     pub(crate) fn close_all(&self) {
-        let drained: Vec<Pooled> = match self.inner.pool.lock() {
-            Ok(mut p) => p.drain().map(|(_, c)| c).collect(),
+        let drained: Vec<Arc<NodeSlot>> = match self.inner.pool.lock() {
+            Ok(mut p) => p.drain().map(|(_, s)| s).collect(),
             Err(_) => Vec::new(),
         };
-        for p in drained {
-            p.conn.close(0u32.into(), b"shutdown");
+        for slot in drained {
+            slot.close(b"shutdown");
         }
     }
 
@@ -341,49 +344,55 @@ impl PeerNetwork {
             Err(FrameError::TooLarge(_)) => return Err(CallError::TooLarge),
             Err(e) => return Err(CallError::Failed(e.to_string())),
         };
-        match tokio::time::timeout(timeout, self.exchange(addr, expect, &bytes)).await {
+        let until = Instant::now() + timeout;
+        // The stream is opened under the deadline by the pool itself, so that a dial that
+        // runs out of time is recorded as failed for the calls waiting on it.
+        let (mut send, mut recv) = self.open_stream(addr, expect, until, timeout).await?;
+        let exchange = async {
+            send.write_all(&bytes)
+                .await
+                .map_err(|e| CallError::Failed(format!("send: {e}")))?;
+            // The peer may already have answered and stopped reading: finishing then fails,
+            // harmlessly.
+            let _ = send.finish();
+            frame::read_frame::<PeerResponse>(&mut recv, MAX_FRAME)
+                .await
+                .map_err(|e| CallError::Failed(format!("answer: {e}")))
+        };
+        match tokio::time::timeout_at(until, exchange).await {
             Ok(res) => res,
             Err(_) => Err(CallError::Timeout(timeout)),
         }
     }
 
-    async fn exchange(
-        &self,
-        addr: &str,
-        expect: Option<u64>,
-        bytes: &[u8],
-    ) -> std::result::Result<PeerResponse, CallError> {
-        let (mut send, mut recv) = self.open_stream(addr, expect).await?;
-        send.write_all(bytes)
-            .await
-            .map_err(|e| CallError::Failed(format!("send: {e}")))?;
-        // The peer may already have answered and stopped reading: finishing then fails, harmlessly.
-        let _ = send.finish();
-        frame::read_frame::<PeerResponse>(&mut recv, MAX_FRAME)
-            .await
-            .map_err(|e| CallError::Failed(format!("answer: {e}")))
-    }
-
-    /// A new stream to `addr`, re-dialling once if the pooled connection has failed.
+    /// A new stream to `addr` by `until`, re-dialling once if the pooled connection has failed.
     async fn open_stream(
         &self,
         addr: &str,
         expect: Option<u64>,
+        until: Instant,
+        timeout: Duration,
     ) -> std::result::Result<(quinn::SendStream, quinn::RecvStream), CallError> {
+        let slot = self.slot(addr);
         for attempt in 0..2 {
-            let pooled = self.connection(addr).await?;
+            let NodeConnection { conn, node } =
+                match slot.connection(&self.inner.dialer, until).await {
+                    Ok(c) => c,
+                    Err(_) if Instant::now() >= until => return Err(CallError::Timeout(timeout)),
+                    Err(e) => return Err(CallError::Unreachable(e)),
+                };
             if let Some(id) = expect {
-                if pooled.node != id {
+                if node != id {
                     return Err(CallError::Unreachable(format!(
-                        "{addr} is node {}, not node {id}",
-                        pooled.node
+                        "{addr} is node {node}, not node {id}"
                     )));
                 }
             }
-            match pooled.conn.open_bi().await {
-                Ok(streams) => return Ok(streams),
-                Err(e) => {
-                    self.evict(addr, &pooled.conn);
+            match tokio::time::timeout_at(until, conn.open_bi()).await {
+                Err(_) => return Err(CallError::Timeout(timeout)),
+                Ok(Ok(streams)) => return Ok(streams),
+                Ok(Err(e)) => {
+                    slot.forget(&conn);
                     if attempt == 1 {
                         return Err(CallError::Unreachable(format!("open stream: {e}")));
                     }
@@ -393,75 +402,24 @@ impl PeerNetwork {
         Err(CallError::Unreachable("no stream".into()))
     }
 
-    fn evict(&self, addr: &str, conn: &quinn::Connection) {
-        if let Ok(mut pool) = self.inner.pool.lock() {
-            if pool
-                .get(addr)
-                .is_some_and(|p| p.conn.stable_id() == conn.stable_id())
-            {
-                pool.remove(addr);
-            }
-        }
-    }
-
-    /// The pooled connection to `addr`, dialled if there is none or it has closed.
-    async fn connection(&self, addr: &str) -> std::result::Result<Pooled, CallError> {
-        let existing = self
-            .inner
-            .pool
-            .lock()
-            .ok()
-            .and_then(|p| p.get(addr).cloned());
-        if let Some(p) = existing {
-            if p.conn.close_reason().is_none() {
-                return Ok(p);
-            }
-            self.evict(addr, &p.conn);
-        }
-        let pooled = self.dial(addr).await?;
-        if let Ok(mut pool) = self.inner.pool.lock() {
-            if pool.len() >= MAX_POOLED {
-                pool.retain(|_, p| p.conn.close_reason().is_none());
-            }
-            if pool.len() < MAX_POOLED || pool.contains_key(addr) {
-                pool.insert(addr.to_string(), pooled.clone());
-            }
-        }
-        Ok(pooled)
-    }
-
-    async fn dial(&self, addr: &str) -> std::result::Result<Pooled, CallError> {
-        let sock: SocketAddr = match addr.parse() {
-            Ok(s) => s,
-            Err(_) => tokio::net::lookup_host(addr)
-                .await
-                .map_err(|e| CallError::Unreachable(format!("resolve {addr}: {e}")))?
-                .next()
-                .ok_or_else(|| CallError::Unreachable(format!("{addr} resolves to nothing")))?,
+    /// The pool's slot for `addr`, added if there is none. When the pool is full of slots in
+    /// use, the slot is a fresh one that is not pooled.
+    fn slot(&self, addr: &str) -> Arc<NodeSlot> {
+        let Ok(mut pool) = self.inner.pool.lock() else {
+            return Arc::new(NodeSlot::new(addr));
         };
-        let connecting = self
-            .inner
-            .endpoint
-            .connect_with(self.inner.client.clone(), sock, tls::SERVER_NAME)
-            .map_err(|e| CallError::Unreachable(format!("connect {addr}: {e}")))?;
-        let conn = connecting
-            .await
-            .map_err(|e| CallError::Unreachable(format!("connect {addr}: {e}")))?;
-        match tls::peer_identity(&conn) {
-            Ok(id) => match id.role {
-                Role::Node(node) => Ok(Pooled { conn, node }),
-                _ => {
-                    conn.close(CLOSE_FORBIDDEN.into(), b"not a node");
-                    Err(CallError::Unreachable(format!(
-                        "{addr} is {id}, not a node"
-                    )))
-                }
-            },
-            Err(e) => {
-                conn.close(CLOSE_FORBIDDEN.into(), b"no node identity");
-                Err(CallError::Unreachable(format!("{addr}: {e}")))
-            }
+        if let Some(s) = pool.get(addr) {
+            return s.clone();
         }
+        if pool.len() >= MAX_POOLED {
+            // Keep the slots that are connected or that a call holds (it may be dialling).
+            pool.retain(|_, s| s.is_connected() || Arc::strong_count(s) > 1);
+        }
+        let slot = Arc::new(NodeSlot::new(addr));
+        if pool.len() < MAX_POOLED {
+            pool.insert(addr.to_owned(), slot.clone());
+        }
+        slot
     }
 }
 
@@ -780,5 +738,91 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
                 Err(_) => PeerResponse::Error(PeerError::Timeout("domain export".into())),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+    use std::net::SocketAddr;
+    use std::sync::Mutex as StdMutex;
+
+    use cloudkey_protocol::tls::{TlsFiles, TlsMaterial};
+
+    use super::*;
+    use crate::pki;
+
+    /// A peer that never answers: a UDP socket that records the destination connection id of
+    /// every QUIC Initial packet it receives. Retransmissions of one handshake keep their
+    /// connection id, so the number of distinct ids is the number of dials.
+    struct BlackHole {
+        addr: SocketAddr,
+        dials: Arc<StdMutex<HashSet<Vec<u8>>>>,
+    }
+
+    impl BlackHole {
+        fn start() -> Self {
+            let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let addr = sock.local_addr().unwrap();
+            let dials = Arc::new(StdMutex::new(HashSet::new()));
+            let seen = dials.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while let Ok(n) = sock.recv(&mut buf) {
+                    // Long header, fixed bit, type Initial (QUIC v1): byte 0 is 0b1100_xxxx;
+                    // then the version (4 bytes), the DCID length and the DCID.
+                    if n > 6 && buf[0] & 0xf0 == 0xc0 {
+                        let len = usize::from(buf[5]);
+                        if let Some(dcid) = buf.get(6..6 + len) {
+                            seen.lock().unwrap().insert(dcid.to_vec());
+                        }
+                    }
+                }
+            });
+            Self { addr, dials }
+        }
+
+        fn dials(&self) -> usize {
+            self.dials.lock().unwrap().len()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_rpcs_to_a_dead_peer_dial_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = pki::init_pki(dir.path(), 1, &[], &[]).unwrap();
+        let node = paths.node(1).unwrap();
+        let tls = TlsMaterial::load(&TlsFiles {
+            ca: paths.ca.clone(),
+            cert: node.cert.clone(),
+            key: node.key.clone(),
+        })
+        .unwrap();
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let net = PeerNetwork::new(endpoint, &tls).unwrap().for_node(1);
+        let dead = BlackHole::start();
+        let addr = dead.addr.to_string();
+
+        // Every call starts well within the others' deadline (1.5 s, generous for a loaded
+        // machine), so none may find the failed dial behind it and dial again.
+        let calls = (0..16).map(|_| {
+            let net = net.clone();
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                net.call_inner(
+                    &addr,
+                    PeerRequest::RemoveNode { id: 2 },
+                    Duration::from_millis(1500),
+                )
+                .await
+            })
+        });
+        for call in futures::future::join_all(calls).await {
+            assert!(call.unwrap().is_err(), "nobody answers");
+        }
+        // Give a late Initial packet time to arrive before counting.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(dead.dials(), 1, "16 concurrent calls, one dial");
+        net.close_all();
     }
 }

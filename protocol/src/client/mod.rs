@@ -48,6 +48,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 use zeroize::Zeroizing;
 
+pub use self::pool::{Dialer, NodeConnection, NodeSlot};
 pub use self::settings::{
     ClientSettings, DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_DEADLINE_MS, MAX_CONFIGURED_ENDPOINTS,
     MAX_TIMEOUT_MS,

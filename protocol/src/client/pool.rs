@@ -1,5 +1,6 @@
-//! The connection pool: one long-lived QUIC connection per node endpoint, dialled lazily and
-//! re-dialled after a failure.
+//! The connection pool: one long-lived QUIC connection per node, dialled lazily and re-dialled
+//! after a failure. The client keeps one [`NodeSlot`] per endpoint ([`Pool`]); a node keeps one
+//! per peer for its Raft traffic (`cloudkey-node`'s `raft::network`), over the same rules.
 //!
 //! Locking rules (see the crate's style guide):
 //! * a slot's `std::sync::Mutex` is held only to clone, store or drop a `Connection`, never
@@ -24,25 +25,51 @@ pub(crate) const MAX_ENDPOINTS: usize = 64;
 /// No index (an `AtomicUsize` sentinel).
 pub(crate) const NONE: usize = usize::MAX;
 
-/// One node endpoint and its pooled connection.
-pub(crate) struct Slot {
-    /// The node's address.
-    pub(crate) addr: SocketAddr,
+/// How a slot dials: the endpoint, the client configuration (and so the ALPN) to offer, and
+/// the QUIC close code for a server whose certificate is not a node's.
+#[derive(Clone, Debug)]
+pub struct Dialer {
+    /// The local endpoint the connections leave from.
+    pub endpoint: quinn::Endpoint,
+    /// The configuration to offer; `None` for the endpoint's default.
+    pub config: Option<quinn::ClientConfig>,
+    /// The handshake's own bound (the caller's deadline bounds it too).
+    pub connect_timeout: Duration,
+    /// The application close code sent to a server that is not a node.
+    pub refuse_code: u32,
+}
+
+/// A pooled connection and the node id its certificate names.
+#[derive(Clone, Debug)]
+pub struct NodeConnection {
+    /// The connection; clone it out, then open streams on the clone.
+    pub conn: quinn::Connection,
+    /// The node id of the peer's certificate (`cloudkey://node/<id>`).
+    pub node: u64,
+}
+
+/// One node and its pooled connection, with single-flight dialling (the module's rules).
+#[derive(Debug)]
+pub struct NodeSlot {
+    /// The node's address: an IP socket address, or `host:port`, resolved at each dial.
+    target: String,
     state: Mutex<SlotState>,
     dialing: tokio::sync::Mutex<()>,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct SlotState {
-    conn: Option<quinn::Connection>,
+    conn: Option<NodeConnection>,
     /// When the last dial failed, and why.
     last_failure: Option<(Instant, String)>,
 }
 
-impl Slot {
-    fn new(addr: SocketAddr) -> Self {
+impl NodeSlot {
+    /// A slot for the node at `target` (`ip:port` or `host:port`), not dialled yet.
+    #[must_use]
+    pub fn new(target: impl Into<String>) -> Self {
         Self {
-            addr,
+            target: target.into(),
             state: Mutex::new(SlotState::default()),
             dialing: tokio::sync::Mutex::new(()),
         }
@@ -55,10 +82,10 @@ impl Slot {
     }
 
     /// The pooled connection if it is still open.
-    fn cached(&self) -> Option<quinn::Connection> {
+    fn cached(&self) -> Option<NodeConnection> {
         let mut st = self.state();
         match &st.conn {
-            Some(c) if c.close_reason().is_none() => Some(c.clone()),
+            Some(c) if c.conn.close_reason().is_none() => Some(c.clone()),
             Some(_) => {
                 st.conn = None;
                 None
@@ -67,33 +94,42 @@ impl Slot {
         }
     }
 
+    /// True while the slot holds an open connection.
+    #[must_use]
+    pub fn is_connected(&self) -> bool {
+        self.cached().is_some()
+    }
+
     /// Drops `conn` from the pool (if it is still the pooled one) so the next call re-dials.
-    pub(crate) fn forget(&self, conn: &quinn::Connection) {
+    pub fn forget(&self, conn: &quinn::Connection) {
         let mut st = self.state();
         if st
             .conn
             .as_ref()
-            .is_some_and(|c| c.stable_id() == conn.stable_id())
+            .is_some_and(|c| c.conn.stable_id() == conn.stable_id())
         {
             st.conn = None;
         }
     }
 
-    /// Closes and drops the pooled connection.
-    pub(crate) fn close(&self) {
+    /// Closes and drops the pooled connection, telling the peer `reason`.
+    pub fn close(&self, reason: &[u8]) {
         if let Some(c) = self.state().conn.take() {
-            c.close(quinn::VarInt::from_u32(0), b"client closed");
+            c.conn.close(quinn::VarInt::from_u32(0), reason);
         }
     }
 
     /// The pooled connection, dialling it if needed. Bounded by `deadline` and, for the
-    /// handshake itself, by `connect_timeout`.
-    pub(crate) async fn connection(
+    /// handshake itself, by the dialer's connect timeout.
+    ///
+    /// # Errors
+    /// Why there is no connection: the deadline passed while another call was dialling, or
+    /// this dial (or one that failed while this call waited) failed.
+    pub async fn connection(
         &self,
-        endpoint: &quinn::Endpoint,
-        connect_timeout: Duration,
+        dialer: &Dialer,
         deadline: Instant,
-    ) -> Result<quinn::Connection, String> {
+    ) -> Result<NodeConnection, String> {
         if let Some(c) = self.cached() {
             return Ok(c);
         }
@@ -105,7 +141,7 @@ impl Slot {
             };
             return Err(format!(
                 "deadline expired while waiting for a connection to {}{last}",
-                self.addr
+                self.target
             ));
         };
         if let Some(c) = self.cached() {
@@ -117,13 +153,15 @@ impl Slot {
                 return Err(why.clone());
             }
         }
-        let timeout = connect_timeout.min(deadline.saturating_duration_since(Instant::now()));
-        match dial(endpoint, self.addr, timeout).await {
+        let timeout = dialer
+            .connect_timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        match dial(dialer, &self.target, timeout).await {
             Ok(conn) => {
                 let mut st = self.state();
                 st.conn = Some(conn.clone());
                 st.last_failure = None;
-                tracing::debug!(node = %self.addr, "connected");
+                tracing::debug!(node = %self.target, "connected");
                 Ok(conn)
             }
             Err(why) => {
@@ -134,36 +172,106 @@ impl Slot {
     }
 }
 
-/// Dials `addr`, verifies that the peer is a node (its certificate was verified against the CA
-/// and [`SERVER_NAME`] by rustls; its identity must also have the node role).
-async fn dial(
-    endpoint: &quinn::Endpoint,
-    addr: SocketAddr,
-    timeout: Duration,
-) -> Result<quinn::Connection, String> {
-    let connecting = endpoint
-        .connect(addr, SERVER_NAME)
-        .map_err(|e| format!("cannot dial {addr}: {e}"))?;
-    let conn = match tokio::time::timeout(timeout, connecting).await {
+/// Dials `target` (resolving a host name first), verifies that the peer is a node (its
+/// certificate was verified against the CA and [`SERVER_NAME`] by rustls; its identity must
+/// also have the node role). Resolution and handshake are bounded by `timeout`.
+async fn dial(dialer: &Dialer, target: &str, timeout: Duration) -> Result<NodeConnection, String> {
+    let handshake = async {
+        let addr = resolve(target).await?;
+        let connecting = match &dialer.config {
+            Some(config) => dialer
+                .endpoint
+                .connect_with(config.clone(), addr, SERVER_NAME),
+            None => dialer.endpoint.connect(addr, SERVER_NAME),
+        }
+        .map_err(|e| format!("cannot dial {target}: {e}"))?;
+        connecting
+            .await
+            .map_err(|e| format!("handshake with {target} failed: {e}"))
+    };
+    let conn = match tokio::time::timeout(timeout, handshake).await {
         Err(_) => {
             return Err(format!(
-                "no handshake with {addr} within {} ms",
+                "no handshake with {target} within {} ms",
                 timeout.as_millis()
             ))
         }
-        Ok(Err(e)) => return Err(format!("handshake with {addr} failed: {e}")),
-        Ok(Ok(conn)) => conn,
+        Ok(result) => result?,
     };
+    let refuse = quinn::VarInt::from_u32(dialer.refuse_code);
     match tls::peer_identity(&conn) {
-        Ok(id) if matches!(id.role, Role::Node(_)) => Ok(conn),
-        Ok(id) => {
-            conn.close(quinn::VarInt::from_u32(0), b"not a node");
-            Err(format!("{addr} is not a node: its certificate is {id}'s"))
-        }
+        Ok(id) => match id.role {
+            Role::Node(node) => Ok(NodeConnection { conn, node }),
+            _ => {
+                conn.close(refuse, b"not a node");
+                Err(format!("{target} is not a node: its certificate is {id}'s"))
+            }
+        },
         Err(e) => {
-            conn.close(quinn::VarInt::from_u32(0), b"no identity");
-            Err(format!("{addr} has no usable identity: {e}"))
+            conn.close(refuse, b"no identity");
+            Err(format!("{target} has no usable identity: {e}"))
         }
+    }
+}
+
+/// The socket address of `target`: parsed, or else looked up.
+async fn resolve(target: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = target.parse() {
+        return Ok(addr);
+    }
+    tokio::net::lookup_host(target)
+        .await
+        .map_err(|e| format!("resolve {target}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{target} resolves to nothing"))
+}
+
+/// One client endpoint: its address and its pooled connection.
+pub(crate) struct Slot {
+    /// The node's address.
+    pub(crate) addr: SocketAddr,
+    node: NodeSlot,
+}
+
+impl Slot {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            node: NodeSlot::new(addr.to_string()),
+        }
+    }
+
+    /// Drops `conn` from the pool (if it is still the pooled one) so the next call re-dials.
+    pub(crate) fn forget(&self, conn: &quinn::Connection) {
+        self.node.forget(conn);
+    }
+
+    /// Closes and drops the pooled connection.
+    pub(crate) fn close(&self) {
+        self.node.close(b"client closed");
+    }
+
+    /// The pooled connection, dialling it if needed. Bounded by `deadline` and, for the
+    /// handshake itself, by `connect_timeout`.
+    pub(crate) async fn connection(
+        &self,
+        endpoint: &quinn::Endpoint,
+        connect_timeout: Duration,
+        deadline: Instant,
+    ) -> Result<quinn::Connection, String> {
+        if let Some(c) = self.node.cached() {
+            return Ok(c.conn);
+        }
+        let dialer = Dialer {
+            endpoint: endpoint.clone(),
+            config: None,
+            connect_timeout,
+            refuse_code: 0,
+        };
+        self.node
+            .connection(&dialer, deadline)
+            .await
+            .map(|c| c.conn)
     }
 }
 

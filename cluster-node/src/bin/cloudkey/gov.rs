@@ -275,12 +275,25 @@ async fn list_approvals(client: &Client, all: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The officer's credentials and the pending request `id`, shown in full to the officer
+/// who `decides` (`approves`, `rejects`) on it.
+async fn before_deciding(
+    client: &Client,
+    id: u64,
+    officer: &str,
+    decides: &str,
+    decided: &str,
+) -> anyhow::Result<(OfficerAuth, ApprovalInfo)> {
+    let auth = officer_auth(officer)?;
+    let a = find_pending(client, id, decided).await?;
+    println!("{officer} {decides}:");
+    print!("{}", describe_approval(&a, now_ms()));
+    Ok((auth, a))
+}
+
 /// Shows the pending request `id`, then approves exactly its parameters.
 async fn approve(client: &Client, id: u64, officer: &str) -> anyhow::Result<()> {
-    let auth = officer_auth(officer)?;
-    let a = find_pending(client, id, "approved").await?;
-    println!("{officer} approves:");
-    print!("{}", describe_approval(&a, now_ms()));
+    let (auth, a) = before_deciding(client, id, officer, "approves", "approved").await?;
     let req = Request::Approve {
         officer: auth,
         id,
@@ -300,10 +313,7 @@ async fn approve(client: &Client, id: u64, officer: &str) -> anyhow::Result<()> 
 }
 
 async fn reject(client: &Client, id: u64, officer: &str) -> anyhow::Result<()> {
-    let auth = officer_auth(officer)?;
-    let a = find_pending(client, id, "rejected").await?;
-    println!("{officer} rejects:");
-    print!("{}", describe_approval(&a, now_ms()));
+    let (auth, _) = before_deciding(client, id, officer, "rejects", "rejected").await?;
     match call(client, Request::Reject { officer: auth, id }).await? {
         Response::Approval(a) => println!("request {} is {}", a.id, a.status),
         r => return Err(unexpected("reject", &r)),
