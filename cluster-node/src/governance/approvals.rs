@@ -5,7 +5,7 @@ use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    no, officer_requester, GovRefusal, GovResult, Governance, Outcome, KEEP_CLOSED_APPROVALS,
+    officer_requester, refuse, GovResult, Governance, Outcome, Refusal, KEEP_CLOSED_APPROVALS,
     MAX_OPEN_APPROVALS,
 };
 
@@ -119,22 +119,22 @@ impl Governance {
         requester: &str,
         params_hash: &[u8; 32],
         now_ms: u64,
-    ) -> Result<(), GovRefusal> {
+    ) -> Result<(), Refusal> {
         let Some(a) = self.approvals.get(&id) else {
-            return no(
+            return refuse(
                 ErrorCode::ApprovalRequired,
                 format!("no approval request {id}"),
             );
         };
         if a.requester != requester || a.params_hash != *params_hash {
-            return no(
+            return refuse(
                 ErrorCode::ApprovalRequired,
                 format!("approval request {id} authorises another requester or other parameters"),
             );
         }
         match a.status_at(now_ms) {
             ApprovalStatus::Approved => Ok(()),
-            s => no(
+            s => refuse(
                 ErrorCode::ApprovalRequired,
                 format!("approval request {id} is {s}"),
             ),
@@ -177,7 +177,7 @@ impl Governance {
         }
         self.prune(now_ms);
         if self.approvals.values().filter(|a| a.is_open()).count() >= MAX_OPEN_APPROVALS {
-            return no(ErrorCode::Busy, "too many open approval requests");
+            return refuse(ErrorCode::Busy, "too many open approval requests");
         }
         self.next_approval = self.next_approval.max(1);
         let id = self.next_approval;
@@ -222,20 +222,20 @@ impl Governance {
     ) -> Outcome {
         let a = self.open_request(id, now_ms)?;
         if a.params_hash != *params_hash {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 format!("request {id} has other parameters than the ones approved"),
             );
         }
         Self::check_approver(a, officer, identity)?;
         if a.status == Stored::Approved {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 format!("request {id} is already approved"),
             );
         }
         let Some(a) = self.approvals.get_mut(&id) else {
-            return no(
+            return refuse(
                 ErrorCode::GeneralError,
                 format!("approval request {id} vanished"),
             );
@@ -267,7 +267,7 @@ impl Governance {
         let a = self.open_request(id, now_ms)?;
         Self::check_approver(a, officer, identity)?;
         let Some(a) = self.approvals.get_mut(&id) else {
-            return no(
+            return refuse(
                 ErrorCode::GeneralError,
                 format!("approval request {id} vanished"),
             );
@@ -298,13 +298,13 @@ impl Governance {
     }
 
     /// An unexpired request that can still be approved or rejected.
-    pub(super) fn open_request(&self, id: u64, now_ms: u64) -> Result<&Approval, GovRefusal> {
+    pub(super) fn open_request(&self, id: u64, now_ms: u64) -> Result<&Approval, Refusal> {
         let Some(a) = self.approvals.get(&id) else {
-            return no(ErrorCode::ArgumentsBad, format!("no approval request {id}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no approval request {id}"));
         };
         match a.status_at(now_ms) {
             ApprovalStatus::Pending | ApprovalStatus::Approved => Ok(a),
-            s => no(ErrorCode::ActionProhibited, format!("request {id} is {s}")),
+            s => refuse(ErrorCode::ActionProhibited, format!("request {id} is {s}")),
         }
     }
 
@@ -312,9 +312,9 @@ impl Governance {
         a: &Approval,
         officer: &str,
         identity: &str,
-    ) -> Result<(), GovRefusal> {
+    ) -> Result<(), Refusal> {
         if a.requester == officer_requester(officer) || a.requester == identity {
-            return no(
+            return refuse(
                 ErrorCode::FunctionRejected,
                 format!(
                     "officer {officer} made request {} and cannot approve it",
@@ -323,13 +323,13 @@ impl Governance {
             );
         }
         if !a.eligible.is_empty() && !a.eligible.iter().any(|e| e == officer) {
-            return no(
+            return refuse(
                 ErrorCode::FunctionRejected,
                 format!("officer {officer} may not approve request {}", a.id),
             );
         }
         if a.approvals.iter().any(|o| o == officer) {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 format!("officer {officer} already approved request {}", a.id),
             );

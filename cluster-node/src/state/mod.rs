@@ -33,7 +33,7 @@ pub use audit::{verify_chain, AuditRecord};
 use cloudkey_protocol::msg::{ObjectId, TokenId};
 use cloudkey_protocol::ErrorCode;
 pub use cluster::ClusterInfo;
-pub use command::{Command, CommandResult};
+pub use command::{Command, CommandResult, Refusal};
 use dashmap::DashMap;
 pub use objects::{Object, ObjectRecord};
 pub use tokens::{PinHash, Token, MAX_LABEL_LEN};
@@ -107,11 +107,9 @@ impl State {
 /// The id of the first token of a cluster.
 const FIRST_TOKEN_ID: u64 = 1;
 
-/// A refusal: the command does not fit the state.
-struct Refusal(ErrorCode, String);
-
-fn refuse<T>(code: ErrorCode, detail: impl Into<String>) -> Result<T, Refusal> {
-    Err(Refusal(code, detail.into()))
+/// `Err` of a [`Refusal`] with `code` and a detail.
+pub(crate) fn refuse<T>(code: ErrorCode, detail: impl Into<String>) -> Result<T, Refusal> {
+    Err(Refusal::new(code, detail))
 }
 
 /// A change that passed validation: what to report and what to audit.
@@ -145,12 +143,10 @@ impl State {
                 }
                 result
             }
-            Err(Refusal(code, detail)) => {
-                tracing::debug!(index, kind = cmd.kind(), %code, %detail, "command refused");
-                CommandResult::Refused {
-                    code: code.into(),
-                    detail,
-                }
+            Err(refusal) => {
+                tracing::debug!(index, kind = cmd.kind(), code = %refusal.code,
+                    detail = %refusal.detail, "command refused");
+                CommandResult::Refused(refusal)
             }
         };
         self.set_applied(index);

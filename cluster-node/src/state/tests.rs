@@ -73,7 +73,7 @@ fn with_token() -> (State, TokenId) {
 
 fn refused_code(r: &CommandResult) -> ErrorCode {
     match r {
-        CommandResult::Refused { code, .. } => ErrorCode::from(*code),
+        CommandResult::Refused(refusal) => refusal.code,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -666,4 +666,59 @@ async fn wait_applied_wakes_and_times_out() {
     s.mark_applied(9);
     s.mark_applied(10);
     waiter.await.expect("join").expect("woken");
+}
+
+/// `CommandResult` travels in forwarded write answers between nodes (postcard); carrying an
+/// `ErrorCode` and a `Refusal` instead of a `u32` code must not change a byte, so nodes of
+/// either version understand each other.
+#[test]
+fn command_results_encode_as_with_u32_codes() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Before {
+        Done,
+        Token(TokenId),
+        Failures { count: u32, locked: bool },
+        Approval(u64),
+        Application(u64),
+        Failed { code: u32, detail: String },
+        Refused { code: u32, detail: String },
+    }
+    let pairs = [
+        (
+            CommandResult::Refused(Refusal::new(ErrorCode::PinLocked, "locked")),
+            Before::Refused {
+                code: ErrorCode::PinLocked.into(),
+                detail: "locked".into(),
+            },
+        ),
+        (
+            CommandResult::Failed {
+                code: ErrorCode::PinIncorrect,
+                detail: "wrong".into(),
+            },
+            Before::Failed {
+                code: ErrorCode::PinIncorrect.into(),
+                detail: "wrong".into(),
+            },
+        ),
+        (
+            CommandResult::Failures {
+                count: 2,
+                locked: false,
+            },
+            Before::Failures {
+                count: 2,
+                locked: false,
+            },
+        ),
+        (CommandResult::Token(TokenId(7)), Before::Token(TokenId(7))),
+    ];
+    for (now, before) in pairs {
+        let bytes = postcard::to_stdvec(&before).expect("encode");
+        assert_eq!(postcard::to_stdvec(&now).expect("encode"), bytes);
+        assert_eq!(
+            postcard::from_bytes::<CommandResult>(&bytes).expect("decode"),
+            now
+        );
+    }
 }
