@@ -131,9 +131,7 @@ impl NodeCtx {
     /// Raft errors, or the refusal.
     pub(crate) async fn write(&self, cmd: Command) -> Result<(CommandResult, u64)> {
         match self.svc.replicator.write(cmd).await? {
-            (CommandResult::Refused { code, detail }, _) => {
-                Err(NodeError::refuse(ErrorCode::from(code), detail))
-            }
+            (CommandResult::Refused(refusal), _) => Err(refusal.into()),
             other => Ok(other),
         }
     }

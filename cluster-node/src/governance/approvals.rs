@@ -5,7 +5,7 @@ use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    no, officer_requester, GovRefusal, GovResult, Governance, Outcome, KEEP_CLOSED_APPROVALS,
+    officer_requester, refuse, GovResult, Governance, Outcome, Refusal, KEEP_CLOSED_APPROVALS,
     MAX_OPEN_APPROVALS,
 };
 
@@ -91,6 +91,17 @@ impl Approval {
     }
 }
 
+/// What a new approval request is for: everything but its id, its times and its progress.
+pub(super) struct NewRequest<'a> {
+    pub(super) requester: String,
+    pub(super) op: GuardedOp,
+    pub(super) scope: PolicyScope,
+    pub(super) description: String,
+    pub(super) params_hash: [u8; 32],
+    pub(super) quorum: u32,
+    pub(super) eligible: &'a [String],
+}
+
 impl Governance {
     #[must_use]
     pub fn approved_for(
@@ -119,22 +130,22 @@ impl Governance {
         requester: &str,
         params_hash: &[u8; 32],
         now_ms: u64,
-    ) -> Result<(), GovRefusal> {
+    ) -> Result<(), Refusal> {
         let Some(a) = self.approvals.get(&id) else {
-            return no(
+            return refuse(
                 ErrorCode::ApprovalRequired,
                 format!("no approval request {id}"),
             );
         };
         if a.requester != requester || a.params_hash != *params_hash {
-            return no(
+            return refuse(
                 ErrorCode::ApprovalRequired,
                 format!("approval request {id} authorises another requester or other parameters"),
             );
         }
         match a.status_at(now_ms) {
             ApprovalStatus::Approved => Ok(()),
-            s => no(
+            s => refuse(
                 ErrorCode::ApprovalRequired,
                 format!("approval request {id} is {s}"),
             ),
@@ -146,6 +157,33 @@ impl Governance {
         if let Some(a) = self.approvals.get_mut(&id) {
             a.status = Stored::Consumed(index);
         }
+    }
+
+    /// Opens a pending request with the next id, made at `now_ms` and open for `ttl_ms`;
+    /// returns its id.
+    pub(super) fn open_pending(&mut self, r: NewRequest<'_>, now_ms: u64, ttl_ms: u64) -> u64 {
+        self.next_approval = self.next_approval.max(1);
+        let id = self.next_approval;
+        self.next_approval += 1;
+        self.approvals.insert(
+            id,
+            Approval {
+                id,
+                requester: r.requester,
+                op: r.op,
+                scope: r.scope,
+                description: r.description,
+                params_hash: r.params_hash,
+                created_ms: now_ms,
+                expires_ms: now_ms.saturating_add(ttl_ms),
+                quorum: r.quorum.max(1),
+                eligible: r.eligible.to_vec(),
+                approvals: Vec::new(),
+                rejected_by: None,
+                status: Stored::Pending,
+            },
+        );
+        id
     }
 
     /// `Propose`: a new approval request, or the open one with the same requester and parameters.
@@ -177,28 +215,20 @@ impl Governance {
         }
         self.prune(now_ms);
         if self.approvals.values().filter(|a| a.is_open()).count() >= MAX_OPEN_APPROVALS {
-            return no(ErrorCode::Busy, "too many open approval requests");
+            return refuse(ErrorCode::Busy, "too many open approval requests");
         }
-        self.next_approval = self.next_approval.max(1);
-        let id = self.next_approval;
-        self.next_approval += 1;
-        self.approvals.insert(
-            id,
-            Approval {
-                id,
+        let id = self.open_pending(
+            NewRequest {
                 requester: requester.to_owned(),
                 op,
                 scope,
                 description: description.to_owned(),
                 params_hash: *params_hash,
-                created_ms: now_ms,
-                expires_ms: now_ms.saturating_add(ttl_ms),
-                quorum: quorum.max(1),
-                eligible: eligible.to_vec(),
-                approvals: Vec::new(),
-                rejected_by: None,
-                status: Stored::Pending,
+                quorum,
+                eligible,
             },
+            now_ms,
+            ttl_ms,
         );
         Ok((
             GovResult::Approval(id),
@@ -222,20 +252,20 @@ impl Governance {
     ) -> Outcome {
         let a = self.open_request(id, now_ms)?;
         if a.params_hash != *params_hash {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 format!("request {id} has other parameters than the ones approved"),
             );
         }
         Self::check_approver(a, officer, identity)?;
         if a.status == Stored::Approved {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 format!("request {id} is already approved"),
             );
         }
         let Some(a) = self.approvals.get_mut(&id) else {
-            return no(
+            return refuse(
                 ErrorCode::GeneralError,
                 format!("approval request {id} vanished"),
             );
@@ -267,7 +297,7 @@ impl Governance {
         let a = self.open_request(id, now_ms)?;
         Self::check_approver(a, officer, identity)?;
         let Some(a) = self.approvals.get_mut(&id) else {
-            return no(
+            return refuse(
                 ErrorCode::GeneralError,
                 format!("approval request {id} vanished"),
             );
@@ -298,13 +328,13 @@ impl Governance {
     }
 
     /// An unexpired request that can still be approved or rejected.
-    pub(super) fn open_request(&self, id: u64, now_ms: u64) -> Result<&Approval, GovRefusal> {
+    pub(super) fn open_request(&self, id: u64, now_ms: u64) -> Result<&Approval, Refusal> {
         let Some(a) = self.approvals.get(&id) else {
-            return no(ErrorCode::ArgumentsBad, format!("no approval request {id}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no approval request {id}"));
         };
         match a.status_at(now_ms) {
             ApprovalStatus::Pending | ApprovalStatus::Approved => Ok(a),
-            s => no(ErrorCode::ActionProhibited, format!("request {id} is {s}")),
+            s => refuse(ErrorCode::ActionProhibited, format!("request {id} is {s}")),
         }
     }
 
@@ -312,9 +342,9 @@ impl Governance {
         a: &Approval,
         officer: &str,
         identity: &str,
-    ) -> Result<(), GovRefusal> {
+    ) -> Result<(), Refusal> {
         if a.requester == officer_requester(officer) || a.requester == identity {
-            return no(
+            return refuse(
                 ErrorCode::FunctionRejected,
                 format!(
                     "officer {officer} made request {} and cannot approve it",
@@ -323,13 +353,13 @@ impl Governance {
             );
         }
         if !a.eligible.is_empty() && !a.eligible.iter().any(|e| e == officer) {
-            return no(
+            return refuse(
                 ErrorCode::FunctionRejected,
                 format!("officer {officer} may not approve request {}", a.id),
             );
         }
         if a.approvals.iter().any(|o| o == officer) {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 format!("officer {officer} already approved request {}", a.id),
             );

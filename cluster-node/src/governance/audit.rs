@@ -7,7 +7,7 @@ use cloudkey_protocol::msg::ObjectId;
 use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::{no, sha256, GovResult, Governance, Outcome};
+use super::{refuse, sha256, GovResult, Governance, Outcome};
 
 /// The chip-held audit key: its blob and its endorsement.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -23,7 +23,7 @@ impl Governance {
     /// `SetAuditKey`: the cluster's audit key, once.
     pub(super) fn set_audit_key(&mut self, key: &AuditKey) -> Outcome {
         if self.audit_key.is_some() {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 "the cluster already has an audit key",
             );
@@ -45,10 +45,10 @@ impl Governance {
         signature: &[u8],
     ) -> Outcome {
         if self.audit_key.is_none() {
-            return no(ErrorCode::ActionProhibited, "no audit key yet");
+            return refuse(ErrorCode::ActionProhibited, "no audit key yet");
         }
         if self.last_checkpoint.is_some_and(|l| covered <= l) {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 "an older checkpoint than the last one",
             );

@@ -36,7 +36,7 @@ pub use officers::Officer;
 use serde::{Deserialize, Serialize};
 pub use terminals::{tmk_params_hash, AppState, Application, SmsCode, Terminal};
 
-use crate::state::PinHash;
+use crate::state::{refuse, PinHash, Refusal};
 
 /// Wrong SMS codes or QR payloads that lock a TMK application.
 pub const MAX_APPLICATION_FAILURES: u32 = 5;
@@ -298,15 +298,7 @@ pub enum GovResult {
     Failed(ErrorCode, String),
 }
 
-/// A refusal: nothing changed.
-#[derive(Debug)]
-pub struct GovRefusal(pub ErrorCode, pub String);
-
-type Outcome = Result<(GovResult, String), GovRefusal>;
-
-fn no<T>(code: ErrorCode, detail: impl Into<String>) -> Result<T, GovRefusal> {
-    Err(GovRefusal(code, detail.into()))
-}
+type Outcome = Result<(GovResult, String), Refusal>;
 
 /// `officer/NAME`: how an officer appears as a requester.
 #[must_use]

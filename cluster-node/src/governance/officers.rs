@@ -4,7 +4,7 @@ use cloudkey_protocol::gov::OfficerInfo;
 use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::{no, GovResult, Governance, Outcome};
+use super::{refuse, GovResult, Governance, Outcome};
 use crate::state::PinHash;
 
 /// A registered officer.
@@ -38,19 +38,19 @@ impl Governance {
     /// `AddOfficer`: a new officer (unique name and certificate identity).
     pub(super) fn add_officer(&mut self, name: &str, identity: &str, pin: &PinHash) -> Outcome {
         if name.is_empty() || name.len() > 64 || name.contains('/') {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 "an officer name has 1 to 64 characters, no '/'",
             );
         }
         if self.officers.contains_key(name) {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 format!("officer {name} exists"),
             );
         }
         if self.officers.values().any(|o| o.identity == *identity) {
-            return no(
+            return refuse(
                 ErrorCode::ActionProhibited,
                 format!("certificate identity {identity} already belongs to an officer"),
             );
@@ -73,7 +73,7 @@ impl Governance {
     /// `OfficerFailed`: one more wrong PIN; locked at `max_failures`.
     pub(super) fn officer_failed(&mut self, name: &str, max_failures: u32) -> Outcome {
         let Some(o) = self.officers.get_mut(name) else {
-            return no(ErrorCode::ArgumentsBad, format!("no officer {name}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no officer {name}"));
         };
         o.failures = o.failures.saturating_add(1);
         let (count, locked) = (o.failures, o.failures >= max_failures);
@@ -86,7 +86,7 @@ impl Governance {
     /// `OfficerSucceeded`: clears the failure counter.
     pub(super) fn officer_succeeded(&mut self, name: &str) -> Outcome {
         let Some(o) = self.officers.get_mut(name) else {
-            return no(ErrorCode::ArgumentsBad, format!("no officer {name}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no officer {name}"));
         };
         o.failures = 0;
         Ok((GovResult::Done, format!("officer_pin_ok name={name}")))

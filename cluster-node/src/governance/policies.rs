@@ -6,7 +6,7 @@ use cloudkey_protocol::gov::{GuardedOp, PolicyScope, Rule};
 use cloudkey_protocol::msg::{ObjectId, TokenId};
 use cloudkey_protocol::ErrorCode;
 
-use super::{no, GovResult, Governance, Outcome};
+use super::{refuse, GovResult, Governance, Outcome};
 
 impl Governance {
     /// The rule guarding `op` on one of `keys` (checked first, in order) or on `token`, and its
@@ -46,19 +46,19 @@ impl Governance {
     pub(super) fn set_policy(&mut self, scope: PolicyScope, rules: &[Rule]) -> Outcome {
         for r in rules {
             if r.quorum == 0 || r.quorum > 16 {
-                return no(ErrorCode::ArgumentsBad, "a quorum is 1 to 16 approvals");
+                return refuse(ErrorCode::ArgumentsBad, "a quorum is 1 to 16 approvals");
             }
             if r.ttl_ms == 0 {
-                return no(
+                return refuse(
                     ErrorCode::ArgumentsBad,
                     "a request lifetime must be positive",
                 );
             }
             if let Some(unknown) = r.officers.iter().find(|o| !self.officers.contains_key(*o)) {
-                return no(ErrorCode::ArgumentsBad, format!("no officer {unknown}"));
+                return refuse(ErrorCode::ArgumentsBad, format!("no officer {unknown}"));
             }
             if !r.officers.is_empty() && (r.officers.len() as u64) < u64::from(r.quorum) {
-                return no(
+                return refuse(
                     ErrorCode::ArgumentsBad,
                     format!(
                         "{} officers cannot give {} approvals",

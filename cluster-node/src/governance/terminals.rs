@@ -5,9 +5,9 @@ use cloudkey_protocol::gov::{GuardedOp, PolicyScope, TerminalInfo, TerminalKey, 
 use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::approvals::{Approval, Stored};
+use super::approvals::NewRequest;
 use super::{
-    no, officer_requester, sha256, GovResult, Governance, Outcome, MAX_APPLICATION_FAILURES,
+    officer_requester, refuse, sha256, GovResult, Governance, Outcome, MAX_APPLICATION_FAILURES,
 };
 
 /// A registered terminal.
@@ -101,19 +101,19 @@ impl Governance {
     /// `AddTerminal`: registers (or replaces) a terminal; its last injection is kept.
     pub(super) fn add_terminal(&mut self, t: &TerminalInfo) -> Outcome {
         if !cloudkey_protocol::gov::valid_terminal_id(&t.id) {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 format!("bad terminal number {:?}", t.id),
             );
         }
         if t.admins.is_empty() {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 "a terminal needs at least one administrator",
             );
         }
         if let Some(unknown) = t.admins.iter().find(|a| !self.officers.contains_key(*a)) {
-            return no(ErrorCode::ArgumentsBad, format!("no officer {unknown}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no officer {unknown}"));
         }
         let key = match &t.key {
             TerminalKey::Rsa { n, .. } => format!("rsa-{}", n.len() * 8),
@@ -148,7 +148,7 @@ impl Governance {
         ttl_ms: u64,
     ) -> Outcome {
         if !self.terminals.contains_key(terminal) {
-            return no(ErrorCode::ArgumentsBad, format!("no terminal {terminal}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no terminal {terminal}"));
         }
         self.next_application = self.next_application.max(1);
         let id = self.next_application;
@@ -184,10 +184,10 @@ impl Governance {
         ttl_ms: u64,
     ) -> Outcome {
         let Some(t) = self.terminals.get(terminal) else {
-            return no(ErrorCode::ArgumentsBad, format!("no terminal {terminal}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no terminal {terminal}"));
         };
         if !t.admins.iter().any(|a| a == officer) {
-            return no(
+            return refuse(
                 ErrorCode::FunctionRejected,
                 format!("officer {officer} is not an administrator of terminal {terminal}"),
             );
@@ -222,13 +222,13 @@ impl Governance {
         eligible: &[String],
     ) -> Outcome {
         let Some(app) = self.applications.get(&application) else {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 format!("no application {application}"),
             );
         };
         if app.terminal != terminal {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 format!("application {application} is not for terminal {terminal}"),
             );
@@ -236,20 +236,20 @@ impl Governance {
         match app.state {
             AppState::Requested => {}
             AppState::Locked => {
-                return no(
+                return refuse(
                     ErrorCode::PinLocked,
                     format!("application {application} is locked after too many wrong attempts"),
                 )
             }
             _ => {
-                return no(
+                return refuse(
                     ErrorCode::ActionProhibited,
                     format!("application {application} was already applied for"),
                 )
             }
         }
         if now_ms > app.expires_ms {
-            return no(
+            return refuse(
                 ErrorCode::FunctionRejected,
                 format!("the QR payload of application {application} has expired; ask the terminal for a new one"),
             );
@@ -274,7 +274,7 @@ impl Governance {
         };
         if let Some(why) = failure {
             let Some(app) = self.applications.get_mut(&application) else {
-                return no(
+                return refuse(
                     ErrorCode::GeneralError,
                     format!("application {application} vanished"),
                 );
@@ -301,31 +301,20 @@ impl Governance {
         {
             c.used = true;
         }
-        self.next_approval = self.next_approval.max(1);
-        let id = self.next_approval;
-        self.next_approval += 1;
-        let requester = officer_requester(officer);
-        let description = format!(
-            "inject a terminal master key into terminal {terminal} (application {application})"
-        );
-        let params_hash = tmk_params_hash(terminal, application);
-        self.approvals.insert(
-            id,
-            Approval {
-                id,
-                requester: requester.clone(),
+        let id = self.open_pending(
+            NewRequest {
+                requester: officer_requester(officer),
                 op: GuardedOp::TmkInject,
                 scope: PolicyScope::Cluster,
-                description,
-                params_hash,
-                created_ms: now_ms,
-                expires_ms: now_ms.saturating_add(ttl_ms),
-                quorum: quorum.max(1),
-                eligible: eligible.to_vec(),
-                approvals: Vec::new(),
-                rejected_by: None,
-                status: Stored::Pending,
+                description: format!(
+                    "inject a terminal master key into terminal {terminal} (application {application})"
+                ),
+                params_hash: tmk_params_hash(terminal, application),
+                quorum,
+                eligible,
             },
+            now_ms,
+            ttl_ms,
         );
         if let Some(app) = self.applications.get_mut(&application) {
             app.state = AppState::Applied {
@@ -352,7 +341,7 @@ impl Governance {
         now_ms: u64,
     ) -> Outcome {
         let Some(app) = self.applications.get(&application) else {
-            return no(
+            return refuse(
                 ErrorCode::ArgumentsBad,
                 format!("no application {application}"),
             );
@@ -363,13 +352,13 @@ impl Governance {
                 applicant,
             } => (*approval, applicant.clone()),
             AppState::Injected { .. } => {
-                return no(
+                return refuse(
                     ErrorCode::ActionProhibited,
                     format!("application {application} was already injected"),
                 )
             }
             _ => {
-                return no(
+                return refuse(
                     ErrorCode::ApprovalRequired,
                     format!("application {application} has not been applied for"),
                 )
@@ -405,7 +394,7 @@ impl Governance {
     /// `TmkCheck`: an administrator checked a terminal's key (audited only).
     pub(super) fn tmk_check(&mut self, application: u64, terminal: &str, admin: &str) -> Outcome {
         if !self.terminals.contains_key(terminal) {
-            return no(ErrorCode::ArgumentsBad, format!("no terminal {terminal}"));
+            return refuse(ErrorCode::ArgumentsBad, format!("no terminal {terminal}"));
         }
         Ok((
             GovResult::Done,

@@ -46,7 +46,7 @@ fn approve(
     who: &str,
     hash: [u8; 32],
     now: u64,
-) -> Result<(), GovRefusal> {
+) -> Result<(), Refusal> {
     let cmd = GovCommand::Approve {
         id,
         officer: who.into(),
@@ -66,9 +66,9 @@ fn quorum_self_approval_binding_and_exactly_once() {
     assert_eq!(propose(&mut g, "officer/alice", h, 2, 150), id);
     // The requester never approves; approvals bind the parameters; each officer once.
     let e = approve(&mut g, id, "alice", h, 200).unwrap_err();
-    assert_eq!(e.0, ErrorCode::FunctionRejected, "{}", e.1);
+    assert_eq!(e.code, ErrorCode::FunctionRejected, "{}", e.detail);
     let e = approve(&mut g, id, "bob", [8u8; 32], 200).unwrap_err();
-    assert_eq!(e.0, ErrorCode::ArgumentsBad, "{}", e.1);
+    assert_eq!(e.code, ErrorCode::ArgumentsBad, "{}", e.detail);
     approve(&mut g, id, "bob", h, 200).unwrap();
     assert!(approve(&mut g, id, "bob", h, 210).is_err());
     assert_eq!(g.approved_for("officer/alice", &h, 220), None);
@@ -88,7 +88,7 @@ fn quorum_self_approval_binding_and_exactly_once() {
     };
     g.apply(42, &consume, 3).unwrap();
     let e = g.apply(43, &consume, 3).unwrap_err();
-    assert_eq!(e.0, ErrorCode::ApprovalRequired);
+    assert_eq!(e.code, ErrorCode::ApprovalRequired);
     assert_eq!(
         g.approvals[&id].status_at(250),
         ApprovalStatus::Consumed { index: 42 }
@@ -102,7 +102,7 @@ fn expired_and_rejected_requests_cannot_be_approved_or_used() {
     let id = propose(&mut g, "client/app", h, 1, 100);
     // Expired (ttl 1000 ms).
     let e = approve(&mut g, id, "bob", h, 1_101).unwrap_err();
-    assert_eq!(e.0, ErrorCode::ActionProhibited, "{}", e.1);
+    assert_eq!(e.code, ErrorCode::ActionProhibited, "{}", e.detail);
     assert_eq!(g.approvals[&id].status_at(1_101), ApprovalStatus::Expired);
     // A new one, rejected.
     let id2 = propose(&mut g, "client/app", h, 1, 2_000);
@@ -119,7 +119,7 @@ fn expired_and_rejected_requests_cannot_be_approved_or_used() {
     // A request made with an officer's own certificate is theirs too.
     let id3 = propose(&mut g, "operator/bob", h, 1, 3_000);
     assert_eq!(
-        approve(&mut g, id3, "bob", h, 3_001).unwrap_err().0,
+        approve(&mut g, id3, "bob", h, 3_001).unwrap_err().code,
         ErrorCode::FunctionRejected
     );
 }
@@ -192,7 +192,7 @@ fn tmk_application_checks_count_and_lock_and_codes_are_single_use() {
     let e = g
         .apply(35, &apply_cmd(app, "alice", [5; 32], [9; 32], 70_000), 3)
         .unwrap_err();
-    assert_eq!(e.0, ErrorCode::FunctionRejected);
+    assert_eq!(e.code, ErrorCode::FunctionRejected);
     // Right: opens the approval request; the code is used up.
     let GovResult::Approval(id) = g
         .apply(36, &apply_cmd(app, "alice", [5; 32], [9; 32], 3_000), 3)
@@ -216,14 +216,14 @@ fn tmk_application_checks_count_and_lock_and_codes_are_single_use() {
         now_ms: 3_500,
     };
     assert_eq!(
-        g.apply(37, &inject, 3).unwrap_err().0,
+        g.apply(37, &inject, 3).unwrap_err().code,
         ErrorCode::ApprovalRequired
     );
     approve(&mut g, id, "bob", tmk_params_hash("ATM-1", app), 4_000).unwrap();
     g.apply(38, &inject, 3).unwrap();
     // Exactly once.
     assert_eq!(
-        g.apply(39, &inject, 3).unwrap_err().0,
+        g.apply(39, &inject, 3).unwrap_err().code,
         ErrorCode::ActionProhibited
     );
     assert_eq!(g.terminals["ATM-1"].last_injection, Some(app));
@@ -257,7 +257,7 @@ fn tmk_application_checks_count_and_lock_and_codes_are_single_use() {
     assert_eq!(
         g.apply(42, &apply_cmd(app2, "alice", [5; 32], [9; 32], 5_000), 3)
             .unwrap_err()
-            .0,
+            .code,
         ErrorCode::PinLocked
     );
 }

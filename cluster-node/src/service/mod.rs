@@ -160,9 +160,7 @@ pub fn chip_error_code(e: &ChipError) -> ErrorCode {
 pub(crate) async fn commit(ctx: &Ctx, cmd: Command) -> Result<u64> {
     let (result, index) = ctx.replicator.write(cmd).await?;
     match result {
-        CommandResult::Refused { code, detail } => {
-            Err(NodeError::refuse(ErrorCode::from(code), detail))
-        }
+        CommandResult::Refused(refusal) => Err(NodeError::from(refusal)),
         _ => Ok(index),
     }
 }

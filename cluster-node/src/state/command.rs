@@ -1,6 +1,7 @@
 //! What is replicated ([`Command`]) and what applying it gives ([`CommandResult`]).
 
 use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
+use cloudkey_protocol::{ErrorCode, WireError};
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterInfo, ObjectRecord, PinHash};
@@ -127,16 +128,42 @@ pub enum CommandResult {
     /// Applied (a counter changed and was audited), but the operation failed: code and
     /// detail.
     Failed {
-        /// `ErrorCode` as u32.
-        code: u32,
+        /// Why, as a PKCS#11 code.
+        code: ErrorCode,
         /// Why.
         detail: String,
     },
-    /// Not applied (the state did not allow it); the state is unchanged. Code and detail.
-    Refused {
-        /// `ErrorCode` as u32.
-        code: u32,
-        /// Why.
-        detail: String,
-    },
+    /// Not applied (the state did not allow it); the state is unchanged.
+    Refused(Refusal),
+}
+
+/// A refusal: a command (or a request checked against the state) does not fit the state, and
+/// nothing changed. The one refusal type of the state and governance; a service turns it into
+/// [`NodeError::Refused`](crate::NodeError::Refused) with `?`.
+///
+/// Encoded (postcard, in forwarded write answers) exactly as the former
+/// `Refused { code: u32, detail }`: [`ErrorCode`] serialises as its `u32`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Refusal {
+    /// The PKCS#11 code the client gets.
+    pub code: ErrorCode,
+    /// Why (for logs and the client's detail).
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and a detail.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<Refusal> for crate::NodeError {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(WireError::new(r.code, r.detail))
+    }
 }

@@ -4,7 +4,7 @@
 use cloudkey_protocol::ErrorCode;
 
 use super::{refuse, Applied, ClusterInfo, Command, CommandResult, Refusal, State};
-use crate::governance::{GovCommand, GovRefusal, GovResult};
+use crate::governance::{GovCommand, GovResult};
 
 impl State {
     /// `Gov`: a governance change (`crate::governance`).
@@ -14,27 +14,20 @@ impl State {
         cluster: &ClusterInfo,
         g: &GovCommand,
     ) -> Result<Applied, Refusal> {
-        let Ok(mut gov) = self.gov.write() else {
+        let Some(applied) = self.update_gov(|gov| gov.apply(index, g, cluster.max_failures)) else {
             return refuse(ErrorCode::GeneralError, "governance state lock poisoned");
         };
-        match gov.apply(index, g, cluster.max_failures) {
-            Ok((result, summary)) => Ok(Applied {
-                result: match result {
-                    GovResult::Done => CommandResult::Done,
-                    GovResult::Failures { count, locked } => {
-                        CommandResult::Failures { count, locked }
-                    }
-                    GovResult::Approval(id) => CommandResult::Approval(id),
-                    GovResult::Application(id) => CommandResult::Application(id),
-                    GovResult::Failed(code, detail) => CommandResult::Failed {
-                        code: code.into(),
-                        detail,
-                    },
-                },
-                summary,
-            }),
-            Err(GovRefusal(code, detail)) => refuse(code, detail),
-        }
+        let (result, summary) = applied?;
+        Ok(Applied {
+            result: match result {
+                GovResult::Done => CommandResult::Done,
+                GovResult::Failures { count, locked } => CommandResult::Failures { count, locked },
+                GovResult::Approval(id) => CommandResult::Approval(id),
+                GovResult::Application(id) => CommandResult::Application(id),
+                GovResult::Failed(code, detail) => CommandResult::Failed { code, detail },
+            },
+            summary,
+        })
     }
 
     /// `Guarded`: consumes approval request `approval` and applies `inner` in the same log
@@ -65,15 +58,9 @@ impl State {
                 "a guarded command guards an object or governance change",
             );
         }
-        if let Err(GovRefusal(code, detail)) =
-            self.with_gov(|g| g.check_consumable(approval, requester, params_hash, now_ms))
-        {
-            return refuse(code, detail);
-        }
+        self.with_gov(|g| g.check_consumable(approval, requester, params_hash, now_ms))?;
         let applied = self.try_apply(index, inner)?;
-        if let Ok(mut gov) = self.gov.write() {
-            gov.consume(approval, index);
-        }
+        self.update_gov(|gov| gov.consume(approval, index));
         Ok(Applied {
             result: applied.result,
             summary: format!(

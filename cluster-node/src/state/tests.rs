@@ -73,7 +73,7 @@ fn with_token() -> (State, TokenId) {
 
 fn refused_code(r: &CommandResult) -> ErrorCode {
     match r {
-        CommandResult::Refused { code, .. } => ErrorCode::from(*code),
+        CommandResult::Refused(refusal) => refusal.code,
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -666,4 +666,125 @@ async fn wait_applied_wakes_and_times_out() {
     s.mark_applied(9);
     s.mark_applied(10);
     waiter.await.expect("join").expect("woken");
+}
+
+/// `CommandResult` travels in forwarded write answers between nodes (postcard); carrying an
+/// `ErrorCode` and a `Refusal` instead of a `u32` code must not change a byte, so nodes of
+/// either version understand each other.
+#[test]
+fn command_results_encode_as_with_u32_codes() {
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    enum Before {
+        Done,
+        Token(TokenId),
+        Failures { count: u32, locked: bool },
+        Approval(u64),
+        Application(u64),
+        Failed { code: u32, detail: String },
+        Refused { code: u32, detail: String },
+    }
+    let pairs = [
+        (
+            CommandResult::Refused(Refusal::new(ErrorCode::PinLocked, "locked")),
+            Before::Refused {
+                code: ErrorCode::PinLocked.into(),
+                detail: "locked".into(),
+            },
+        ),
+        (
+            CommandResult::Failed {
+                code: ErrorCode::PinIncorrect,
+                detail: "wrong".into(),
+            },
+            Before::Failed {
+                code: ErrorCode::PinIncorrect.into(),
+                detail: "wrong".into(),
+            },
+        ),
+        (
+            CommandResult::Failures {
+                count: 2,
+                locked: false,
+            },
+            Before::Failures {
+                count: 2,
+                locked: false,
+            },
+        ),
+        (CommandResult::Token(TokenId(7)), Before::Token(TokenId(7))),
+    ];
+    for (now, before) in pairs {
+        let bytes = postcard::to_stdvec(&before).expect("encode");
+        assert_eq!(postcard::to_stdvec(&now).expect("encode"), bytes);
+        assert_eq!(
+            postcard::from_bytes::<CommandResult>(&bytes).expect("decode"),
+            now
+        );
+    }
+}
+
+/// `has_policies` is asked on every signature: it reads a flag, never the governance lock, and
+/// the flag follows every way the policies change (set, cleared, pruned with their token,
+/// restored from a snapshot).
+#[test]
+fn has_policies_follows_the_policies_without_taking_the_governance_lock() {
+    use cloudkey_protocol::gov::{GuardedOp, PolicyScope, Rule};
+
+    let (s, t) = with_token();
+    let set_policy = |rules: Vec<Rule>| {
+        Command::Gov(GovCommand::SetPolicy {
+            scope: PolicyScope::Token(t),
+            rules,
+        })
+    };
+    let rule = Rule {
+        op: GuardedOp::Sign,
+        key_type: None,
+        quorum: 1,
+        officers: Vec::new(),
+        ttl_ms: 60_000,
+    };
+    let empty = s.snapshot_bytes();
+    assert!(!s.has_policies());
+    assert_eq!(
+        s.apply(3, &set_policy(vec![rule.clone()])),
+        CommandResult::Done
+    );
+    assert!(s.has_policies());
+    let with_policy = s.snapshot_bytes();
+    assert_eq!(s.apply(4, &set_policy(Vec::new())), CommandResult::Done);
+    assert!(!s.has_policies());
+
+    s.restore(&with_policy).expect("restore");
+    assert!(s.has_policies());
+    s.restore(&empty).expect("restore");
+    assert!(!s.has_policies());
+    let fresh = State::new();
+    fresh.restore(&with_policy).expect("restore");
+    assert!(fresh.has_policies());
+
+    // Deleting the token prunes its policy.
+    assert_eq!(
+        fresh.apply(4, &Command::DeleteToken(t)),
+        CommandResult::Done
+    );
+    assert!(!fresh.has_policies());
+
+    // While the governance state is locked for writing, a signature still gets its answer.
+    let s = Arc::new(State::new());
+    s.restore(&with_policy).expect("restore");
+    let writer = s.gov.write().expect("lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || tx.send(s.has_policies()))
+    };
+    let answer = rx.recv_timeout(Duration::from_secs(5));
+    drop(writer);
+    reader.join().expect("reader").ok();
+    assert_eq!(
+        answer,
+        Ok(true),
+        "has_policies waited for the governance lock"
+    );
 }
