@@ -1670,6 +1670,43 @@ mod tests {
     }
 
     #[test]
+    fn key_ids_name_the_loaded_keys_a_request_uses() {
+        let ids = |r: &Request| r.key_ids().collect::<Vec<_>>();
+        let public = KeyRef::Public(PublicKey::EcP256(vec![4]));
+        assert_eq!(ids(&Request::Info), []);
+        assert_eq!(ids(&Request::GenerateKeyPair(template())), []);
+        assert_eq!(ids(&Request::LoadKey(KeyBlob(vec![]))), []);
+        let sign = Request::Sign {
+            key: id(1),
+            mech: SignMech::Ecdsa,
+            data: vec![],
+        };
+        assert_eq!(ids(&sign), [id(1)]);
+        let verify = |key| Request::Verify {
+            key,
+            mech: SignMech::Ecdsa,
+            data: vec![],
+            signature: vec![],
+        };
+        assert_eq!(ids(&verify(KeyRef::Loaded(id(2)))), [id(2)]);
+        assert_eq!(ids(&verify(public.clone())), []);
+        let wrap = |wrapping| Request::WrapKey {
+            wrapping,
+            mech: WrapMech::AesKeyWrap,
+            target: id(4),
+        };
+        assert_eq!(ids(&wrap(KeyRef::Loaded(id(3)))), [id(3), id(4)]);
+        assert_eq!(ids(&wrap(public)), [id(4)]);
+        let unwrap = Request::UnwrapKey {
+            unwrapping: id(5),
+            mech: WrapMech::AesKeyWrap,
+            wrapped: vec![],
+            target: template(),
+        };
+        assert_eq!(ids(&unwrap), [id(5)]);
+    }
+
+    #[test]
     fn idempotence_and_timeouts() {
         let rsa = KeyTemplate {
             spec: KeySpec::RSA_3072,
