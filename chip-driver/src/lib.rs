@@ -9,7 +9,7 @@
 //!   [`serial::SerialChip`], the host side of it. The bin `cloudkey-chip-emulator` serves a
 //!   software chip over a pseudo-terminal or a serial device with that protocol.
 //! * [`pool::ChipPool`]: several chips behind one async handle, with bounded queues, a per-chip
-//!   LRU of loaded keys and least-queued scheduling.
+//!   LRU of loaded keys and least-queued scheduling; its typed calls are [`pool::PoolExt`].
 //!
 //! # Why the trait is blocking
 //!

@@ -14,7 +14,11 @@
 //!   sat in a queue past that deadline is answered `Busy` without being run, so an overloaded
 //!   pool sheds load instead of hanging.
 //! * A chip that reports [`ChipError::DeviceLost`] is taken out of rotation; the request that
-//!   found it lost is run once more on another chip.
+//!   found it lost is run once more on another chip (the same request: it is shared with the
+//!   worker, never copied).
+//! * The pool passes [`Request`]s through without knowing their kinds: all it needs is which
+//!   keys a request uses ([`Request::key_ids`]) and their blobs. The typed calls (`sign`,
+//!   `generate_key_pair`, ...) are the helpers of [`PoolExt`], built on [`ChipPool::call`].
 
 use std::collections::HashSet;
 use std::fmt;
