@@ -688,8 +688,14 @@ pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
         NodeError::Raft(d) | NodeError::Peer(d) | NodeError::Timeout(d) => {
             WireError::new(ErrorCode::Unavailable, d)
         }
-        NodeError::Storage(d) => WireError::new(ErrorCode::DeviceError, format!("storage: {d}")),
+        e @ (NodeError::Storage(_) | NodeError::Io { .. }) => {
+            WireError::new(ErrorCode::DeviceError, e.to_string())
+        }
         NodeError::Config(d) | NodeError::Internal(d) => WireError::new(ErrorCode::GeneralError, d),
+        e @ (NodeError::Tls(_)
+        | NodeError::Encode { .. }
+        | NodeError::PinHash(_)
+        | NodeError::Task { .. }) => WireError::new(ErrorCode::GeneralError, e.to_string()),
     }
 }
 

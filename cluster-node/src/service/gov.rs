@@ -697,9 +697,7 @@ async fn make_audit_key(ctx: &NodeCtx) -> Result<()> {
                 "audit key without a P-256 public key".into(),
             ));
         };
-        let endorsement = tls
-            .sign_ecdsa_p256(&endorsement_message(&public))
-            .map_err(|e| NodeError::Internal(format!("endorsing the audit key: {e}")))?;
+        let endorsement = tls.sign_ecdsa_p256(&endorsement_message(&public))?;
         let endorser_cert = tls
             .chain()
             .first()

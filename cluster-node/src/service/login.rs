@@ -106,7 +106,7 @@ impl PinHasher {
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
                 .hash_password_with_salt(pin.expose(), &salt)
                 .map(|h| PinHash(h.to_string()))
-                .map_err(|e| NodeError::Internal(format!("argon2: {e}")))
+                .map_err(NodeError::PinHash)
         })
         .await
     }
@@ -124,7 +124,7 @@ impl PinHasher {
             match Argon2::default().verify_password(pin.expose(), &parsed) {
                 Ok(()) => Ok(true),
                 Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-                Err(e) => Err(NodeError::Internal(format!("argon2: {e}"))),
+                Err(e) => Err(NodeError::PinHash(e)),
             }
         })
         .await
@@ -147,7 +147,10 @@ impl PinHasher {
             f()
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("PIN hash task failed: {e}")))?
+        .map_err(|source| NodeError::Task {
+            what: "PIN hash",
+            source,
+        })?
     }
 }
 
@@ -398,8 +401,10 @@ pub async fn login(
         expires_unix_ms,
         nonce,
     };
-    let mut grant = postcard::to_stdvec(&body)
-        .map_err(|e| NodeError::Internal(format!("encoding a grant: {e}")))?;
+    let mut grant = postcard::to_stdvec(&body).map_err(|source| NodeError::Encode {
+        what: "a session grant",
+        source,
+    })?;
     let tag = hmac::sign(key.key(), &grant);
     grant.extend_from_slice(tag.as_ref());
     tracing::info!(%token, ?user, "login");
