@@ -36,8 +36,9 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::error::{NodeError, Result};
-use crate::handler::{self, NodeCtx};
+use crate::handler;
 use crate::raft::{self, PeerContext};
+use crate::service::NodeCtx;
 
 /// File in the data directory that records the bound address.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
@@ -354,7 +355,7 @@ async fn serve_stream(
     let written = match frame::write_frame(&mut send, &response).await {
         Err(FrameError::TooLarge(_)) => {
             let e = ClientResponse {
-                applied: ctx.state.applied(),
+                applied: ctx.svc.state.applied(),
                 node: ctx.id,
                 result: Err(WireError::new(
                     ErrorCode::DataLenRange,
@@ -376,7 +377,7 @@ async fn serve_stream(
 fn bad_request(ctx: &NodeCtx, detail: String) -> ClientResponse {
     tracing::info!(%detail, "bad request");
     ClientResponse {
-        applied: ctx.state.applied(),
+        applied: ctx.svc.state.applied(),
         node: ctx.id,
         result: Err(WireError::new(ErrorCode::BadRequest, detail)),
     }
