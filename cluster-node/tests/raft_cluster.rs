@@ -342,7 +342,7 @@ async fn three_nodes_replicate_and_forward_writes() {
     assert_eq!(r, CommandResult::Token(TokenId(1)));
     let (r, _) = write(follower, token("payments")).await;
     assert!(
-        matches!(r, CommandResult::Refused { code, .. } if ErrorCode::from(code) == ErrorCode::TemplateInconsistent)
+        matches!(r, CommandResult::Refused(refusal) if refusal.code == ErrorCode::TemplateInconsistent)
     );
     let (r, _) = write(
         leader_node,

@@ -9,12 +9,15 @@
 //!   deadlines, failover, leader hints and read-your-writes via the highest applied index seen.
 //! * [`gov`]: governance messages: officers, quorum approvals, the audit chain, TMK injection.
 //! * [`audit`]: the offline audit-chain export format and its verifier.
+//! * [`der`]: the DER of PKCS#11 attributes: EC points, `SubjectPublicKeyInfo`, RSA PKCS#8,
+//!   X.509 fields.
 //! * [`vendor`]: the vendor-defined `CKM_*`/`CKK_*` numbers of SM2, SM3 and SM4.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod audit;
 pub mod client;
+pub mod der;
 pub mod error;
 pub mod frame;
 pub mod gov;

@@ -1004,7 +1004,7 @@ pub async fn tmk_apply(
         .await?;
     match result {
         CommandResult::Approval(id) => approval_info(ctx, id),
-        CommandResult::Failed { code, detail } => Err(refuse(ErrorCode::from(code), detail)),
+        CommandResult::Failed { code, detail } => Err(refuse(code, detail)),
         other => Err(NodeError::Internal(format!("tmk apply gave {other:?}"))),
     }
 }
@@ -1106,13 +1106,9 @@ pub async fn tmk_fetch(
     }
     let now = now_ms();
     let params = tmk_params_hash(&t.id, app.id);
-    if let Err(crate::governance::GovRefusal(code, detail)) = ctx
-        .svc
+    ctx.svc
         .state
-        .with_gov(|g| g.check_consumable(approval, &officer_requester(&applicant), &params, now))
-    {
-        return Err(refuse(code, detail));
-    }
+        .with_gov(|g| g.check_consumable(approval, &officer_requester(&applicant), &params, now))?;
     let (spec, algorithm, wrap, zero_mech) = match &t.key {
         TerminalKey::Rsa { n, e } => (
             KeySpec {

@@ -291,9 +291,7 @@ impl Ctx {
     /// The replicator's error, or the refusal with the code the state gave.
     pub(crate) async fn write(&self, cmd: Command) -> Result<(CommandResult, u64)> {
         match self.replicator.write(cmd).await? {
-            (CommandResult::Refused { code, detail }, _) => {
-                Err(NodeError::refuse(ErrorCode::from(code), detail))
-            }
+            (CommandResult::Refused(refusal), _) => Err(refusal.into()),
             other => Ok(other),
         }
     }

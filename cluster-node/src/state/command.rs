@@ -1,0 +1,169 @@
+//! What is replicated ([`Command`]) and what applying it gives ([`CommandResult`]).
+
+use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
+use cloudkey_protocol::{ErrorCode, WireError};
+use serde::{Deserialize, Serialize};
+
+use super::{ClusterInfo, ObjectRecord, PinHash};
+use crate::governance::GovCommand;
+
+/// A replicated change.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Cluster bootstrap: fixes [`ClusterInfo`]. Refused once set.
+    Init(ClusterInfo),
+    /// Create a token. → [`CommandResult::Token`]; `TemplateInconsistent`-like refusal
+    /// ([`CommandResult::Refused`]) when the label is taken.
+    CreateToken {
+        /// Label.
+        label: String,
+        /// SO PIN hash.
+        so_pin: PinHash,
+        /// User PIN hash.
+        user_pin: Option<PinHash>,
+    },
+    /// Delete a token and its objects.
+    DeleteToken(TokenId),
+    /// `C_InitToken`: relabel, drop the user PIN, delete every object, clear counters.
+    InitToken {
+        /// The token.
+        token: TokenId,
+        /// New label.
+        label: String,
+    },
+    /// Set a PIN (InitPIN, SetPIN) and clear its failure counter.
+    SetPin {
+        /// The token.
+        token: TokenId,
+        /// Whose PIN.
+        user: UserType,
+        /// New hash.
+        pin: PinHash,
+    },
+    /// A failed login. → [`CommandResult::Failures`].
+    LoginFailed {
+        /// The token.
+        token: TokenId,
+        /// Who.
+        user: UserType,
+    },
+    /// A successful login after failures: clear the counter. (Not written when it is zero.)
+    LoginSucceeded {
+        /// The token.
+        token: TokenId,
+        /// Who.
+        user: UserType,
+    },
+    /// Operator unlock: clear both counters.
+    Unlock(TokenId),
+    /// Create objects (a key pair is two, committed together). Refused when an id exists.
+    PutObjects(Vec<ObjectRecord>),
+    /// Replace some attributes of an object.
+    SetAttributes {
+        /// The object.
+        id: ObjectId,
+        /// New values.
+        attrs: Vec<(u64, Vec<u8>)>,
+    },
+    /// Destroy an object.
+    DestroyObject(ObjectId),
+    /// A governance change (`crate::governance`).
+    Gov(GovCommand),
+    /// A quorum-guarded change: consumes approval request `approval` and applies `inner` in
+    /// the same log entry, or neither (exactly once).
+    Guarded {
+        /// The approved request.
+        approval: u64,
+        /// Who runs it (must be the requester).
+        requester: String,
+        /// The exact parameters (must be the approved ones).
+        params_hash: [u8; 32],
+        /// The proposing node's clock.
+        now_ms: u64,
+        /// The change.
+        inner: Box<Command>,
+    },
+}
+
+impl Command {
+    /// The command's name, for logs (never its contents).
+    #[must_use]
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Init(_) => "init",
+            Self::CreateToken { .. } => "create_token",
+            Self::DeleteToken(_) => "delete_token",
+            Self::InitToken { .. } => "init_token",
+            Self::SetPin { .. } => "set_pin",
+            Self::LoginFailed { .. } => "login_failed",
+            Self::LoginSucceeded { .. } => "login_succeeded",
+            Self::Unlock(_) => "unlock",
+            Self::PutObjects(_) => "put_objects",
+            Self::SetAttributes { .. } => "set_attributes",
+            Self::DestroyObject(_) => "destroy_object",
+            Self::Gov(g) => g.kind(),
+            Self::Guarded { .. } => "guarded",
+        }
+    }
+}
+
+/// What applying a command gives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CommandResult {
+    /// Applied.
+    Done,
+    /// The new token's id.
+    Token(TokenId),
+    /// After a failed login: the count and whether the PIN is now locked.
+    Failures {
+        /// Failed attempts so far.
+        count: u32,
+        /// Locked (count reached `max_failures`).
+        locked: bool,
+    },
+    /// An approval request's id.
+    Approval(u64),
+    /// A TMK application's id.
+    Application(u64),
+    /// Applied (a counter changed and was audited), but the operation failed: code and
+    /// detail.
+    Failed {
+        /// Why, as a PKCS#11 code.
+        code: ErrorCode,
+        /// Why.
+        detail: String,
+    },
+    /// Not applied (the state did not allow it); the state is unchanged.
+    Refused(Refusal),
+}
+
+/// A refusal: a command (or a request checked against the state) does not fit the state, and
+/// nothing changed. The one refusal type of the state and governance; a service turns it into
+/// [`NodeError::Refused`](crate::NodeError::Refused) with `?`.
+///
+/// Encoded (postcard, in forwarded write answers) exactly as the former
+/// `Refused { code: u32, detail }`: [`ErrorCode`] serialises as its `u32`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct Refusal {
+    /// The PKCS#11 code the client gets.
+    pub code: ErrorCode,
+    /// Why (for logs and the client's detail).
+    pub detail: String,
+}
+
+impl Refusal {
+    /// A refusal with `code` and a detail.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl From<Refusal> for crate::NodeError {
+    fn from(r: Refusal) -> Self {
+        Self::Refused(WireError::new(r.code, r.detail))
+    }
+}

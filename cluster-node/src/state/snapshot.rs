@@ -1,0 +1,147 @@
+//! The snapshot encoding of the whole replicated state, and restoring from it.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use cloudkey_protocol::msg::TokenId;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    verify_chain, AuditRecord, ClusterInfo, Object, ObjectRecord, State, Token, FIRST_TOKEN_ID,
+};
+use crate::error::{NodeError, Result};
+use crate::governance::Governance;
+
+/// Version of the [`State::snapshot_bytes`] encoding.
+const SNAPSHOT_VERSION: u32 = 2;
+
+/// The [`State::snapshot_bytes`] encoding: the version-1 fields, then (since version 2) the
+/// governance state. postcard writes a nested struct's fields in place, so a version-1 snapshot
+/// is exactly the bytes of its [`SnapshotBase`].
+#[derive(Serialize, Deserialize)]
+pub(super) struct StateSnapshot {
+    pub(super) base: SnapshotBase,
+    pub(super) gov: Governance,
+}
+
+/// The fields of every snapshot version.
+#[derive(Serialize, Deserialize)]
+pub(super) struct SnapshotBase {
+    pub(super) version: u32,
+    pub(super) cluster: Option<ClusterInfo>,
+    pub(super) next_token: u64,
+    pub(super) tokens: Vec<Token>,
+    /// Records with the index that created them, in creation order.
+    pub(super) objects: Vec<(ObjectRecord, u64)>,
+    pub(super) audit: Vec<AuditRecord>,
+    pub(super) applied: u64,
+}
+
+impl State {
+    /// The whole replicated state, encoded (postcard): cluster settings, tokens, object records
+    /// with their creation index, the audit chain and the applied index. Deterministic: two
+    /// nodes that applied the same log give the same bytes.
+    #[must_use]
+    pub fn snapshot_bytes(&self) -> Vec<u8> {
+        let mut tokens: Vec<Token> = self.tokens.iter().map(|t| (**t).clone()).collect();
+        tokens.sort_by_key(|t| t.id);
+        let objects = self
+            .all_objects()
+            .iter()
+            .map(|o| (o.record.clone(), o.created))
+            .collect();
+        let snap = StateSnapshot {
+            base: SnapshotBase {
+                version: SNAPSHOT_VERSION,
+                cluster: self.cluster(),
+                next_token: self.next_token.load(Ordering::Acquire),
+                tokens,
+                objects,
+                audit: self.audit(),
+                applied: self.applied(),
+            },
+            gov: self.with_gov(Clone::clone),
+        };
+        // Serialising plain data into a Vec cannot fail.
+        postcard::to_stdvec(&snap).unwrap_or_default()
+    }
+
+    /// Replaces the whole state with a [`State::snapshot_bytes`] encoding. The bytes are
+    /// decoded and checked (version, audit chain, unique ids) before anything is replaced.
+    ///
+    /// Single writer: only the Raft state machine calls this.
+    ///
+    /// # Errors
+    /// [`NodeError::Storage`] when the bytes do not decode or do not hold a consistent state.
+    pub fn restore(&self, bytes: &[u8]) -> Result<()> {
+        let (snap, gov) = match postcard::from_bytes::<StateSnapshot>(bytes) {
+            Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov),
+            _ => match postcard::from_bytes::<SnapshotBase>(bytes) {
+                Ok(v1) if v1.version == 1 => (v1, Governance::default()),
+                Ok(other) => {
+                    return Err(NodeError::Storage(format!(
+                        "state snapshot version {} (expected {SNAPSHOT_VERSION})",
+                        other.version
+                    )))
+                }
+                Err(e) => {
+                    return Err(NodeError::Storage(format!(
+                        "state snapshot does not decode: {e}"
+                    )))
+                }
+            },
+        };
+        if let Err(pos) = verify_chain(&snap.audit) {
+            return Err(NodeError::Storage(format!(
+                "state snapshot audit chain broken at record {pos}"
+            )));
+        }
+        let tokens: BTreeMap<TokenId, Arc<Token>> = snap
+            .tokens
+            .into_iter()
+            .map(|t| (t.id, Arc::new(t)))
+            .collect();
+        let mut objects = BTreeMap::new();
+        for (record, created) in snap.objects {
+            if !tokens.contains_key(&record.token) {
+                return Err(NodeError::Storage(format!(
+                    "state snapshot: object {} of unknown token {}",
+                    record.id, record.token
+                )));
+            }
+            let object = Object {
+                key: Self::pool_key(&record),
+                created,
+                record,
+            };
+            if objects.insert(object.record.id, Arc::new(object)).is_some() {
+                return Err(NodeError::Storage(
+                    "state snapshot: duplicate object id".into(),
+                ));
+            }
+        }
+
+        if let Ok(mut c) = self.cluster.write() {
+            *c = snap.cluster;
+        }
+        self.tokens.clear();
+        for (id, t) in tokens {
+            self.tokens.insert(id, t);
+        }
+        self.objects.clear();
+        for (id, o) in objects {
+            self.objects.insert(id, o);
+        }
+        if let Ok(mut a) = self.audit.write() {
+            *a = snap.audit;
+        }
+        if let Ok(mut g) = self.gov.write() {
+            *g = gov;
+        }
+        self.next_token
+            .store(snap.next_token.max(FIRST_TOKEN_ID), Ordering::Release);
+        self.set_applied(snap.applied);
+        Ok(())
+    }
+}
