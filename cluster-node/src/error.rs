@@ -8,7 +8,9 @@
 
 use cloudkey_chip::ChipError;
 use cloudkey_protocol::tls::TlsError;
-use cloudkey_protocol::{ErrorCode, WireError};
+use cloudkey_protocol::ErrorCode;
+
+use crate::state::Refusal;
 
 /// Result with [`NodeError`].
 pub type Result<T, E = NodeError> = std::result::Result<T, E>;
@@ -17,9 +19,10 @@ pub type Result<T, E = NodeError> = std::result::Result<T, E>;
 /// exhaustive: a new variant must be mapped in `handler::to_wire`.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
-    /// A refusal with a specific PKCS#11 code (bad template, wrong PIN, unknown object, ...).
+    /// A refusal with a specific PKCS#11 code (bad template, wrong PIN, unknown object, ...):
+    /// the one refusal type, the state's and governance's, turned into this with `?`.
     #[error("{0}")]
-    Refused(WireError),
+    Refused(#[from] Refusal),
     /// A chip failed.
     #[error("chip: {0}")]
     Chip(#[from] ChipError),
@@ -88,7 +91,7 @@ pub enum NodeError {
 impl NodeError {
     /// A refusal with `code` and a detail.
     pub fn refuse(code: ErrorCode, detail: impl Into<String>) -> Self {
-        Self::Refused(WireError::new(code, detail))
+        Self::Refused(Refusal::new(code, detail))
     }
 
     /// An I/O failure while doing `what`.

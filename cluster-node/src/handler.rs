@@ -543,7 +543,7 @@ async fn wrap_key(
 #[must_use]
 pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
     match e {
-        NodeError::Refused(w) => w,
+        NodeError::Refused(r) => WireError::new(r.code, r.detail),
         NodeError::Chip(c) => WireError::new(service::chip_error_code(&c), c.to_string()),
         NodeError::NotLeader { leader } => WireError {
             code: ErrorCode::NotLeader,
