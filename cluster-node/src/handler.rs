@@ -5,11 +5,6 @@
 //! grant, runs the request under its deadline and dispatches it to the service function for its
 //! variant. [`to_wire`] is the one place a [`NodeError`] becomes a wire [`ErrorCode`].
 
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
-
-use cloudkey_chip::pool::ChipPool;
 use cloudkey_protocol::gov::{GuardedOp, TerminalInfo};
 use cloudkey_protocol::msg::{
     Attribute, Auth, ClientRequest, ClientResponse, Deadline, Mechanism, ObjectId, Request,
@@ -17,138 +12,13 @@ use cloudkey_protocol::msg::{
 };
 use cloudkey_protocol::tls::{PeerIdentity, Role};
 use cloudkey_protocol::{ErrorCode, WireError, PROTOCOL_VERSION};
-use futures::future::BoxFuture;
 use tracing::Instrument as _;
 
-use crate::chips::ChipDomain;
-use crate::config::{Config, Limits, Security};
 use crate::error::{NodeError, Result};
-use crate::raft::RaftNode;
-use crate::service::login::{self, LocalFailures, PinHasher};
-use crate::service::{self, admin, gov, keys, objects, Replicator, Session};
-use crate::state::{Command, CommandResult, State};
-
-/// Pause between attempts of an administrative write while the cluster has no leader.
-const ADMIN_RETRY: Duration = Duration::from_millis(200);
-
-/// Everything a request may need on this node.
-pub struct NodeCtx {
-    /// This node's Raft id.
-    pub id: u64,
-    /// The address this node serves on.
-    pub addr: String,
-    /// The applied replicated state.
-    pub state: Arc<State>,
-    /// This node's chips.
-    pub pool: Arc<ChipPool>,
-    /// Raft.
-    pub raft: RaftNode,
-    /// What the object and key services work with.
-    pub svc: service::Ctx,
-    /// The chips' domain and the session MAC key.
-    pub domain: Arc<ChipDomain>,
-    /// PIN hashing.
-    pub pins: PinHasher,
-    /// Wrong PINs not yet counted cluster-wide.
-    pub local_failures: LocalFailures,
-    /// Limits and deadlines.
-    pub limits: Limits,
-    /// Login settings.
-    pub security: Security,
-    /// Set while an init runs on this node.
-    pub(crate) init_running: AtomicBool,
-    /// Governance on this node: TLS key for endorsements, SMS notifier, signature counters.
-    pub gov: service::gov::GovNode,
-}
-
-impl std::fmt::Debug for NodeCtx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeCtx")
-            .field("id", &self.id)
-            .field("addr", &self.addr)
-            .field("applied", &self.state.applied())
-            .finish_non_exhaustive()
-    }
-}
-
-/// The Raft write path, as the services see it.
-impl Replicator for RaftNode {
-    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(CommandResult, u64)>> {
-        Box::pin(RaftNode::write(self, cmd))
-    }
-}
-
-impl NodeCtx {
-    /// The context of a node serving on `addr`.
-    ///
-    /// # Errors
-    /// [`NodeError::Config`] for argon2 parameters the configuration check let through.
-    pub fn new(
-        config: &Config,
-        addr: String,
-        state: Arc<State>,
-        pool: Arc<ChipPool>,
-        raft: RaftNode,
-        domain: Arc<ChipDomain>,
-    ) -> Result<Self> {
-        let svc = service::Ctx {
-            state: state.clone(),
-            pool: pool.clone(),
-            replicator: Arc::new(raft.clone()),
-        };
-        Ok(Self {
-            id: config.id,
-            addr,
-            state,
-            pool,
-            raft,
-            svc,
-            domain,
-            pins: PinHasher::new(&config.security)?,
-            local_failures: LocalFailures::default(),
-            limits: config.limits,
-            security: config.security,
-            init_running: AtomicBool::new(false),
-            gov: service::gov::GovNode {
-                notifier: config.notifier.clone().map(service::notify::notifier),
-                interval: config.audit_interval,
-                ..service::gov::GovNode::default()
-            },
-        })
-    }
-
-    /// Gives the node's TLS material to governance (its key endorses the audit key).
-    #[must_use]
-    pub fn with_tls(mut self, tls: Arc<cloudkey_protocol::tls::TlsMaterial>) -> Self {
-        self.gov.tls = Some(tls);
-        self
-    }
-
-    /// Commits `cmd`; a refusal by the state becomes [`NodeError::Refused`]. When this returns,
-    /// this node has applied the command.
-    ///
-    /// # Errors
-    /// Raft errors, or the refusal.
-    pub(crate) async fn write(&self, cmd: Command) -> Result<(CommandResult, u64)> {
-        match self.svc.replicator.write(cmd).await? {
-            (CommandResult::Refused(refusal), _) => Err(refusal.into()),
-            other => Ok(other),
-        }
-    }
-
-    /// [`NodeCtx::write`] for administrative commands that may be repeated safely: retries
-    /// while no leader is known or reachable. The caller's deadline bounds it.
-    pub(crate) async fn write_admin(&self, cmd: Command) -> Result<(CommandResult, u64)> {
-        loop {
-            match self.write(cmd.clone()).await {
-                Err(NodeError::NotLeader { .. } | NodeError::Peer(_) | NodeError::Timeout(_)) => {
-                    tokio::time::sleep(ADMIN_RETRY).await;
-                }
-                other => return other,
-            }
-        }
-    }
-}
+use crate::service::login;
+/// The node context lives in [`crate::service`]; re-exported here for the server and the bin.
+pub use crate::service::NodeCtx;
+use crate::service::{self, admin, gov, keys, objects, Session};
 
 /// Admits a request from a certificate of `role` by the request's spec ([`Request::spec`]):
 /// what the spec's sender does not permit is refused, node certificates always.
@@ -198,7 +68,7 @@ pub async fn handle(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -> C
             }
         };
         ClientResponse {
-            applied: ctx.state.applied(),
+            applied: ctx.svc.state.applied(),
             node: ctx.id,
             result,
         }
@@ -218,8 +88,9 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
         ));
     }
     admit(&peer.role, &req.request)?;
-    if ctx.state.applied() < req.min_applied {
-        ctx.state
+    if ctx.svc.state.applied() < req.min_applied {
+        ctx.svc
+            .state
             .wait_applied(req.min_applied, ctx.limits.read_wait)
             .await
             .map_err(|_| {
@@ -227,7 +98,7 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
                     ErrorCode::Stale,
                     format!(
                         "this node has applied index {}, not yet {}",
-                        ctx.state.applied(),
+                        ctx.svc.state.applied(),
                         req.min_applied
                     ),
                 )
@@ -273,7 +144,7 @@ async fn sign(
     input: SignInput,
 ) -> Result<Response> {
     let s = session(ctx, auth).await?;
-    if ctx.state.has_policies() {
+    if ctx.svc.state.has_policies() {
         // Use of a designated key: each signature consumes its own approval, before it is made.
         let params = (key, mechanism, &input);
         if let Some(g) = gov::guard(
@@ -672,7 +543,7 @@ async fn wrap_key(
 #[must_use]
 pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
     match e {
-        NodeError::Refused(w) => w,
+        NodeError::Refused(r) => WireError::new(r.code, r.detail),
         NodeError::Chip(c) => WireError::new(service::chip_error_code(&c), c.to_string()),
         NodeError::NotLeader { leader } => WireError {
             code: ErrorCode::NotLeader,
@@ -686,8 +557,14 @@ pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
         NodeError::Raft(d) | NodeError::Peer(d) | NodeError::Timeout(d) => {
             WireError::new(ErrorCode::Unavailable, d)
         }
-        NodeError::Storage(d) => WireError::new(ErrorCode::DeviceError, format!("storage: {d}")),
+        e @ (NodeError::Storage(_) | NodeError::Io { .. }) => {
+            WireError::new(ErrorCode::DeviceError, e.to_string())
+        }
         NodeError::Config(d) | NodeError::Internal(d) => WireError::new(ErrorCode::GeneralError, d),
+        e @ (NodeError::Tls(_)
+        | NodeError::Encode { .. }
+        | NodeError::PinHash(_)
+        | NodeError::Task { .. }) => WireError::new(ErrorCode::GeneralError, e.to_string()),
     }
 }
 

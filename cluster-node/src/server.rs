@@ -36,8 +36,9 @@ use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::error::{NodeError, Result};
-use crate::handler::{self, NodeCtx};
+use crate::handler;
 use crate::raft::{self, PeerContext};
+use crate::service::NodeCtx;
 
 /// File in the data directory that records the bound address.
 pub const LISTEN_ADDR_FILE: &str = "listen.addr";
@@ -58,17 +59,16 @@ const CLOSE_SHUTDOWN: u32 = 0;
 /// [`NodeError::Config`] when the TLS material is refused; [`NodeError::Storage`] when the
 /// address cannot be bound or recorded.
 pub fn bind(config: &Config, tls: &TlsMaterial) -> Result<quinn::Endpoint> {
-    let mut server = tls::server_config(tls, &[ALPN_CLIENT, ALPN_RAFT])
-        .map_err(|e| NodeError::Config(format!("tls: {e}")))?;
+    let mut server = tls::server_config(tls, &[ALPN_CLIENT, ALPN_RAFT])?;
     server.transport_config(transport(config.limits.max_streams)?);
 
     let record = config.data_dir.join(LISTEN_ADDR_FILE);
     let addr = bind_addr(config.listen, &record)?;
     let endpoint = quinn::Endpoint::server(server, addr)
-        .map_err(|e| NodeError::Storage(format!("cannot bind {addr}: {e}")))?;
+        .map_err(NodeError::io(format!("cannot bind {addr}")))?;
     let bound = endpoint
         .local_addr()
-        .map_err(|e| NodeError::Storage(format!("bound socket has no address: {e}")))?;
+        .map_err(NodeError::io("bound socket has no address"))?;
     if config.listen.port() == 0 {
         write_atomic(&record, format!("{bound}\n").as_bytes())?;
     }
@@ -94,10 +94,9 @@ fn bind_addr(listen: SocketAddr, record: &Path) -> Result<SocketAddr> {
             ))),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(listen),
-        Err(e) => Err(NodeError::Storage(format!(
-            "cannot read {}: {e}",
-            record.display()
-        ))),
+        Err(e) => Err(NodeError::io(format!("cannot read {}", record.display()))(
+            e,
+        )),
     }
 }
 
@@ -105,12 +104,11 @@ fn bind_addr(listen: SocketAddr, record: &Path) -> Result<SocketAddr> {
 /// half-written file.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let io =
-        |e: std::io::Error| NodeError::Storage(format!("cannot write {}: {e}", path.display()));
-    let mut f = fs::File::create(&tmp).map_err(io)?;
-    f.write_all(bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    fs::rename(&tmp, path).map_err(io)?;
+    let io = || NodeError::io(format!("cannot write {}", path.display()));
+    let mut f = fs::File::create(&tmp).map_err(io())?;
+    f.write_all(bytes).map_err(io())?;
+    f.sync_all().map_err(io())?;
+    fs::rename(&tmp, path).map_err(io())?;
     Ok(())
 }
 
@@ -357,7 +355,7 @@ async fn serve_stream(
     let written = match frame::write_frame(&mut send, &response).await {
         Err(FrameError::TooLarge(_)) => {
             let e = ClientResponse {
-                applied: ctx.state.applied(),
+                applied: ctx.svc.state.applied(),
                 node: ctx.id,
                 result: Err(WireError::new(
                     ErrorCode::DataLenRange,
@@ -379,7 +377,7 @@ async fn serve_stream(
 fn bad_request(ctx: &NodeCtx, detail: String) -> ClientResponse {
     tracing::info!(%detail, "bad request");
     ClientResponse {
-        applied: ctx.state.applied(),
+        applied: ctx.svc.state.applied(),
         node: ctx.id,
         result: Err(WireError::new(ErrorCode::BadRequest, detail)),
     }

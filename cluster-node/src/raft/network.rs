@@ -180,7 +180,7 @@ impl From<&NodeError> for PeerError {
             NodeError::NotLeader { leader } => Self::NotLeader {
                 leader: leader.clone(),
             },
-            NodeError::Refused(w) => Self::Refused(w.clone()),
+            NodeError::Refused(r) => Self::Refused(WireError::new(r.code, r.detail.clone())),
             NodeError::Raft(s) => Self::Raft(s.clone()),
             NodeError::Timeout(s) => Self::Timeout(s.clone()),
             NodeError::Chip(c) => Self::Chip(c.to_string()),
@@ -194,7 +194,7 @@ impl From<PeerError> for NodeError {
     fn from(e: PeerError) -> Self {
         match e {
             PeerError::NotLeader { leader } => NodeError::NotLeader { leader },
-            PeerError::Refused(w) => NodeError::Refused(w),
+            PeerError::Refused(w) => NodeError::refuse(w.code, w.detail),
             PeerError::Raft(s) => NodeError::Raft(s),
             PeerError::Timeout(s) => NodeError::Timeout(s),
             PeerError::Chip(s) => NodeError::Peer(format!("remote chip: {s}")),

@@ -13,8 +13,8 @@ use cloudkey_protocol::msg::{
 use cloudkey_protocol::ErrorCode;
 
 use crate::error::{NodeError, Result};
-use crate::handler::NodeCtx;
 use crate::service::login::{check_label, check_pin_len};
+use crate::service::NodeCtx;
 use crate::state::{ClusterInfo, Command, CommandResult, Object, Token};
 
 /// Most members a cluster is bootstrapped with.
@@ -59,7 +59,7 @@ impl Drop for InitGuard<'_> {
 /// `ActionProhibited` when the cluster is already initialised; `ArgumentsBad` for bad members;
 /// `Busy` while another init runs; chip and Raft errors.
 pub async fn init(ctx: &NodeCtx, members: &[Member]) -> Result<()> {
-    if ctx.state.cluster().is_some() {
+    if ctx.svc.state.cluster().is_some() {
         return Err(refuse(
             ErrorCode::ActionProhibited,
             "the cluster is already initialised",
@@ -122,7 +122,8 @@ pub async fn init(ctx: &NodeCtx, members: &[Member]) -> Result<()> {
     match ctx.write_admin(Command::Init(info)).await {
         Ok(_) => {}
         // A retried write whose first attempt was committed: fine if it is our domain.
-        Err(NodeError::Refused(_)) if ctx.state.cluster().is_some_and(|c| c.domain_kcv == kcv) => {}
+        Err(NodeError::Refused(_))
+            if ctx.svc.state.cluster().is_some_and(|c| c.domain_kcv == kcv) => {}
         Err(e) => return Err(e),
     }
     ctx.domain.kick();
@@ -135,7 +136,7 @@ pub async fn init(ctx: &NodeCtx, members: &[Member]) -> Result<()> {
 /// # Errors
 /// `ClusterNotInitialized`; `ArgumentsBad`; Raft errors.
 pub async fn add_node(ctx: &NodeCtx, member: &Member) -> Result<()> {
-    ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
+    ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
     check_member(member)?;
     ctx.raft.add_node(member.id, member.addr.clone()).await?;
     tracing::info!(node = member.id, addr = %member.addr, "node added");
@@ -147,7 +148,7 @@ pub async fn add_node(ctx: &NodeCtx, member: &Member) -> Result<()> {
 /// # Errors
 /// `ClusterNotInitialized`; Raft errors.
 pub async fn remove_node(ctx: &NodeCtx, id: u64) -> Result<()> {
-    ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
+    ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
     ctx.raft.remove_node(id).await?;
     tracing::info!(node = id, "node removed");
     Ok(())
@@ -164,9 +165,9 @@ pub async fn create_token(
     so_pin: &Secret,
     user_pin: Option<&Secret>,
 ) -> Result<TokenInfo> {
-    let cluster = ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
+    let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
     check_label(label)?;
-    if ctx.state.token_by_label(label).is_some() {
+    if ctx.svc.state.token_by_label(label).is_some() {
         return Err(refuse(
             ErrorCode::ArgumentsBad,
             "a token with that label exists",
@@ -194,16 +195,16 @@ pub async fn create_token(
         )));
     };
     tracing::info!(token = %id, label, "token created");
-    let token = ctx
-        .state
-        .token(id)
-        .ok_or_else(|| NodeError::Internal("the new token is not in the applied state".into()))?;
+    let token =
+        ctx.svc.state.token(id).ok_or_else(|| {
+            NodeError::Internal("the new token is not in the applied state".into())
+        })?;
     Ok(token_info(ctx, &token, cluster.max_failures))
 }
 
 fn existing(ctx: &NodeCtx, id: TokenId) -> Result<()> {
-    ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
-    if ctx.state.token(id).is_none() {
+    ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
+    if ctx.svc.state.token(id).is_none() {
         return Err(refuse(ErrorCode::TokenNotPresent, "no such token"));
     }
     Ok(())
@@ -243,17 +244,18 @@ fn token_info(ctx: &NodeCtx, t: &Token, max_failures: u32) -> TokenInfo {
         so_failures: t.so_failures,
         so_locked: t.so_failures >= max_failures,
         max_failures,
-        objects: ctx.state.objects_of(t.id).len() as u64,
+        objects: ctx.svc.state.objects_of(t.id).len() as u64,
     }
 }
 
 /// Every token (none before init).
 #[must_use]
 pub fn list_tokens(ctx: &NodeCtx) -> Vec<TokenInfo> {
-    let Some(cluster) = ctx.state.cluster() else {
+    let Some(cluster) = ctx.svc.state.cluster() else {
         return Vec::new();
     };
-    ctx.state
+    ctx.svc
+        .state
         .tokens()
         .iter()
         .map(|t| token_info(ctx, t, cluster.max_failures))
@@ -273,12 +275,12 @@ fn attr_ulong(o: &Object, ty: u64) -> Option<u64> {
 pub fn list_objects(ctx: &NodeCtx, token: Option<TokenId>) -> Result<Vec<ObjectSummary>> {
     let objects = match token {
         Some(id) => {
-            if ctx.state.token(id).is_none() {
+            if ctx.svc.state.token(id).is_none() {
                 return Err(refuse(ErrorCode::TokenNotPresent, "no such token"));
             }
-            ctx.state.objects_of(id)
+            ctx.svc.state.objects_of(id)
         }
-        None => ctx.state.all_objects(),
+        None => ctx.svc.state.all_objects(),
     };
     Ok(objects
         .iter()
@@ -306,9 +308,10 @@ pub fn list_objects(ctx: &NodeCtx, token: Option<TokenId>) -> Result<Vec<ObjectS
 /// This node's view of itself and the cluster.
 #[must_use]
 pub fn status(ctx: &NodeCtx) -> NodeStatus {
-    let cluster = ctx.state.cluster();
+    let cluster = ctx.svc.state.cluster();
     let kcv = cluster.as_ref().map(|c| c.domain_kcv);
     let chips = ctx
+        .svc
         .pool
         .status()
         .into_iter()
@@ -328,7 +331,7 @@ pub fn status(ctx: &NodeCtx) -> NodeStatus {
         initialized: cluster.is_some(),
         term: ctx.raft.term(),
         leader: ctx.raft.leader(),
-        applied: ctx.state.applied(),
+        applied: ctx.svc.state.applied(),
         members: ctx
             .raft
             .members()

@@ -24,8 +24,8 @@ use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::governance::{officer_requester, sha256, tmk_params_hash, AppState, GovCommand};
-use crate::handler::NodeCtx;
 pub use crate::service::notify::Notifier;
+use crate::service::NodeCtx;
 use crate::service::{self, login, Replicator};
 use crate::state::{Command, CommandResult};
 use crate::{NodeError, Result};
@@ -162,11 +162,11 @@ async fn lookup<T>(
     ctx: &NodeCtx,
     f: impl Fn(&crate::governance::Governance) -> Option<T>,
 ) -> Result<Option<T>> {
-    if let Some(v) = ctx.state.with_gov(&f) {
+    if let Some(v) = ctx.svc.state.with_gov(&f) {
         return Ok(Some(v));
     }
     catch_up(ctx).await?;
-    Ok(ctx.state.with_gov(&f))
+    Ok(ctx.svc.state.with_gov(&f))
 }
 
 /// Commits a barrier: once it returns, this node has applied everything committed before.
@@ -182,7 +182,7 @@ async fn catch_up(ctx: &NodeCtx) -> Result<()> {
 /// `FunctionRejected` for an unknown officer or another certificate, `PinLocked`,
 /// `PinIncorrect`.
 pub async fn officer(ctx: &NodeCtx, peer: &PeerIdentity, auth: &OfficerAuth) -> Result<String> {
-    let cluster = ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
+    let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
     let Some(o) = lookup(ctx, |g| g.officers.get(&auth.name).cloned()).await? else {
         return Err(refuse(
             ErrorCode::FunctionRejected,
@@ -307,8 +307,8 @@ async fn write_governed(ctx: &NodeCtx, guard: Option<&Guard>, cmd: GovCommand) -
 /// Officers.
 #[must_use]
 pub fn list_officers(ctx: &NodeCtx) -> Vec<OfficerInfo> {
-    let max = ctx.state.cluster().map_or(u32::MAX, |c| c.max_failures);
-    ctx.state.with_gov(|g| g.officer_infos(max))
+    let max = ctx.svc.state.cluster().map_or(u32::MAX, |c| c.max_failures);
+    ctx.svc.state.with_gov(|g| g.officer_infos(max))
 }
 
 /// Sets a scope's policy.
@@ -322,8 +322,8 @@ pub async fn set_policy(
     rules: Vec<Rule>,
 ) -> Result<()> {
     let exists = |ctx: &NodeCtx| match scope {
-        PolicyScope::Token(t) => ctx.state.token(t).is_some(),
-        PolicyScope::Key(k) => ctx.state.object(&k).is_some(),
+        PolicyScope::Token(t) => ctx.svc.state.token(t).is_some(),
+        PolicyScope::Key(k) => ctx.svc.state.object(&k).is_some(),
         PolicyScope::Cluster => true,
     };
     if !exists(ctx) {
@@ -346,7 +346,8 @@ pub async fn set_policy(
 /// Policies.
 #[must_use]
 pub fn list_policies(ctx: &NodeCtx) -> Vec<(PolicyScope, Vec<Rule>)> {
-    ctx.state
+    ctx.svc
+        .state
         .with_gov(|g| g.policies.iter().map(|(s, r)| (*s, r.clone())).collect())
 }
 
@@ -354,7 +355,7 @@ pub fn list_policies(ctx: &NodeCtx) -> Vec<(PolicyScope, Vec<Rule>)> {
 #[must_use]
 pub fn list_approvals(ctx: &NodeCtx, all: bool) -> Vec<ApprovalInfo> {
     let now = now_ms();
-    ctx.state.with_gov(|g| {
+    ctx.svc.state.with_gov(|g| {
         g.approvals
             .values()
             .map(|a| a.info(now))
@@ -371,7 +372,8 @@ pub fn list_approvals(ctx: &NodeCtx, all: bool) -> Vec<ApprovalInfo> {
 
 fn approval_info(ctx: &NodeCtx, id: u64) -> Result<ApprovalInfo> {
     let now = now_ms();
-    ctx.state
+    ctx.svc
+        .state
         .with_gov(|g| g.approvals.get(&id).map(|a| a.info(now)))
         .ok_or_else(|| {
             refuse(
@@ -467,10 +469,11 @@ pub async fn guard(
     params: &impl Serialize,
     description: impl FnOnce() -> String,
 ) -> Result<Option<Guard>> {
-    if !ctx.state.has_policies() {
+    if !ctx.svc.state.has_policies() {
         return Ok(None);
     }
     let Some((scope, rule)) = ctx
+        .svc
         .state
         .with_gov(|g| g.rule_for(op, token, keys, key_type))
     else {
@@ -480,6 +483,7 @@ pub async fn guard(
     let hash = params_hash(op, token, params);
     let now = now_ms();
     if let Some(id) = ctx
+        .svc
         .state
         .with_gov(|g| g.approved_for(&requester, &hash, now))
     {
@@ -514,7 +518,7 @@ pub async fn guard(
     };
     // This node has now applied everything up to the proposal: the request may have been
     // approved already (the approval had not reached this node when it first looked).
-    let approved = ctx.state.with_gov(|g| {
+    let approved = ctx.svc.state.with_gov(|g| {
         g.approvals
             .get(&id)
             .is_some_and(|a| a.status_at(now) == cloudkey_protocol::gov::ApprovalStatus::Approved)
@@ -612,11 +616,12 @@ impl Replicator for GuardedReplicator {
 #[must_use]
 pub fn audit_export(ctx: &NodeCtx, from: u64, max: u32) -> AuditPage {
     let max = max.clamp(1, MAX_AUDIT_PAGE) as usize;
-    let mut records = ctx.state.audit_range(from, max + 1);
+    let mut records = ctx.svc.state.audit_range(from, max + 1);
     let more = records.len() > max;
     records.truncate(max);
     AuditPage {
         key: ctx
+            .svc
             .state
             .with_gov(|g| g.audit_key.as_ref().map(|k| k.info.clone())),
         records,
@@ -635,7 +640,7 @@ pub async fn audit_round(ctx: &NodeCtx) -> Result<()> {
     if !ctx.raft.is_leader() {
         return Ok(());
     }
-    let key = ctx.state.with_gov(|g| g.audit_key.clone());
+    let key = ctx.svc.state.with_gov(|g| g.audit_key.clone());
     let key = match key {
         Some(k) => k,
         None => {
@@ -643,10 +648,11 @@ pub async fn audit_round(ctx: &NodeCtx) -> Result<()> {
             return Ok(());
         }
     };
-    let Some((index, hash)) = ctx.state.audit_head() else {
+    let Some((index, hash)) = ctx.svc.state.audit_head() else {
         return Ok(());
     };
     if ctx
+        .svc
         .state
         .with_gov(|g| g.last_checkpoint.is_some_and(|l| l >= index))
     {
@@ -654,6 +660,7 @@ pub async fn audit_round(ctx: &NodeCtx) -> Result<()> {
     }
     // The head is the previous checkpoint itself when nothing else happened since.
     let head_is_checkpoint = ctx
+        .svc
         .state
         .audit_range(index, 1)
         .first()
@@ -664,6 +671,7 @@ pub async fn audit_round(ctx: &NodeCtx) -> Result<()> {
     let pool_key = PoolKey::new(KeyBlob(key.blob.clone()))?;
     let digest = sha256(&checkpoint_message(index, &hash));
     let signature = ctx
+        .svc
         .pool
         .sign(&pool_key, SignMech::Ecdsa, digest.to_vec())
         .await?;
@@ -685,6 +693,7 @@ async fn make_audit_key(ctx: &NodeCtx) -> Result<()> {
     }
     let result = async {
         let new = ctx
+            .svc
             .pool
             .generate_key_pair(KeyTemplate {
                 id: KeyId::random(),
@@ -697,9 +706,7 @@ async fn make_audit_key(ctx: &NodeCtx) -> Result<()> {
                 "audit key without a P-256 public key".into(),
             ));
         };
-        let endorsement = tls
-            .sign_ecdsa_p256(&endorsement_message(&public))
-            .map_err(|e| NodeError::Internal(format!("endorsing the audit key: {e}")))?;
+        let endorsement = tls.sign_ecdsa_p256(&endorsement_message(&public))?;
         let endorser_cert = tls
             .chain()
             .first()
@@ -745,7 +752,9 @@ async fn summarise_usage(ctx: &NodeCtx) -> Result<()> {
         }
     }
     // Every count taken is in the chain now: the counters of destroyed keys can go.
-    ctx.gov.usage.prune(|key| ctx.state.object(key).is_some());
+    ctx.gov
+        .usage
+        .prune(|key| ctx.svc.state.object(key).is_some());
     Ok(())
 }
 
@@ -764,7 +773,7 @@ pub fn spawn_audit(
                 _ = tick.tick() => {}
                 _ = stop.changed() => break,
             }
-            if ctx.state.cluster().is_none() {
+            if ctx.svc.state.cluster().is_none() {
                 continue;
             }
             if let Err(e) = audit_round(&ctx).await {
@@ -846,7 +855,7 @@ pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo
 /// Terminals.
 #[must_use]
 pub fn list_terminals(ctx: &NodeCtx) -> Vec<TerminalInfo> {
-    ctx.state.with_gov(|g| {
+    ctx.svc.state.with_gov(|g| {
         g.terminals
             .values()
             .map(crate::governance::Terminal::info)
@@ -890,7 +899,7 @@ pub async fn tmk_request(ctx: &NodeCtx, peer: &PeerIdentity, terminal_id: &str) 
 }
 
 async fn sms_mac(ctx: &NodeCtx, officer: &str, terminal: &str, code: &[u8]) -> Result<[u8; 32]> {
-    let key = ctx.domain.session_mac(&ctx.state).await?;
+    let key = ctx.domain.session_mac(&ctx.svc.state).await?;
     let mut m = b"cloudkey sms v1\0".to_vec();
     m.extend_from_slice(officer.as_bytes());
     m.push(0);
@@ -968,6 +977,7 @@ pub async fn tmk_apply(
     }
     let default_ttl = u64::try_from(TMK_APPROVAL_TTL.as_millis()).unwrap_or(u64::MAX);
     let (quorum, eligible, ttl_ms) = match ctx
+        .svc
         .state
         .with_gov(|g| g.rule_for(GuardedOp::TmkInject, None, &[], None))
     {
@@ -1032,6 +1042,7 @@ pub async fn tmk_fetch(
     }))
     .await?;
     let app = ctx
+        .svc
         .state
         .with_gov(|g| g.applications.get(&qr.application).cloned())
         .filter(|a| a.terminal == t.id)
@@ -1095,7 +1106,8 @@ pub async fn tmk_fetch(
     }
     let now = now_ms();
     let params = tmk_params_hash(&t.id, app.id);
-    ctx.state
+    ctx.svc
+        .state
         .with_gov(|g| g.check_consumable(approval, &officer_requester(&applicant), &params, now))?;
     let (spec, algorithm, wrap, zero_mech) = match &t.key {
         TerminalKey::Rsa { n, e } => (
@@ -1133,6 +1145,7 @@ pub async fn tmk_fetch(
         ),
     };
     let new = ctx
+        .svc
         .pool
         .generate_secret_key(KeyTemplate {
             id: KeyId::random(),
@@ -1142,10 +1155,12 @@ pub async fn tmk_fetch(
         .await?;
     let tmk = PoolKey::new(new.blob.clone())?;
     let encrypted = ctx
+        .svc
         .pool
         .wrap_key(&PoolKeyRef::Public(wrap.0), wrap.1, &tmk)
         .await?;
     let zeros = ctx
+        .svc
         .pool
         .encrypt(&PoolKeyRef::Key(tmk), zero_mech, vec![0u8; 16])
         .await?;
@@ -1170,6 +1185,7 @@ pub async fn tmk_fetch(
         // Another node (or an earlier attempt whose answer was lost) committed first: deliver
         // that key, the only one this application will ever have.
         Err(e) => match ctx
+            .svc
             .state
             .with_gov(|g| g.applications.get(&app.id).map(|a| a.state.clone()))
         {

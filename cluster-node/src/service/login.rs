@@ -36,7 +36,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Security;
 use crate::error::{NodeError, Result};
-use crate::handler::NodeCtx;
+use crate::service::NodeCtx;
 use crate::service::Session;
 use crate::state::{Command, CommandResult, PinHash, Token, MAX_LABEL_LEN};
 
@@ -106,7 +106,7 @@ impl PinHasher {
             Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
                 .hash_password_with_salt(pin.expose(), &salt)
                 .map(|h| PinHash(h.to_string()))
-                .map_err(|e| NodeError::Internal(format!("argon2: {e}")))
+                .map_err(NodeError::PinHash)
         })
         .await
     }
@@ -124,7 +124,7 @@ impl PinHasher {
             match Argon2::default().verify_password(pin.expose(), &parsed) {
                 Ok(()) => Ok(true),
                 Err(argon2::password_hash::Error::PasswordInvalid) => Ok(false),
-                Err(e) => Err(NodeError::Internal(format!("argon2: {e}"))),
+                Err(e) => Err(NodeError::PinHash(e)),
             }
         })
         .await
@@ -147,7 +147,10 @@ impl PinHasher {
             f()
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("PIN hash task failed: {e}")))?
+        .map_err(|source| NodeError::Task {
+            what: "PIN hash",
+            source,
+        })?
     }
 }
 
@@ -269,8 +272,9 @@ pub fn check_label(label: &str) -> Result<()> {
 }
 
 fn token_of(ctx: &NodeCtx, token: TokenId) -> Result<Arc<Token>> {
-    ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
-    ctx.state
+    ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
+    ctx.svc
+        .state
         .token(token)
         .ok_or_else(|| refuse(ErrorCode::TokenNotPresent, "no such token"))
 }
@@ -281,7 +285,7 @@ fn token_of(ctx: &NodeCtx, token: TokenId) -> Result<Arc<Token>> {
 /// `PinLocked` (before the PIN is checked, or when this attempt locked it), `PinIncorrect`,
 /// `UserPinNotInitialized`; Raft errors only for a correct PIN's counter reset.
 async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -> Result<()> {
-    let cluster = ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
+    let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
     let replicated = match user {
         UserType::So => token.so_failures,
         UserType::User => token.user_failures,
@@ -384,8 +388,8 @@ pub async fn login(
 ) -> Result<(SessionGrant, u64)> {
     let t = token_of(ctx, token)?;
     check_pin(ctx, &t, user, pin).await?;
-    let cluster = ctx.state.cluster().ok_or(NodeError::NotInitialized)?;
-    let key = ctx.domain.session_mac(&ctx.state).await?;
+    let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
+    let key = ctx.domain.session_mac(&ctx.svc.state).await?;
     let mut nonce = [0u8; 16];
     aws_lc_rs::rand::fill(&mut nonce)
         .map_err(|_| NodeError::Internal("random generator failed".into()))?;
@@ -398,8 +402,10 @@ pub async fn login(
         expires_unix_ms,
         nonce,
     };
-    let mut grant = postcard::to_stdvec(&body)
-        .map_err(|e| NodeError::Internal(format!("encoding a grant: {e}")))?;
+    let mut grant = postcard::to_stdvec(&body).map_err(|source| NodeError::Encode {
+        what: "a session grant",
+        source,
+    })?;
     let tag = hmac::sign(key.key(), &grant);
     grant.extend_from_slice(tag.as_ref());
     tracing::info!(%token, ?user, "login");
@@ -427,7 +433,7 @@ pub async fn verify_grant(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
         return Err(not_logged_in("malformed session grant"));
     }
     let (body, tag) = bytes.split_at(bytes.len() - TAG_LEN);
-    let key = ctx.domain.session_mac(&ctx.state).await?;
+    let key = ctx.domain.session_mac(&ctx.svc.state).await?;
     // Constant-time comparison of the tag.
     hmac::verify(key.key(), body, tag).map_err(|_| not_logged_in("invalid session grant"))?;
     let body: GrantBody =
@@ -507,7 +513,7 @@ pub async fn set_pin(ctx: &NodeCtx, auth: &Auth, old_pin: &Secret, new_pin: &Sec
 pub async fn init_token(ctx: &NodeCtx, token: TokenId, so_pin: &Secret, label: &str) -> Result<()> {
     check_label(label)?;
     let t = token_of(ctx, token)?;
-    if let Some(other) = ctx.state.token_by_label(label) {
+    if let Some(other) = ctx.svc.state.token_by_label(label) {
         if other.id != token {
             return Err(refuse(
                 ErrorCode::ArgumentsBad,

@@ -31,7 +31,9 @@ pub mod mechanism;
 pub mod notify;
 pub mod objects;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use cloudkey_chip::pool::ChipPool;
 use cloudkey_chip::ChipError;
@@ -39,8 +41,12 @@ use cloudkey_protocol::msg::{TokenId, UserType};
 use cloudkey_protocol::ErrorCode;
 use futures::future::BoxFuture;
 
+use crate::chips::ChipDomain;
+use crate::config::{Config, Limits, Security};
+use crate::raft::RaftNode;
 use crate::state::{Command, CommandResult, State};
 use crate::{NodeError, Result};
+use login::{LocalFailures, PinHasher};
 
 /// The write path: commits a [`Command`] to the replicated log and applies it.
 ///
@@ -71,6 +77,123 @@ impl std::fmt::Debug for Ctx {
             .field("applied", &self.state.applied())
             .field("chips", &self.pool.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Pause between attempts of an administrative write while the cluster has no leader.
+const ADMIN_RETRY: Duration = Duration::from_millis(200);
+
+/// The one context of a node: [`Ctx`] (state, chips, write path) and what the node-level
+/// services (login, administration, governance) need besides. The handler builds nothing of
+/// its own; services take this or, when state, chips and writes are all they need, its
+/// [`NodeCtx::svc`].
+pub struct NodeCtx {
+    /// This node's Raft id.
+    pub id: u64,
+    /// The address this node serves on.
+    pub addr: String,
+    /// Raft.
+    pub raft: RaftNode,
+    /// The applied state, the chips and the write path: what the object and key services
+    /// work with.
+    pub svc: Ctx,
+    /// The chips' domain and the session MAC key.
+    pub domain: Arc<ChipDomain>,
+    /// PIN hashing.
+    pub pins: PinHasher,
+    /// Wrong PINs not yet counted cluster-wide.
+    pub local_failures: LocalFailures,
+    /// Limits and deadlines.
+    pub limits: Limits,
+    /// Login settings.
+    pub security: Security,
+    /// Set while an init runs on this node.
+    pub(crate) init_running: AtomicBool,
+    /// Governance on this node: TLS key for endorsements, SMS notifier, signature counters.
+    pub gov: gov::GovNode,
+}
+
+impl std::fmt::Debug for NodeCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeCtx")
+            .field("id", &self.id)
+            .field("addr", &self.addr)
+            .field("applied", &self.svc.state.applied())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The Raft write path, as the services see it.
+impl Replicator for RaftNode {
+    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(CommandResult, u64)>> {
+        Box::pin(RaftNode::write(self, cmd))
+    }
+}
+
+impl NodeCtx {
+    /// The context of a node serving on `addr`.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] for argon2 parameters the configuration check let through.
+    pub fn new(
+        config: &Config,
+        addr: String,
+        state: Arc<State>,
+        pool: Arc<ChipPool>,
+        raft: RaftNode,
+        domain: Arc<ChipDomain>,
+    ) -> Result<Self> {
+        let svc = Ctx {
+            state,
+            pool,
+            replicator: Arc::new(raft.clone()),
+        };
+        Ok(Self {
+            id: config.id,
+            addr,
+            raft,
+            svc,
+            domain,
+            pins: PinHasher::new(&config.security)?,
+            local_failures: LocalFailures::default(),
+            limits: config.limits,
+            security: config.security,
+            init_running: AtomicBool::new(false),
+            gov: gov::GovNode {
+                notifier: config.notifier.clone().map(notify::notifier),
+                interval: config.audit_interval,
+                ..gov::GovNode::default()
+            },
+        })
+    }
+
+    /// Gives the node's TLS material to governance (its key endorses the audit key).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Arc<cloudkey_protocol::tls::TlsMaterial>) -> Self {
+        self.gov.tls = Some(tls);
+        self
+    }
+
+    /// Commits `cmd`; a refusal by the state becomes [`NodeError::Refused`]. When this returns,
+    /// this node has applied the command.
+    ///
+    /// # Errors
+    /// Raft errors, or the refusal.
+    pub(crate) async fn write(&self, cmd: Command) -> Result<(CommandResult, u64)> {
+        self.svc.write(cmd).await
+    }
+
+    /// [`NodeCtx::write`] for administrative commands that may be repeated safely: retries
+    /// while no leader is known or reachable. The caller's deadline bounds it.
+    pub(crate) async fn write_admin(&self, cmd: Command) -> Result<(CommandResult, u64)> {
+        loop {
+            match self.write(cmd.clone()).await {
+                Err(NodeError::NotLeader { .. } | NodeError::Peer(_) | NodeError::Timeout(_)) => {
+                    tokio::time::sleep(ADMIN_RETRY).await;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -117,7 +240,8 @@ impl Session {
 }
 
 /// The wire code for a chip error. `handler.rs` uses this for [`NodeError::Chip`], so chip
-/// failures map to PKCS#11 codes in one place.
+/// failures map to PKCS#11 codes in one place. Exhaustive, without a catch-all: a chip error
+/// added later does not compile until it is mapped here.
 #[must_use]
 pub fn chip_error_code(e: &ChipError) -> ErrorCode {
     match e {
@@ -148,8 +272,6 @@ pub fn chip_error_code(e: &ChipError) -> ErrorCode {
         | ChipError::DeviceLost(_)
         | ChipError::Protocol(_)
         | ChipError::Internal(_) => ErrorCode::DeviceError,
-        // A variant added to the chip crate later: a device condition until mapped here.
-        _ => ErrorCode::DeviceError,
     }
 }
 
@@ -158,10 +280,20 @@ pub fn chip_error_code(e: &ChipError) -> ErrorCode {
 /// # Errors
 /// The replicator's error, or the refusal with the code the state gave.
 pub(crate) async fn commit(ctx: &Ctx, cmd: Command) -> Result<u64> {
-    let (result, index) = ctx.replicator.write(cmd).await?;
-    match result {
-        CommandResult::Refused(refusal) => Err(NodeError::from(refusal)),
-        _ => Ok(index),
+    ctx.write(cmd).await.map(|(_, index)| index)
+}
+
+impl Ctx {
+    /// Commits `cmd` and returns what applying it gave and its log index; a refusal by the
+    /// state becomes [`NodeError::Refused`] (the one place that conversion is made).
+    ///
+    /// # Errors
+    /// The replicator's error, or the refusal with the code the state gave.
+    pub(crate) async fn write(&self, cmd: Command) -> Result<(CommandResult, u64)> {
+        match self.replicator.write(cmd).await? {
+            (CommandResult::Refused(refusal), _) => Err(refusal.into()),
+            other => Ok(other),
+        }
     }
 }
 

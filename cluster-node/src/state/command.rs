@@ -1,7 +1,7 @@
 //! What is replicated ([`Command`]) and what applying it gives ([`CommandResult`]).
 
 use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
-use cloudkey_protocol::{ErrorCode, WireError};
+use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 use super::{ClusterInfo, ObjectRecord, PinHash};
@@ -159,11 +159,5 @@ impl Refusal {
             code,
             detail: detail.into(),
         }
-    }
-}
-
-impl From<Refusal> for crate::NodeError {
-    fn from(r: Refusal) -> Self {
-        Self::Refused(WireError::new(r.code, r.detail))
     }
 }
