@@ -95,7 +95,7 @@ pub fn child() -> Option<ChildCtx> {
 }
 
 /// The command that runs the `#[ignore]`d entry point `test` (its full path, e.g.
-/// `pkcs11_cryptoki::child_surface`) in a child, with `token`'s configuration and `out` as its
+/// `pkcs11_cryptoki::surface::session`) in a child, with `token`'s configuration and `out` as its
 /// output directory. Its stdout is libtest's and the scenario's.
 pub fn child_command(test: &str, token: &Pkcs11Token, out: &Path) -> Result<Command> {
     let exe = std::env::current_exe().context("the test executable")?;
