@@ -25,7 +25,7 @@ use cloudkey_protocol::frame::{self, reset};
 use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
 use cloudkey_protocol::tls::{self, PeerIdentity, TlsMaterial};
 use cloudkey_protocol::{ErrorCode, ALPN_RAFT};
-use cloudkey_test_support::{LeafSpec, TestPki};
+use cloudkey_test_support::{bind_retrying, LeafSpec, TestPki};
 use openraft::{Config, ServerState, SnapshotPolicy};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
@@ -60,16 +60,9 @@ impl Pki {
 
 /// Binds a server endpoint, waiting (bounded) for a previous incarnation to release the port.
 async fn bind(config: quinn::ServerConfig, addr: SocketAddr) -> quinn::Endpoint {
-    let started = Instant::now();
-    loop {
-        match quinn::Endpoint::server(config.clone(), addr) {
-            Ok(e) => return e,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < WAIT => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("bind {addr}: {e}"),
-        }
-    }
+    bind_retrying(WAIT, || quinn::Endpoint::server(config.clone(), addr))
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"))
 }
 
 struct TestNode {

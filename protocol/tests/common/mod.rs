@@ -13,7 +13,7 @@ use cloudkey_protocol::msg::{ClientRequest, ClientResponse, Response};
 use cloudkey_protocol::tls::{self, TlsMaterial};
 use cloudkey_protocol::{WireError, ALPN_CLIENT};
 pub use cloudkey_test_support::wait_for;
-use cloudkey_test_support::TestPki;
+use cloudkey_test_support::{bind_retrying, TestPki};
 pub use cloudkey_test_support::{Issued, LeafSpec};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
@@ -138,16 +138,11 @@ impl TestServer {
     /// Starts on `addr`, waiting (bounded) for the port to be free again after a stop.
     pub async fn start_at(material: &TlsMaterial, addr: SocketAddr, handler: Handler) -> Self {
         let config = tls::server_config(material, &[ALPN_CLIENT]).expect("server config");
-        let until = Instant::now() + Duration::from_secs(10);
-        let endpoint = loop {
-            match quinn::Endpoint::server(config.clone(), addr) {
-                Ok(e) => break e,
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("cannot bind {addr}: {e}"),
-            }
-        };
+        let endpoint = bind_retrying(Duration::from_secs(10), || {
+            quinn::Endpoint::server(config.clone(), addr)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
         let addr = endpoint.local_addr().expect("local addr");
         let stats = Arc::new(Stats::default());
         let task = tokio::spawn(serve(endpoint.clone(), handler, stats.clone()));

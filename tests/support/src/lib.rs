@@ -3,7 +3,8 @@
 //! * [`pki`]: a throwaway cluster CA (rcgen) in a temporary directory, and the node, operator
 //!   and client certificates `cloudkey pki` would issue, as PEM strings and files;
 //! * [`wait`]: [`wait_for`] (async) and [`wait_for_blocking`]: poll a condition until it holds
-//!   or a deadline passes; tests wait on conditions, never for a fixed time;
+//!   or a deadline passes; tests wait on conditions, never for a fixed time; and
+//!   [`bind_retrying`] for a server taking back its port;
 //! * [`process`]: a child process that announces itself with one stdout line (`LISTENING
 //!   <addr>` for `cloudkey-node`, `PTY <path>` for `cloudkey-chip-emulator`), with signals,
 //!   kill, restart, and a `Drop` that kills it and shows its log when the test failed;
@@ -21,4 +22,4 @@ pub mod wait;
 
 pub use pki::{Issued, LeafSpec, PemFiles, TestPki};
 pub use process::{Launch, NodeProcess, Process, StartError};
-pub use wait::{wait_for, wait_for_blocking, TimedOut};
+pub use wait::{bind_retrying, wait_for, wait_for_blocking, TimedOut};

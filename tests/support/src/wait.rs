@@ -108,6 +108,27 @@ pub fn wait_for_blocking<T>(
     }
 }
 
+/// Runs `bind` again while its address is still in use (a server restarted on the port it had,
+/// while the old incarnation's connections drain), for at most `timeout`.
+///
+/// # Errors
+/// `bind`'s error: at once for any other error, after `timeout` for `AddrInUse`.
+pub async fn bind_retrying<T>(
+    timeout: Duration,
+    mut bind: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut poll = Poll::new(timeout);
+    loop {
+        match bind() {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => match poll.next() {
+                Some(pause) => tokio::time::sleep(pause).await,
+                None => return Err(e),
+            },
+            other => return other,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::Cell;
@@ -146,5 +167,35 @@ mod tests {
         })
         .await;
         assert_eq!(e.unwrap_err().what, "nothing");
+    }
+
+    #[tokio::test]
+    async fn a_bind_is_retried_only_while_the_address_is_in_use() {
+        use std::io::{Error, ErrorKind};
+        let attempt = |tries: &mut u32, ok_at: u32, fail: ErrorKind| {
+            *tries += 1;
+            if *tries == ok_at {
+                Ok(*tries)
+            } else {
+                Err(Error::from(fail))
+            }
+        };
+        let mut tries = 0;
+        let bound = bind_retrying(Duration::from_secs(5), || {
+            attempt(&mut tries, 3, ErrorKind::AddrInUse)
+        });
+        assert_eq!(bound.await.unwrap(), 3);
+        let mut tries = 0;
+        let e = bind_retrying(Duration::from_millis(30), || {
+            attempt(&mut tries, 0, ErrorKind::AddrInUse)
+        });
+        assert_eq!(e.await.unwrap_err().kind(), ErrorKind::AddrInUse);
+        assert!(tries > 1, "retried");
+        let mut tries = 0;
+        let e = bind_retrying(Duration::from_secs(5), || {
+            attempt(&mut tries, 0, ErrorKind::PermissionDenied)
+        });
+        assert_eq!(e.await.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert_eq!(tries, 1, "another error is not retried");
     }
 }
