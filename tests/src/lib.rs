@@ -42,7 +42,7 @@ use cloudkey_test_support::NodeProcess;
 use tempfile::TempDir;
 
 pub use cloudkey_node::dev::{cluster_ready, send_signal};
-pub use cloudkey_test_support::wait_for;
+pub use cloudkey_test_support::{wait_for, wait_for_blocking};
 
 /// Name of the operator certificate every test PKI has.
 pub const OPERATOR: &str = "admin";
