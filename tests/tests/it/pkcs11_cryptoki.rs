@@ -151,69 +151,82 @@ fn same_aes_key(s: &Session, a: ObjectHandle, b: ObjectHandle, what: &str) -> Re
 // ---- the surface, by spec chapter -------------------------------------------------------------
 //
 // One cluster and one token for the whole group; each chapter is a child process of its own
-// (a fresh `C_Initialize`), run in turn, and every chapter runs whatever another one does, so
-// one failure does not hide the rest. Each chapter makes the keys it needs. `objects` counts
-// the token's key pairs, so it runs before the chapters that leave token keys behind.
+// (a fresh `C_Initialize`), and every chapter runs whatever another one does, so one failure
+// does not hide the rest. Each chapter makes the keys it needs. The chapters of a phase run at
+// once (logins are per process); `objects` counts the token's key pairs, so it runs in the
+// phase before the chapters that make token keys.
 
-/// The chapters, in the order they run, and their child entry points (`surface::<chapter>`).
+/// The phases of chapters, and the chapters' child entry points (`surface::<chapter>`).
 macro_rules! chapters {
-    ($($chapter:ident),* $(,)?) => {
-        const CHAPTERS: &[&str] = &[$(stringify!($chapter)),*];
+    ($([$($chapter:ident),* $(,)?]),* $(,)?) => {
+        const PHASES: &[&[&str]] = &[$(&[$(stringify!($chapter)),*]),*];
 
         /// The `#[ignore]`d entry points of the chapters' child processes.
         mod surface {
-            $(
+            $($(
                 #[test]
                 #[ignore = "a child process of cryptoki_drives_sessions_objects_and_every_operation"]
                 fn $chapter() -> anyhow::Result<()> {
                     super::child_chapter(stringify!($chapter), super::$chapter)
                 }
-            )*
+            )*)*
         }
     };
 }
 
 chapters!(
-    general_slot_token,
-    session,
-    objects,
-    sign_verify,
-    encrypt_decrypt,
-    keys_wrap_derive,
-    digest_random,
-    refusals,
+    [general_slot_token, session, objects, digest_random],
+    [sign_verify, encrypt_decrypt, keys_wrap_derive, refusals],
 );
+
+/// Runs one chapter's child; what went wrong, if anything.
+fn run_chapter(chapter: &str, token: &cloudkey_tests::Pkcs11Token) -> Option<String> {
+    let out = match tempfile::tempdir() {
+        Ok(out) => out,
+        Err(e) => return Some(format!("{chapter}: a temporary directory: {e}")),
+    };
+    let test = format!("pkcs11_cryptoki::surface::{chapter}");
+    let done = format!("surface {chapter}: done");
+    match p11::run_child(&test, token, out.path()) {
+        Ok(stdout) if stdout.contains(&done) => None,
+        Ok(stdout) => Some(format!("{chapter}: no {done:?} in\n{stdout}")),
+        Err(e) => Some(format!("{chapter}: {e:#}")),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cryptoki_drives_sessions_objects_and_every_operation() -> Result<()> {
     let cluster = Cluster::start_init(1).await?;
     let token = cluster.pkcs11_token("surface").await?;
     let started = Instant::now();
-    let failures = tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+    let failures = tokio::task::spawn_blocking(move || {
         let mut failures = Vec::new();
-        for chapter in CHAPTERS {
-            let out = tempfile::tempdir()?;
-            let test = format!("pkcs11_cryptoki::surface::{chapter}");
-            let done = format!("surface {chapter}: done");
-            match p11::run_child(&test, &token, out.path()) {
-                Ok(stdout) if stdout.contains(&done) => {}
-                Ok(stdout) => failures.push(format!("{chapter}: no {done:?} in\n{stdout}")),
-                Err(e) => failures.push(format!("{chapter}: {e:#}")),
-            }
+        for phase in PHASES {
+            std::thread::scope(|scope| {
+                let runs: Vec<_> = phase
+                    .iter()
+                    .map(|chapter| scope.spawn(|| run_chapter(chapter, &token)))
+                    .collect();
+                for (run, chapter) in runs.into_iter().zip(phase.iter()) {
+                    let failed = run
+                        .join()
+                        .unwrap_or_else(|_| Some(format!("{chapter}: the runner panicked")));
+                    failures.extend(failed);
+                }
+            });
         }
-        Ok(failures)
+        failures
     })
-    .await??;
+    .await?;
+    let chapters: usize = PHASES.iter().map(|p| p.len()).sum();
     ensure!(
         failures.is_empty(),
-        "{} of {} chapters failed:\n{}",
+        "{} of {chapters} chapters failed:\n{}",
         failures.len(),
-        CHAPTERS.len(),
         failures.join("\n\n")
     );
     println!(
-        "cryptoki surface ({} chapters) in {:?}",
-        CHAPTERS.len(),
+        "cryptoki surface ({chapters} chapters) in {:?}",
         started.elapsed()
     );
     Ok(())
