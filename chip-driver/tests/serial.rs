@@ -5,10 +5,8 @@
 //! Every wait is bounded and waits on a condition; no test sleeps for a fixed time.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -20,6 +18,8 @@ use cloudkey_chip::{
     Chip, ChipError, ChipExt, CipherMech, HashAlg, KeyId, KeyRef, KeySpec, KeyTemplate, KeyUsage,
     PublicKey, SignMech, MAX_RANDOM_LEN, SM2_DEFAULT_ID,
 };
+use cloudkey_test_support::process::{send_signal, Launch, Process};
+use cloudkey_test_support::wait_for_blocking;
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
 use serialport::{SerialPort, TTYPort};
 
@@ -34,68 +34,36 @@ const ATTEMPTS: u32 = 3;
 // Harness: the emulator process
 // ---------------------------------------------------------------------------------------------
 
-/// A running `cloudkey-chip-emulator`, killed on drop. Its log (stderr) is collected and
-/// printed only when the test fails, so that passing runs stay quiet.
+/// A running `cloudkey-chip-emulator` (a support-crate [`Process`] that announces `PTY <path>`),
+/// killed on drop. Its log (stderr, at debug level) is printed only when the test fails, so
+/// that passing runs stay quiet.
 struct Emulator {
-    child: Child,
+    process: Process,
     path: String,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Emulator {
     fn start(args: &[&str]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cloudkey-chip-emulator"))
+        let launch = Launch::new(env!("CARGO_BIN_EXE_cloudkey-chip-emulator"), "PTY ")
             .args(args)
-            .env("RUST_LOG", "debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the emulator");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut line = String::new();
-            let read = BufReader::new(stdout).read_line(&mut line).map(|_| line);
-            let _ = tx.send(read);
-        });
-        let line = match rx.recv_timeout(PROMPT) {
-            Ok(Ok(line)) => line,
-            Ok(Err(e)) => panic!("reading the emulator's stdout: {e}"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the emulator printed no PTY line within {PROMPT:?}");
-            }
-        };
-        let path = line
-            .trim_end()
-            .strip_prefix("PTY ")
-            .unwrap_or_else(|| panic!("unexpected first line from the emulator: {line:?}"))
-            .to_owned();
+            .env("RUST_LOG", "debug");
+        let process = Process::start(launch, PROMPT).unwrap_or_else(|e| panic!("{e}"));
+        let path = process.announced().expect("announced").to_owned();
         assert!(path.starts_with("/dev/"), "{path}");
-        Self { child, path, log }
+        Self { process, path }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid().expect("the emulator runs")
     }
 
     /// Sends a signal with the `kill` utility (the tests use no libc).
     fn signal(&self, sig: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{sig} {} failed", self.pid());
+        assert!(
+            self.process.signal(sig),
+            "kill -{sig} {} failed",
+            self.pid()
+        );
     }
 
     /// The process state letter from `/proc/<pid>/stat` (`T` when stopped).
@@ -106,40 +74,13 @@ impl Emulator {
     }
 
     fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
+        self.process.is_running()
     }
 }
 
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        // SIGKILL also ends a stopped process.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = self
-                .log
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            eprintln!("--- emulator log ({}) ---", self.path);
-            for line in log.iter() {
-                eprintln!("{line}");
-            }
-        }
-    }
-}
-
-/// Polls `cond` until it holds or `limit` passes.
-fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
+/// Polls `cond` until it holds or `limit` passes (the support crate's wait, for a condition).
+fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    wait_for_blocking(what, limit, || cond().then_some(())).is_ok()
 }
 
 fn short_config(path: &str) -> SerialConfig {
@@ -737,7 +678,7 @@ fn stalled_emulator_times_out_then_recovers() {
 
     emu.signal("STOP");
     assert!(
-        wait_for(PROMPT, || emu.state() == Some('T')),
+        wait_until("the emulator to stop", PROMPT, || emu.state() == Some('T')),
         "emulator did not stop"
     );
     let before = chip.stats();
@@ -787,7 +728,9 @@ fn stalled_emulator_times_out_then_recovers() {
 
     emu.signal("CONT");
     assert!(
-        wait_for(PROMPT, || emu.state() != Some('T')),
+        wait_until("the emulator to continue", PROMPT, || {
+            emu.state() != Some('T')
+        }),
         "emulator did not resume"
     );
     // The resumed chip answers the abandoned attempts first: those replies are stale.
@@ -808,8 +751,7 @@ fn killed_emulator_is_device_lost() {
     let chip = SerialChip::open(short_config(&emu.path)).expect("open");
     chip.info().expect("info");
 
-    emu.child.kill().expect("kill -9");
-    emu.child.wait().expect("reap");
+    emu.process.kill();
     let started = Instant::now();
     let err = chip.info().unwrap_err();
     let elapsed = started.elapsed();
@@ -838,18 +780,16 @@ fn killed_emulator_during_a_call_is_device_lost() {
     chip.info().expect("info");
     // Stop the chip so that the call is waiting for an answer when the process dies.
     emu.signal("STOP");
-    assert!(wait_for(PROMPT, || emu.state() == Some('T')));
+    assert!(wait_until("the emulator to stop", PROMPT, || emu.state() == Some('T')));
     let sent = chip.stats().transmissions;
     let pid = emu.pid();
     let watcher = Arc::clone(&chip);
     let killer = thread::spawn(move || {
         // Kill once the request has been written: the call is then waiting for the answer.
-        assert!(wait_for(PROMPT, || watcher.stats().transmissions > sent));
-        let status = Command::new("kill")
-            .arg("-KILL")
-            .arg(pid.to_string())
-            .status();
-        assert!(status.is_ok_and(|s| s.success()));
+        assert!(wait_until("the request to be sent", PROMPT, || {
+            watcher.stats().transmissions > sent
+        }));
+        assert!(send_signal(pid, "KILL"));
     });
     let started = Instant::now();
     let err = chip.info().unwrap_err();
@@ -1033,7 +973,7 @@ fn hostile_bytes_do_not_hurt_the_emulator() {
     // frame becomes part of its payload and goes unanswered; the drop comes after one frame
     // gap of silence, so at most the first probe may be lost.
     let mut probes = 0;
-    let answered = wait_for(PROMPT, || {
+    let answered = wait_until("a probe to be answered", PROMPT, || {
         probes += 1;
         seq += 1;
         let req = line.request(seq, info, Vec::new());

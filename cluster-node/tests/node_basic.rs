@@ -11,12 +11,9 @@
 //!
 //! Multi-node scenarios live in the workspace's `tests/` crate.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use cloudkey_protocol::ck;
@@ -28,11 +25,8 @@ use cloudkey_protocol::msg::{
 };
 use cloudkey_protocol::tls::{self, TlsFiles, TlsMaterial, SERVER_NAME};
 use cloudkey_protocol::{ErrorCode, ALPN_CLIENT, PROTOCOL_VERSION};
+use cloudkey_test_support::{wait_for, NodeProcess, TestPki};
 use p256::ecdsa::signature::hazmat::PrehashVerifier;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
-};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -42,59 +36,32 @@ const P256_PARAMS: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x0
 
 // ---- PKI ------------------------------------------------------------------------------------
 
-/// A cluster CA and the leaves the tests need, as PEM files in a directory.
+/// The test PKI with the leaves these tests need, as PEM files named by stem (`node-1`,
+/// `node-2`, `operator-admin`, `client-app`) in its directory.
 struct Pki {
-    dir: PathBuf,
+    pki: TestPki,
 }
 
 impl Pki {
-    fn mint(dir: &Path) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-        let mut ca = CertificateParams::default();
-        ca.distinguished_name.push(DnType::CommonName, "test CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        for (stem, uri, node) in [
-            ("node-1", "cloudkey://node/1", true),
-            ("node-2", "cloudkey://node/2", true),
-            ("operator-admin", "cloudkey://operator/admin", false),
-            ("client-app", "cloudkey://client/app", false),
+    fn mint() -> Self {
+        let pki = TestPki::new("test CA");
+        for (stem, issued) in [
+            ("node-1", pki.node(1)),
+            ("node-2", pki.node(2)),
+            ("operator-admin", pki.operator("admin")),
+            ("client-app", pki.client("app")),
         ] {
-            let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
-            let mut p = CertificateParams::default();
-            p.distinguished_name.push(DnType::CommonName, stem);
-            p.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-            if node {
-                p.subject_alt_names
-                    .push(SanType::DnsName(SERVER_NAME.try_into().unwrap()));
-                p.subject_alt_names
-                    .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-                p.extended_key_usages
-                    .push(ExtendedKeyUsagePurpose::ServerAuth);
-            }
-            let cert = p.signed_by(&key, &issuer).unwrap();
-            std::fs::write(dir.join(format!("{stem}.pem")), cert.pem()).unwrap();
-            std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+            let _ = pki.write(stem, &issued);
         }
-        Self {
-            dir: dir.to_path_buf(),
-        }
+        Self { pki }
     }
 
     fn files(&self, stem: &str) -> TlsFiles {
+        let dir = self.pki.dir();
         TlsFiles {
-            ca: self.dir.join("ca.pem"),
-            cert: self.dir.join(format!("{stem}.pem")),
-            key: self.dir.join(format!("{stem}.key")),
+            ca: dir.join("ca.pem"),
+            cert: dir.join(format!("{stem}.pem")),
+            key: dir.join(format!("{stem}.key")),
         }
     }
 
@@ -149,114 +116,40 @@ argon2_iterations = 1
     )
 }
 
-/// A running `cloudkey-node`; killed when dropped.
+/// A running `cloudkey-node` (the support crate's [`NodeProcess`]: stdout and stderr in files
+/// next to its configuration); killed when dropped, its log shown if the test failed.
 struct Node {
-    child: Child,
+    process: NodeProcess,
     addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-    /// stdout lines after `LISTENING` (there must be none).
-    extra_stdout: Arc<Mutex<Vec<String>>>,
-}
-
-fn spawn(config: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cloudkey-node"))
-        .arg("--config")
-        .arg(config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn cloudkey-node")
 }
 
 impl Node {
     fn start(config: &Path) -> Node {
-        let mut child = spawn(config);
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut err_pipe = child.stderr.take().unwrap();
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let extra_stdout = Arc::new(Mutex::new(Vec::new()));
-        let extra = extra_stdout.clone();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Anything more on stdout breaks the contract; `terminate` checks.
-            extra.lock().unwrap().extend(lines.map_while(Result::ok));
-        });
-        let line = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(l) => l,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "node did not print LISTENING; stderr:\n{}",
-                    stderr.lock().unwrap()
-                );
-            }
-        };
-        let addr = line
-            .strip_prefix("LISTENING ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .unwrap();
-        Node {
-            child,
-            addr,
-            stderr,
-            extra_stdout,
-        }
+        let dir = config.parent().expect("the configuration's directory");
+        let launch = NodeProcess::launch(env!("CARGO_BIN_EXE_cloudkey-node"), config)
+            .env("RUST_LOG", "info")
+            .logs_to(dir.join("node.stdout"), dir.join("node.log"));
+        let mut process = NodeProcess::spawn(launch).unwrap_or_else(|e| panic!("{e}"));
+        let addr = process
+            .listening_blocking(START_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Node { process, addr }
     }
 
     fn log(&self) -> String {
-        self.stderr.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Sends SIGTERM and waits for the exit.
     fn terminate(mut self) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        assert!(ok.success());
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader thread see the end of stdout.
-                std::thread::sleep(Duration::from_millis(50));
-                let extra = self.extra_stdout.lock().unwrap().clone();
-                assert!(extra.is_empty(), "more than one stdout line: {extra:?}");
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node did not stop after SIGTERM; stderr:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- node stderr ----\n{}", self.log());
-        }
+        let status = self
+            .process
+            .stop_blocking(STOP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("node did not stop after SIGTERM: {e}"));
+        // Anything more on stdout than the LISTENING line breaks the contract.
+        let extra = self.process.stdout_after_announcement();
+        assert!(extra.is_empty(), "more than one stdout line: {extra:?}");
+        status
     }
 }
 
@@ -277,16 +170,8 @@ fn code(r: Result<Response, ClientError>) -> ErrorCode {
     }
 }
 
-async fn wait_for<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long the tests wait for a condition.
+const WAIT: Duration = Duration::from_secs(20);
 
 // ---- tests ----------------------------------------------------------------------------------
 
@@ -311,7 +196,7 @@ fn run_expect_exit(config_text: Option<&str>, dir: &Path) -> (Option<i32>, Strin
 #[test]
 fn bad_configuration_exits_64_with_one_line() {
     let root = tempfile::tempdir().unwrap();
-    let pki = Pki::mint(&root.path().join("pki"));
+    let pki = Pki::mint();
     let good = node_config(root.path(), &pki, 1, "node-1");
     let cases: Vec<(String, &str)> = vec![
         (good.replace("id = 1", "id = 0"), "id"),
@@ -377,7 +262,7 @@ async fn raw_exchange(conn: &quinn::Connection, bytes: &[u8]) -> Result<ClientRe
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_node_cluster_end_to_end() {
     let root = tempfile::tempdir().unwrap();
-    let pki = Pki::mint(&root.path().join("pki"));
+    let pki = Pki::mint();
     let config = root.path().join("node.toml");
     std::fs::write(&config, node_config(root.path(), &pki, 1, "node-1")).unwrap();
     let node = Node::start(&config);
@@ -432,7 +317,7 @@ async fn single_node_cluster_end_to_end() {
         code(admin.call(Request::Init { members }).await),
         ErrorCode::ActionProhibited
     );
-    let status = wait_for("both chips in the domain", async || {
+    let status = wait_for("both chips in the domain", WAIT, || async {
         match admin.call(Request::Status).await {
             Ok(Response::Status(s)) if s.initialized && s.chips.iter().all(|c| c.has_domain) => {
                 Some(s)
@@ -440,7 +325,8 @@ async fn single_node_cluster_end_to_end() {
             _ => None,
         }
     })
-    .await;
+    .await
+    .unwrap();
     assert_eq!(status.leader, Some(1));
     assert_eq!(status.domain_kcv.len(), 16);
 
@@ -642,7 +528,7 @@ async fn single_node_cluster_end_to_end() {
     let node = Node::start(&config);
     assert_eq!(node.addr, addr, "the address is kept across restarts");
     let app = client(&pki, "client-app", &node);
-    let auth = wait_for("login after restart", async || {
+    let auth = wait_for("login after restart", WAIT, || async {
         match app.call(login("u-pin-2468")).await {
             Ok(Response::Session { grant, .. }) => Some(Auth {
                 token: token.id,
@@ -651,7 +537,8 @@ async fn single_node_cluster_end_to_end() {
             _ => None,
         }
     })
-    .await;
+    .await
+    .unwrap();
     // The grant from before the restart is still valid: the session MAC key is the cluster's.
     let Response::Bytes(sig2) = app
         .call(sign(Auth {

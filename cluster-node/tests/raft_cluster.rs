@@ -1,5 +1,6 @@
 //! Raft clusters in one process: three nodes on loopback QUIC endpoints with mutual TLS (node
-//! certificates minted here with rcgen), each with its own data directory and software chip.
+//! certificates of the support crate's test PKI), each with its own data directory and software
+//! chip.
 //!
 //! Every wait is on a condition (openraft's metrics waits, the applied index), bounded.
 
@@ -26,11 +27,8 @@ use cloudkey_protocol::frame::{self, reset};
 use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
 use cloudkey_protocol::tls::{self, PeerIdentity, TlsMaterial};
 use cloudkey_protocol::{ErrorCode, ALPN_RAFT};
+use cloudkey_test_support::{bind_retrying, LeafSpec, TestPki};
 use openraft::{Config, ServerState, SnapshotPolicy};
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, PKCS_ECDSA_P256_SHA256,
-};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
@@ -43,60 +41,30 @@ fn init_tracing() {
         .try_init();
 }
 
-/// A throwaway cluster CA.
-struct Pki {
-    ca_pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
+/// The support crate's test PKI, with TLS material for the peers of these tests.
+struct Pki(TestPki);
 
 impl Pki {
     fn new() -> Self {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("ca key");
-        let mut params = CertificateParams::default();
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).expect("ca cert");
-        Self {
-            ca_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
+        Self(TestPki::new("raft test CA"))
     }
 
     /// Certificate and key for `who`; nodes also get the server names.
     fn material(&self, who: &PeerIdentity) -> TlsMaterial {
-        let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-        let mut params = CertificateParams::default();
-        params.subject_alt_names = vec![SanType::URI(who.uri().try_into().expect("uri"))];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        if matches!(who.role, tls::Role::Node(_)) {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName(tls::SERVER_NAME.try_into().expect("dns")));
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(Ipv4Addr::LOCALHOST.into()));
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-        }
-        let cert = params.signed_by(&key, &self.issuer).expect("cert");
-        TlsMaterial::from_pem(&self.ca_pem, &cert.pem(), &key.serialize_pem()).expect("material")
+        let spec = match who.role {
+            tls::Role::Node(id) => LeafSpec::node(id),
+            _ => LeafSpec::uris(&[&who.uri()]),
+        };
+        let issued = self.0.issue(&spec);
+        TlsMaterial::from_pem(self.0.ca_pem(), &issued.cert_pem, &issued.key_pem).expect("material")
     }
 }
 
 /// Binds a server endpoint, waiting (bounded) for a previous incarnation to release the port.
 async fn bind(config: quinn::ServerConfig, addr: SocketAddr) -> quinn::Endpoint {
-    let started = Instant::now();
-    loop {
-        match quinn::Endpoint::server(config.clone(), addr) {
-            Ok(e) => return e,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < WAIT => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Err(e) => panic!("bind {addr}: {e}"),
-        }
-    }
+    bind_retrying(WAIT, || quinn::Endpoint::server(config.clone(), addr))
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"))
 }
 
 struct TestNode {

@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cloudkey_test_support::TestPki;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error, RvError};
 use cryptoki::mechanism::MechanismType;
-use rcgen::{
-    BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, SanType,
-};
 
 const CHILD: &str = "CLOUDKEY_PKCS11_TEST_CHILD";
 const DEADLINE_MS: u64 = 400;
@@ -37,24 +35,10 @@ fn library() -> PathBuf {
         .join("libcloudkey_pkcs11.so")
 }
 
-fn write_config(dir: &Path) -> PathBuf {
-    let ca_key = KeyPair::generate().expect("CA key");
-    let mut ca = CertificateParams::default();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca.self_signed(&ca_key).expect("CA");
-    let key = KeyPair::generate().expect("key");
-    let mut leaf = CertificateParams::default();
-    leaf.subject_alt_names.push(SanType::URI(
-        "cloudkey://client/app".try_into().expect("uri"),
-    ));
-    leaf.extended_key_usages
-        .push(ExtendedKeyUsagePurpose::ClientAuth);
-    let cert = leaf
-        .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
-        .expect("leaf");
-    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
-    std::fs::write(dir.join("app.pem"), cert.pem()).expect("write");
-    std::fs::write(dir.join("app.key"), key.serialize_pem()).expect("write");
+/// A configuration next to the test PKI's CA and a client certificate, in the PKI's directory.
+fn write_config(pki: &TestPki) -> PathBuf {
+    let dir = pki.dir();
+    let _ = pki.write("app", &pki.client("app"));
     let path = dir.join("cloudkey.toml");
     std::fs::write(
         &path,
@@ -123,8 +107,8 @@ fn an_unreachable_cluster_answers_device_error_within_the_deadline() {
     if in_child() {
         return;
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = write_config(dir.path());
+    let pki = TestPki::new("test CA");
+    let config = write_config(&pki);
     run_child("child_unreachable_cluster", Some(&config));
 }
 

@@ -12,7 +12,7 @@ use cloudkey_protocol::client::{Client, ClientError, ClientSettings};
 use cloudkey_protocol::frame::reset;
 use cloudkey_protocol::msg::{ClientRequest, Request, Response, TokenId};
 use cloudkey_protocol::{ErrorCode, WireError};
-use common::{echo_node, ok, refuse, Handler, Pki, Relay, Reply, TestServer};
+use common::{echo_node, ok, refuse, Handler, LeafSpec, Pki, Relay, Reply, TestServer};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -106,15 +106,20 @@ async fn calls_fail_over_when_the_preferred_node_closes() {
         });
     }
     let count = || answers.lock().unwrap().len();
-    assert!(common::wait_for(Duration::from_secs(10), || async { count() >= 200 }).await);
+    common::wait_for("200 answers", Duration::from_secs(10), || async {
+        (count() >= 200).then_some(())
+    })
+    .await
+    .unwrap();
     srv[first].stop();
     let at_stop = count();
-    assert!(
-        common::wait_for(Duration::from_secs(10), || async {
-            count() >= at_stop + 500
-        })
-        .await
-    );
+    common::wait_for(
+        "500 more answers after the stop",
+        Duration::from_secs(10),
+        || async { (count() >= at_stop + 500).then_some(()) },
+    )
+    .await
+    .unwrap();
     stop.store(true, Ordering::SeqCst);
     while workers.join_next().await.is_some() {}
 
@@ -499,12 +504,12 @@ async fn calls_recover_when_a_node_comes_back_on_the_same_port() {
     );
 
     let s0 = TestServer::start_at(&node, addr, echo_node(0)).await;
-    let back = common::wait_for(Duration::from_secs(10), || {
+    let back = common::wait_for("a call to succeed", Duration::from_secs(10), || {
         let c = c.clone();
-        async move { c.call(read()).await.is_ok() }
+        async move { c.call(read()).await.ok() }
     })
     .await;
-    assert!(back, "calls succeed again once the node is back");
+    assert!(back.is_ok(), "calls succeed again once the node is back");
     assert_eq!(s0.stats.connections(), 1);
 }
 
@@ -534,9 +539,9 @@ async fn a_server_with_a_non_node_certificate_is_refused() {
     let pki = Pki::new("ca");
     // Right CA and right DNS name, but a client identity: not a node.
     let issued = pki.issue(
-        &["cloudkey://client/impostor"],
-        &[cloudkey_protocol::tls::SERVER_NAME],
-        true,
+        &LeafSpec::uris(&["cloudkey://client/impostor"])
+            .dns(&[cloudkey_protocol::tls::SERVER_NAME])
+            .server(),
     );
     let s0 = TestServer::start(&pki.material(&issued), echo_node(0)).await;
     let c = client(&pki, &[s0.addr], 600, 300);
@@ -567,9 +572,9 @@ async fn settings_from_toml_build_a_working_client() {
     let pki = Pki::new("ca");
     let srv = servers(&pki, 1).await;
     let dir = tempfile::tempdir().unwrap();
-    let issued = pki.issue(&["cloudkey://client/app"], &[], false);
+    let issued = pki.issue(&LeafSpec::uris(&["cloudkey://client/app"]));
     std::fs::create_dir(dir.path().join("pki")).unwrap();
-    std::fs::write(dir.path().join("pki/ca.pem"), &pki.ca_pem).unwrap();
+    std::fs::write(dir.path().join("pki/ca.pem"), pki.ca_pem()).unwrap();
     std::fs::write(dir.path().join("pki/app.pem"), &issued.cert_pem).unwrap();
     std::fs::write(dir.path().join("pki/app.key"), &issued.key_pem).unwrap();
     let toml = format!(

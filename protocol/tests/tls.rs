@@ -1,5 +1,5 @@
-//! Mutual TLS over QUIC with certificates minted here by rcgen: who gets in, who does not, and
-//! what identity each side sees.
+//! Mutual TLS over QUIC with certificates of the test PKI (`cloudkey-test-support`): who gets
+//! in, who does not, and what identity each side sees.
 
 mod common;
 
@@ -12,7 +12,7 @@ use cloudkey_protocol::tls::{
     TlsError, TlsFiles, TlsMaterial, SERVER_NAME,
 };
 use cloudkey_protocol::{ALPN_CLIENT, ALPN_RAFT};
-use common::Pki;
+use common::{LeafSpec, Pki};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls::pki_types::CertificateDer;
 
@@ -142,9 +142,9 @@ async fn client_certificate_from_another_ca_is_refused() {
     let rogue = Pki::new("rogue CA");
     let srv = server(&pki.node(1), &[ALPN_CLIENT]);
     // Trusts our CA (so the server is accepted), but its own certificate is the rogue CA's.
-    let rogue_cert = rogue.issue(&["cloudkey://operator/root"], &[], false);
+    let rogue_cert = rogue.issue(&LeafSpec::uris(&["cloudkey://operator/root"]));
     let material =
-        TlsMaterial::from_pem(&pki.ca_pem, &rogue_cert.cert_pem, &rogue_cert.key_pem).unwrap();
+        TlsMaterial::from_pem(pki.ca_pem(), &rogue_cert.cert_pem, &rogue_cert.key_pem).unwrap();
     let cli = client_endpoint(client_config(&material, ALPN_CLIENT).unwrap());
     let out = connect(&srv, &cli).await;
     let err = out.server.expect_err("the server must refuse");
@@ -159,7 +159,11 @@ async fn client_certificate_from_another_ca_is_refused() {
 async fn server_certificate_without_the_server_name_is_refused() {
     let pki = Pki::new("cluster CA");
     // A node-like certificate from the right CA, but without the cloudkey-node DNS name.
-    let issued = pki.issue(&["cloudkey://node/1"], &["localhost"], true);
+    let issued = pki.issue(
+        &LeafSpec::uris(&["cloudkey://node/1"])
+            .dns(&["localhost"])
+            .server(),
+    );
     let srv = server(&pki.material(&issued), &[ALPN_CLIENT]);
     let cli = client_endpoint(client_config(&pki.client("c"), ALPN_CLIENT).unwrap());
     let out = connect(&srv, &cli).await;
@@ -192,16 +196,32 @@ async fn wrong_alpn_is_refused() {
 }
 
 fn der_of(issued: &common::Issued) -> CertificateDer<'static> {
-    rustls_pemfile::certs(&mut issued.cert_pem.as_bytes())
-        .next()
-        .unwrap()
-        .unwrap()
+    CertificateDer::from(issued.cert_der.clone())
+}
+
+#[test]
+fn the_test_pki_names_identities_as_the_protocol_does() {
+    use cloudkey_test_support::pki;
+    assert_eq!(pki::NODE_DNS_NAME, SERVER_NAME);
+    assert_eq!(pki::node_uri(4), PeerIdentity::node(4).uri());
+    assert_eq!(
+        pki::operator_uri("alice"),
+        PeerIdentity::operator("alice").unwrap().uri()
+    );
+    assert_eq!(
+        pki::client_uri("app"),
+        PeerIdentity::client("app").unwrap().uri()
+    );
 }
 
 #[test]
 fn identity_comes_from_exactly_one_cloudkey_uri() {
     let pki = Pki::new("cluster CA");
-    let id = |uris: &[&str]| identity_of_cert(&der_of(&pki.issue(uris, &["x.example"], false)));
+    let id = |uris: &[&str]| {
+        identity_of_cert(&der_of(
+            &pki.issue(&LeafSpec::uris(uris).dns(&["x.example"])),
+        ))
+    };
 
     assert_eq!(
         id(&["https://example.com/", "cloudkey://client/app"]).unwrap(),
@@ -225,16 +245,10 @@ fn identity_comes_from_exactly_one_cloudkey_uri() {
         Err(TlsError::BadIdentity { .. })
     ));
     // A certificate without any SAN extension at all.
-    let mut params = rcgen::CertificateParams::default();
-    params.subject_alt_names.clear();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let bare = params.self_signed(&key).unwrap();
-    assert!(matches!(
-        identity_of_cert(bare.der()),
-        Err(TlsError::NoIdentity)
-    ));
+    let bare = cloudkey_test_support::pki::self_signed_without_san();
+    assert!(matches!(identity_of_cert(&bare), Err(TlsError::NoIdentity)));
     // Trailing garbage after the DER.
-    let mut der = der_of(&pki.issue(&["cloudkey://client/a"], &[], false)).to_vec();
+    let mut der = der_of(&pki.issue(&LeafSpec::uris(&["cloudkey://client/a"]))).to_vec();
     der.push(0);
     assert!(matches!(
         identity_of_cert(&der),
@@ -245,14 +259,14 @@ fn identity_comes_from_exactly_one_cloudkey_uri() {
 #[test]
 fn material_loads_from_files_and_reports_problems() {
     let pki = Pki::new("cluster CA");
-    let issued = pki.issue(&["cloudkey://client/app"], &[], false);
+    let issued = pki.issue(&LeafSpec::uris(&["cloudkey://client/app"]));
     let dir = tempfile::tempdir().unwrap();
     let files = TlsFiles {
         ca: dir.path().join("ca.pem"),
         cert: dir.path().join("app.pem"),
         key: dir.path().join("app.key"),
     };
-    std::fs::write(&files.ca, &pki.ca_pem).unwrap();
+    std::fs::write(&files.ca, pki.ca_pem()).unwrap();
     std::fs::write(&files.cert, &issued.cert_pem).unwrap();
     std::fs::write(&files.key, &issued.key_pem).unwrap();
 
@@ -276,22 +290,22 @@ fn material_loads_from_files_and_reports_problems() {
     assert!(e.contains("nope.key") && e.contains("key"), "{e}");
 
     // A key that is not the certificate's.
-    let other = pki.issue(&["cloudkey://client/other"], &[], false);
-    let e = TlsMaterial::from_pem(&pki.ca_pem, &issued.cert_pem, &other.key_pem).unwrap_err();
+    let other = pki.issue(&LeafSpec::uris(&["cloudkey://client/other"]));
+    let e = TlsMaterial::from_pem(pki.ca_pem(), &issued.cert_pem, &other.key_pem).unwrap_err();
     assert!(matches!(e, TlsError::Key(_)), "{e}");
 
     // Two keys in the key file.
     let two = format!("{}{}", issued.key_pem, other.key_pem);
-    let e = TlsMaterial::from_pem(&pki.ca_pem, &issued.cert_pem, &two).unwrap_err();
+    let e = TlsMaterial::from_pem(pki.ca_pem(), &issued.cert_pem, &two).unwrap_err();
     assert!(matches!(e, TlsError::KeyCount(2)), "{e}");
 
     // Certificate and key swapped.
-    let e = TlsMaterial::from_pem(&pki.ca_pem, &issued.key_pem, &issued.cert_pem).unwrap_err();
+    let e = TlsMaterial::from_pem(pki.ca_pem(), &issued.key_pem, &issued.cert_pem).unwrap_err();
     assert!(matches!(e, TlsError::NoCertificate(_)), "{e}");
 
     // A key file with the certificate in front of the key is fine.
     let both = format!("{}{}", issued.cert_pem, issued.key_pem);
-    TlsMaterial::from_pem(&pki.ca_pem, &issued.cert_pem, &both).unwrap();
+    TlsMaterial::from_pem(pki.ca_pem(), &issued.cert_pem, &both).unwrap();
 
     // An oversized file is refused without reading it all.
     let big = dir.path().join("big.pem");

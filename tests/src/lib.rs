@@ -13,7 +13,8 @@
 //!   (`libcloudkey_pkcs11.so`, [`pkcs11_module`]) showing it, for tests with real PKCS#11
 //!   clients (the `cryptoki` crate, `pkcs11-tool`, OpenSSL, GnuTLS).
 //! * [`wait_for`]: poll a condition until it holds or a deadline passes; tests never sleep for
-//!   a fixed time.
+//!   a fixed time (the one of `cloudkey-test-support`, which also starts the node processes:
+//!   `NodeProcess`).
 //!
 //! Nodes are numbered from 1 (their Raft ids); every method taking a node takes that id.
 //!
@@ -26,10 +27,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus};
+use std::process::{Command, ExitStatus};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -38,9 +38,11 @@ use cloudkey_node::dev::{self, NodeFiles, NodeOptions, RaftTimings};
 use cloudkey_node::pki::{self, Identity, PkiPaths};
 use cloudkey_protocol::client::{Client, ClientSettings};
 use cloudkey_protocol::msg::{Member, NodeStatus, Request, Response, Secret, TokenId};
+use cloudkey_test_support::NodeProcess;
 use tempfile::TempDir;
 
 pub use cloudkey_node::dev::{cluster_ready, send_signal};
+pub use cloudkey_test_support::{wait_for, wait_for_blocking};
 
 /// Name of the operator certificate every test PKI has.
 pub const OPERATOR: &str = "admin";
@@ -111,27 +113,6 @@ impl Role {
             Self::Operator => Identity::Operator(OPERATOR.into()),
             Self::Client => Identity::Client(CLIENT.into()),
         }
-    }
-}
-
-/// Polls `f` every 50 ms until it returns `Some`, or fails after `timeout` naming `what`.
-///
-/// # Errors
-/// On timeout.
-pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -211,14 +192,13 @@ impl ClusterOptions {
 struct NodeProc {
     files: NodeFiles,
     addr: SocketAddr,
-    child: Option<Child>,
+    process: NodeProcess,
 }
 
 /// A cluster of real node processes. See the [crate docs](crate).
 pub struct Cluster {
     root: Option<TempDir>,
     pki_dir: PathBuf,
-    bin: PathBuf,
     nodes: Vec<NodeProc>,
     /// Operator client over every node, for status and administration.
     admin: Client,
@@ -268,44 +248,26 @@ impl Cluster {
         for id in 1..=opts.nodes {
             let files = NodeFiles::new(root.path(), id);
             dev::write_node_files(&files, &pki_dir, &node_opts)?;
-            let (child, offset) = dev::spawn_node(&bin, &files)?;
-            starting.push((files, child, offset));
+            let launch = NodeProcess::launch(&bin, &files.config)
+                .log_to(&files.log)
+                .name(format!("node {id}"));
+            starting.push((files, NodeProcess::spawn(launch)?));
         }
+        // Started together, awaited in turn; on a failure the processes are dropped (killed).
         let mut nodes = Vec::new();
-        let mut failure = None;
-        for (files, mut child, offset) in starting {
-            match dev::wait_listening(&mut child, &files.log, offset, START_TIMEOUT).await {
-                Ok(addr) => nodes.push(NodeProc {
-                    files,
-                    addr,
-                    child: Some(child),
-                }),
-                Err(e) => {
-                    failure.get_or_insert(e);
-                    nodes.push(NodeProc {
-                        files,
-                        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-                        child: Some(child),
-                    });
-                }
-            }
-        }
-        if let Some(e) = failure {
-            kill_all(&mut nodes);
-            return Err(e.into());
+        for (files, mut process) in starting {
+            let addr = process.listening(START_TIMEOUT).await?;
+            nodes.push(NodeProc {
+                files,
+                addr,
+                process,
+            });
         }
         let endpoints: Vec<String> = nodes.iter().map(|n| n.addr.to_string()).collect();
-        let admin = match make_client(root.path(), &pki_dir, Role::Operator, &endpoints, "admin") {
-            Ok(a) => a,
-            Err(e) => {
-                kill_all(&mut nodes);
-                return Err(e);
-            }
-        };
+        let admin = make_client(root.path(), &pki_dir, Role::Operator, &endpoints, "admin")?;
         Ok(Self {
             root: Some(root),
             pki_dir,
-            bin,
             nodes,
             admin,
         })
@@ -385,7 +347,7 @@ impl Cluster {
     /// Whether node `id`'s process is running (as far as this harness knows).
     #[must_use]
     pub fn is_running(&self, id: u64) -> bool {
-        self.node(id).child.is_some()
+        self.node(id).process.is_started()
     }
 
     /// Ids of the running nodes.
@@ -393,7 +355,7 @@ impl Cluster {
     pub fn running(&self) -> Vec<u64> {
         self.nodes
             .iter()
-            .filter(|n| n.child.is_some())
+            .filter(|n| n.process.is_started())
             .map(|n| n.files.id)
             .collect()
     }
@@ -595,7 +557,8 @@ impl Cluster {
                     .then_some(())
             },
         )
-        .await
+        .await?;
+        Ok(())
     }
 
     /// Waits until every running node has applied everything `client` has seen, so that any
@@ -652,7 +615,7 @@ impl Cluster {
     /// # Errors
     /// On timeout.
     pub async fn wait_leader(&self, timeout: Duration) -> Result<u64> {
-        wait_for("a leader", timeout, || self.leader()).await
+        Ok(wait_for("a leader", timeout, || self.leader()).await?)
     }
 
     /// Kills node `id` with SIGKILL and reaps it.
@@ -661,12 +624,8 @@ impl Cluster {
     /// If the node is not running.
     pub fn kill(&mut self, id: u64) {
         let n = self.node_mut(id);
-        let mut child = n
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        let _ = child.kill();
-        let _ = child.wait();
+        assert!(n.process.is_started(), "node {id} is not running");
+        n.process.kill();
     }
 
     /// Stops node `id` with SIGTERM and waits for it to exit; returns its exit status.
@@ -678,28 +637,11 @@ impl Cluster {
     /// If the node is not running.
     pub async fn stop(&mut self, id: u64) -> Result<ExitStatus> {
         let n = self.node_mut(id);
-        let mut child = n
-            .child
-            .take()
-            .unwrap_or_else(|| panic!("node {id} is not running"));
-        if !send_signal(child.id(), "TERM") {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("could not send SIGTERM to node {id}");
-        }
-        let waited = wait_for("the node to exit", STOP_TIMEOUT, || {
-            let r = child.try_wait();
-            async move { r.ok().flatten() }
-        })
-        .await;
-        match waited {
-            Ok(status) => Ok(status),
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(e.context(format!("node {id} ignored SIGTERM")))
-            }
-        }
+        assert!(n.process.is_started(), "node {id} is not running");
+        n.process
+            .stop(STOP_TIMEOUT)
+            .await
+            .with_context(|| format!("stopping node {id}"))
     }
 
     /// Starts node `id` again with its configuration and data; it must bind the address it
@@ -711,21 +653,14 @@ impl Cluster {
     /// # Panics
     /// If the node is running.
     pub async fn restart(&mut self, id: u64) -> Result<()> {
-        let bin = self.bin.clone();
         let n = self.node_mut(id);
-        assert!(n.child.is_none(), "node {id} is running");
-        let (mut child, offset) = dev::spawn_node(&bin, &n.files)?;
-        match dev::wait_listening(&mut child, &n.files.log, offset, START_TIMEOUT).await {
-            Ok(addr) => {
-                n.child = Some(child);
-                if addr != n.addr {
-                    bail!("node {id} came back on {addr}, not on {}", n.addr);
-                }
-                Ok(())
-            }
+        assert!(!n.process.is_started(), "node {id} is running");
+        n.process.restart()?;
+        match n.process.listening(START_TIMEOUT).await {
+            Ok(addr) if addr == n.addr => Ok(()),
+            Ok(addr) => bail!("node {id} came back on {addr}, not on {}", n.addr),
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                n.process.kill();
                 Err(e.into())
             }
         }
@@ -734,32 +669,13 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        let keep = std::env::var_os(KEEP_ENV).is_some();
-        if std::thread::panicking() {
-            for n in &self.nodes {
-                let log = std::fs::read_to_string(&n.files.log).unwrap_or_default();
-                eprintln!(
-                    "---- node {} ({}) log tail ----\n{}",
-                    n.files.id,
-                    n.addr,
-                    dev::tail(&log, 40)
-                );
-            }
-        }
-        kill_all(&mut self.nodes);
-        if keep {
+        // Each node's process is killed when dropped, and shows its log's tail first if the
+        // test is failing.
+        self.nodes.clear();
+        if std::env::var_os(KEEP_ENV).is_some() {
             if let Some(root) = self.root.take() {
                 eprintln!("keeping {}", root.keep().display());
             }
-        }
-    }
-}
-
-fn kill_all(nodes: &mut [NodeProc]) {
-    for n in nodes {
-        if let Some(mut c) = n.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
         }
     }
 }

@@ -1,10 +1,9 @@
-//! Shared test fixtures: a throwaway cluster PKI minted with rcgen, in-process QUIC test
-//! servers that answer `ClientRequest`s as a test tells them to, a loopback UDP relay that can
-//! black-hole a node, and `wait_for`.
-#![allow(dead_code)] // each test binary uses a different part
+//! Shared test fixtures: the test PKI of `cloudkey-test-support` with TLS material for its
+//! leaves, in-process QUIC test servers that answer `ClientRequest`s as a test tells them to, a
+//! loopback UDP relay that can black-hole a node, and the support crate's `wait_for`.
+#![allow(dead_code, unused_imports)] // each test binary uses a different part
 
-use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,98 +12,46 @@ use cloudkey_protocol::frame::{self, MAX_FRAME};
 use cloudkey_protocol::msg::{ClientRequest, ClientResponse, Response};
 use cloudkey_protocol::tls::{self, TlsMaterial};
 use cloudkey_protocol::{WireError, ALPN_CLIENT};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType,
-};
+pub use cloudkey_test_support::wait_for;
+use cloudkey_test_support::{bind_retrying, TestPki};
+pub use cloudkey_test_support::{Issued, LeafSpec};
 use tokio::net::UdpSocket;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// A cluster CA and the certificates it issues.
-pub struct Pki {
-    key: KeyPair,
-    params: CertificateParams,
-    /// The CA certificate, PEM.
-    pub ca_pem: String,
-}
-
-/// A certificate and its key, PEM.
-pub struct Issued {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
+/// The support crate's test PKI, with the protocol's TLS material for its leaves.
+pub struct Pki(TestPki);
 
 impl Pki {
     pub fn new(name: &str) -> Self {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params.self_signed(&key).expect("CA certificate");
-        Self {
-            key,
-            params,
-            ca_pem: cert.pem(),
-        }
+        Self(TestPki::new(name))
     }
 
-    /// Issues a leaf with the given URI SANs, DNS SANs, and server and/or client EKUs.
-    pub fn issue(&self, uris: &[&str], dns: &[&str], server: bool) -> Issued {
-        let key = KeyPair::generate().expect("leaf key");
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, uris.first().copied().unwrap_or("leaf"));
-        for u in uris {
-            params
-                .subject_alt_names
-                .push(SanType::URI((*u).try_into().expect("URI")));
-        }
-        for d in dns {
-            params
-                .subject_alt_names
-                .push(SanType::DnsName((*d).try_into().expect("DNS name")));
-        }
-        if server {
-            params
-                .subject_alt_names
-                .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-        }
-        params
-            .extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ClientAuth);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).expect("leaf certificate");
-        Issued {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        self.0.ca_pem()
+    }
+
+    /// Issues a leaf as `spec` says.
+    pub fn issue(&self, spec: &LeafSpec) -> Issued {
+        self.0.issue(spec)
     }
 
     pub fn material(&self, issued: &Issued) -> TlsMaterial {
-        TlsMaterial::from_pem(&self.ca_pem, &issued.cert_pem, &issued.key_pem).expect("material")
+        TlsMaterial::from_pem(self.0.ca_pem(), &issued.cert_pem, &issued.key_pem).expect("material")
     }
 
     /// A node certificate as `cloudkey pki` makes them.
     pub fn node(&self, id: u64) -> TlsMaterial {
-        let uri = format!("cloudkey://node/{id}");
-        self.material(&self.issue(&[&uri], &[tls::SERVER_NAME, "localhost"], true))
+        self.material(&self.0.node(id))
     }
 
     pub fn client(&self, name: &str) -> TlsMaterial {
-        let uri = format!("cloudkey://client/{name}");
-        self.material(&self.issue(&[&uri], &[], false))
+        self.material(&self.0.client(name))
     }
 
     pub fn operator(&self, name: &str) -> TlsMaterial {
-        let uri = format!("cloudkey://operator/{name}");
-        self.material(&self.issue(&[&uri], &[], false))
+        self.material(&self.0.operator(name))
     }
 }
 
@@ -191,16 +138,11 @@ impl TestServer {
     /// Starts on `addr`, waiting (bounded) for the port to be free again after a stop.
     pub async fn start_at(material: &TlsMaterial, addr: SocketAddr, handler: Handler) -> Self {
         let config = tls::server_config(material, &[ALPN_CLIENT]).expect("server config");
-        let until = Instant::now() + Duration::from_secs(10);
-        let endpoint = loop {
-            match quinn::Endpoint::server(config.clone(), addr) {
-                Ok(e) => break e,
-                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                Err(e) => panic!("cannot bind {addr}: {e}"),
-            }
-        };
+        let endpoint = bind_retrying(Duration::from_secs(10), || {
+            quinn::Endpoint::server(config.clone(), addr)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cannot bind {addr}: {e}"));
         let addr = endpoint.local_addr().expect("local addr");
         let stats = Arc::new(Stats::default());
         let task = tokio::spawn(serve(endpoint.clone(), handler, stats.clone()));
@@ -363,22 +305,4 @@ pub fn silent_addr() -> (std::net::UdpSocket, SocketAddr) {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind silent socket");
     let a = s.local_addr().expect("addr");
     (s, a)
-}
-
-/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
-pub async fn wait_for<F, Fut>(timeout: Duration, mut cond: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let until = Instant::now() + timeout;
-    loop {
-        if cond().await {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -110,11 +110,11 @@ impl Gov {
         F: Fn(&[ApprovalInfo]) -> bool,
     {
         let f = &f;
-        wait_for(what, Duration::from_secs(10), || async move {
+        Ok(wait_for(what, Duration::from_secs(10), || async move {
             let open = self.approvals(false).await.ok()?;
             f(&open).then_some(open)
         })
-        .await
+        .await?)
     }
 
     /// The last SMS code the development notifier wrote for `officer` and `terminal`.

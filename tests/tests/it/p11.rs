@@ -14,10 +14,10 @@
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use cloudkey_tests::{Pkcs11Token, P11_CONFIG_ENV, P11_USER_PIN};
+use cloudkey_tests::{wait_for_blocking, Pkcs11Token, P11_CONFIG_ENV, P11_USER_PIN};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
@@ -95,7 +95,7 @@ pub fn child() -> Option<ChildCtx> {
 }
 
 /// The command that runs the `#[ignore]`d entry point `test` (its full path, e.g.
-/// `pkcs11_cryptoki::child_surface`) in a child, with `token`'s configuration and `out` as its
+/// `pkcs11_cryptoki::surface::session`) in a child, with `token`'s configuration and `out` as its
 /// output directory. Its stdout is libtest's and the scenario's.
 pub fn child_command(test: &str, token: &Pkcs11Token, out: &Path) -> Result<Command> {
     let exe = std::env::current_exe().context("the test executable")?;
@@ -170,17 +170,13 @@ pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output> {
             .take()
             .map(|r| Box::new(r) as Box<dyn Read + Send>),
     );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(st) = child.try_wait()? {
-            break st;
-        }
-        if Instant::now() >= deadline {
+    let status = match wait_for_blocking(&what, timeout, || child.try_wait().transpose()) {
+        Ok(status) => status?,
+        Err(_) => {
             let _ = child.kill();
             let _ = child.wait();
             bail!("{what} did not finish within {timeout:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     };
     let join = |h: std::thread::JoinHandle<Vec<u8>>| h.join().unwrap_or_default();
     Ok(Output {

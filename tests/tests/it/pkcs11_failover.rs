@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use cloudkey_tests::{wait_for, Cluster, Pkcs11Timing, Pkcs11Token};
+use cloudkey_tests::{wait_for, wait_for_blocking, Cluster, Pkcs11Timing, Pkcs11Token};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::Attribute;
@@ -211,16 +211,13 @@ async fn killing_the_serving_node_is_invisible_to_pkcs11_sessions() -> Result<()
     );
 
     let status = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + PHASE;
-        loop {
-            if let Some(st) = peer.child.try_wait()? {
-                return Ok::<_, anyhow::Error>((st, peer.stderr()));
-            }
-            if Instant::now() >= deadline {
-                bail!("the child did not exit");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let exited = wait_for_blocking("the child to exit", PHASE, || {
+            peer.child.try_wait().transpose()
+        });
+        let Ok(status) = exited else {
+            bail!("the child did not exit");
+        };
+        Ok::<_, anyhow::Error>((status?, peer.stderr()))
     })
     .await??;
     ensure!(
