@@ -291,13 +291,7 @@ async fn govern_guard(
 async fn write_governed(ctx: &NodeCtx, guard: Option<&Guard>, cmd: GovCommand) -> Result<()> {
     let cmd = Command::Gov(cmd);
     let cmd = match guard {
-        Some(g) => Command::Guarded {
-            approval: g.approval,
-            requester: g.requester.clone(),
-            params_hash: g.params_hash,
-            now_ms: g.now_ms,
-            inner: Box::new(cmd),
-        },
+        Some(g) => g.guarded(cmd),
         None => cmd,
     };
     ctx.write(cmd).await?;
@@ -557,6 +551,20 @@ pub fn svc_for(svc: &service::Ctx, guard: Option<&Guard>) -> service::Ctx {
 }
 
 impl Guard {
+    /// `cmd` under this approval: the state applies it only while the approval is approved
+    /// and unconsumed for this requester and these parameters, and consumes it in the same
+    /// log entry. The one place a command is wrapped in a quorum guard.
+    #[must_use]
+    pub fn guarded(&self, cmd: Command) -> Command {
+        Command::Guarded {
+            approval: self.approval,
+            requester: self.requester.clone(),
+            params_hash: self.params_hash,
+            now_ms: self.now_ms,
+            inner: Box::new(cmd),
+        }
+    }
+
     /// The services' context whose first write consumes this approval in the same log entry.
     #[must_use]
     pub fn ctx(&self, svc: &service::Ctx) -> service::Ctx {
@@ -599,14 +607,7 @@ impl Replicator for GuardedReplicator {
         if self.used.swap(true, Ordering::AcqRel) {
             return self.inner.write(cmd);
         }
-        let g = &self.guard;
-        self.inner.write(Command::Guarded {
-            approval: g.approval,
-            requester: g.requester.clone(),
-            params_hash: g.params_hash,
-            now_ms: g.now_ms,
-            inner: Box::new(cmd),
-        })
+        self.inner.write(self.guard.guarded(cmd))
     }
 }
 
