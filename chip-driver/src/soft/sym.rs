@@ -163,13 +163,10 @@ pub(super) fn aes_cbc_encrypt(
         }
         EncryptingKey::cbc(unbound).and_then(|k| k.less_safe_encrypt(&mut buf, context))
     };
-    match done {
-        Ok(_) => Ok(buf),
-        Err(_) => {
-            buf.zeroize();
-            Err(internal("AES-CBC encryption failed"))
-        }
-    }
+    let len = buf.len();
+    finish_in_place(buf, done.map(|_| len), || {
+        internal("AES-CBC encryption failed")
+    })
 }
 
 pub(super) fn aes_cbc_decrypt(
@@ -178,9 +175,7 @@ pub(super) fn aes_cbc_decrypt(
     pad: bool,
     data: &[u8],
 ) -> Result<Vec<u8>> {
-    if data.len() % 16 != 0 || (pad && data.is_empty()) {
-        return Err(ChipError::EncryptedDataInvalid);
-    }
+    check_cbc_ciphertext(data, pad)?;
     let unbound = UnboundCipherKey::new(aes_cipher_alg(key.len())?, key)
         .map_err(|_| internal("AES key rejected"))?;
     let context = DecryptionContext::Iv128((*iv).into());
@@ -193,16 +188,7 @@ pub(super) fn aes_cbc_decrypt(
     } else {
         DecryptingKey::cbc(unbound).and_then(|k| k.decrypt(&mut buf, context).map(|p| p.len()))
     };
-    match len {
-        Ok(len) => {
-            buf.truncate(len);
-            Ok(buf)
-        }
-        Err(_) => {
-            buf.zeroize();
-            Err(ChipError::EncryptedDataInvalid)
-        }
-    }
+    finish_in_place(buf, len, || ChipError::EncryptedDataInvalid)
 }
 
 pub(super) fn sm4_cbc_encrypt(
@@ -228,16 +214,7 @@ pub(super) fn sm4_cbc_encrypt(
         enc.encrypt_padded::<NoPadding>(&mut buf, len)
             .map(<[u8]>::len)
     };
-    match out_len {
-        Ok(n) => {
-            buf.truncate(n);
-            Ok(buf)
-        }
-        Err(_) => {
-            buf.zeroize();
-            Err(internal("SM4-CBC encryption failed"))
-        }
-    }
+    finish_in_place(buf, out_len, || internal("SM4-CBC encryption failed"))
 }
 
 pub(super) fn sm4_cbc_decrypt(
@@ -246,9 +223,7 @@ pub(super) fn sm4_cbc_decrypt(
     pad: bool,
     data: &[u8],
 ) -> Result<Vec<u8>> {
-    if data.len() % 16 != 0 || (pad && data.is_empty()) {
-        return Err(ChipError::EncryptedDataInvalid);
-    }
+    check_cbc_ciphertext(data, pad)?;
     let dec = cbc::Decryptor::<sm4::Sm4>::new_from_slices(key, iv)
         .map_err(|_| internal("SM4 key of the wrong length"))?;
     let mut buf = data.to_vec();
@@ -257,6 +232,25 @@ pub(super) fn sm4_cbc_decrypt(
     } else {
         dec.decrypt_padded::<NoPadding>(&mut buf).map(<[u8]>::len)
     };
+    finish_in_place(buf, len, || ChipError::EncryptedDataInvalid)
+}
+
+/// A CBC ciphertext is whole blocks, and at least one block when padded.
+fn check_cbc_ciphertext(data: &[u8], pad: bool) -> Result<()> {
+    if data.len() % 16 != 0 || (pad && data.is_empty()) {
+        Err(ChipError::EncryptedDataInvalid)
+    } else {
+        Ok(())
+    }
+}
+
+/// `buf` cut to the length a cipher working in place left in it; when the cipher failed, `buf`
+/// is zeroized (it may hold part of a plaintext) and the error is `err()`.
+fn finish_in_place<E>(
+    mut buf: Vec<u8>,
+    len: std::result::Result<usize, E>,
+    err: impl FnOnce() -> ChipError,
+) -> Result<Vec<u8>> {
     match len {
         Ok(n) => {
             buf.truncate(n);
@@ -264,7 +258,7 @@ pub(super) fn sm4_cbc_decrypt(
         }
         Err(_) => {
             buf.zeroize();
-            Err(ChipError::EncryptedDataInvalid)
+            Err(err())
         }
     }
 }
