@@ -91,6 +91,17 @@ impl Approval {
     }
 }
 
+/// What a new approval request is for: everything but its id, its times and its progress.
+pub(super) struct NewRequest<'a> {
+    pub(super) requester: String,
+    pub(super) op: GuardedOp,
+    pub(super) scope: PolicyScope,
+    pub(super) description: String,
+    pub(super) params_hash: [u8; 32],
+    pub(super) quorum: u32,
+    pub(super) eligible: &'a [String],
+}
+
 impl Governance {
     #[must_use]
     pub fn approved_for(
@@ -148,6 +159,33 @@ impl Governance {
         }
     }
 
+    /// Opens a pending request with the next id, made at `now_ms` and open for `ttl_ms`;
+    /// returns its id.
+    pub(super) fn open_pending(&mut self, r: NewRequest<'_>, now_ms: u64, ttl_ms: u64) -> u64 {
+        self.next_approval = self.next_approval.max(1);
+        let id = self.next_approval;
+        self.next_approval += 1;
+        self.approvals.insert(
+            id,
+            Approval {
+                id,
+                requester: r.requester,
+                op: r.op,
+                scope: r.scope,
+                description: r.description,
+                params_hash: r.params_hash,
+                created_ms: now_ms,
+                expires_ms: now_ms.saturating_add(ttl_ms),
+                quorum: r.quorum.max(1),
+                eligible: r.eligible.to_vec(),
+                approvals: Vec::new(),
+                rejected_by: None,
+                status: Stored::Pending,
+            },
+        );
+        id
+    }
+
     /// `Propose`: a new approval request, or the open one with the same requester and parameters.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn propose(
@@ -179,26 +217,18 @@ impl Governance {
         if self.approvals.values().filter(|a| a.is_open()).count() >= MAX_OPEN_APPROVALS {
             return refuse(ErrorCode::Busy, "too many open approval requests");
         }
-        self.next_approval = self.next_approval.max(1);
-        let id = self.next_approval;
-        self.next_approval += 1;
-        self.approvals.insert(
-            id,
-            Approval {
-                id,
+        let id = self.open_pending(
+            NewRequest {
                 requester: requester.to_owned(),
                 op,
                 scope,
                 description: description.to_owned(),
                 params_hash: *params_hash,
-                created_ms: now_ms,
-                expires_ms: now_ms.saturating_add(ttl_ms),
-                quorum: quorum.max(1),
-                eligible: eligible.to_vec(),
-                approvals: Vec::new(),
-                rejected_by: None,
-                status: Stored::Pending,
+                quorum,
+                eligible,
             },
+            now_ms,
+            ttl_ms,
         );
         Ok((
             GovResult::Approval(id),

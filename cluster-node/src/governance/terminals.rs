@@ -5,7 +5,7 @@ use cloudkey_protocol::gov::{GuardedOp, PolicyScope, TerminalInfo, TerminalKey, 
 use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::approvals::{Approval, Stored};
+use super::approvals::NewRequest;
 use super::{
     officer_requester, refuse, sha256, GovResult, Governance, Outcome, MAX_APPLICATION_FAILURES,
 };
@@ -301,31 +301,20 @@ impl Governance {
         {
             c.used = true;
         }
-        self.next_approval = self.next_approval.max(1);
-        let id = self.next_approval;
-        self.next_approval += 1;
-        let requester = officer_requester(officer);
-        let description = format!(
-            "inject a terminal master key into terminal {terminal} (application {application})"
-        );
-        let params_hash = tmk_params_hash(terminal, application);
-        self.approvals.insert(
-            id,
-            Approval {
-                id,
-                requester: requester.clone(),
+        let id = self.open_pending(
+            NewRequest {
+                requester: officer_requester(officer),
                 op: GuardedOp::TmkInject,
                 scope: PolicyScope::Cluster,
-                description,
-                params_hash,
-                created_ms: now_ms,
-                expires_ms: now_ms.saturating_add(ttl_ms),
-                quorum: quorum.max(1),
-                eligible: eligible.to_vec(),
-                approvals: Vec::new(),
-                rejected_by: None,
-                status: Stored::Pending,
+                description: format!(
+                    "inject a terminal master key into terminal {terminal} (application {application})"
+                ),
+                params_hash: tmk_params_hash(terminal, application),
+                quorum,
+                eligible,
             },
+            now_ms,
+            ttl_ms,
         );
         if let Some(app) = self.applications.get_mut(&application) {
             app.state = AppState::Applied {

@@ -14,10 +14,10 @@ impl State {
         cluster: &ClusterInfo,
         g: &GovCommand,
     ) -> Result<Applied, Refusal> {
-        let Ok(mut gov) = self.gov.write() else {
+        let Some(applied) = self.update_gov(|gov| gov.apply(index, g, cluster.max_failures)) else {
             return refuse(ErrorCode::GeneralError, "governance state lock poisoned");
         };
-        let (result, summary) = gov.apply(index, g, cluster.max_failures)?;
+        let (result, summary) = applied?;
         Ok(Applied {
             result: match result {
                 GovResult::Done => CommandResult::Done,
@@ -60,9 +60,7 @@ impl State {
         }
         self.with_gov(|g| g.check_consumable(approval, requester, params_hash, now_ms))?;
         let applied = self.try_apply(index, inner)?;
-        if let Ok(mut gov) = self.gov.write() {
-            gov.consume(approval, index);
-        }
+        self.update_gov(|gov| gov.consume(approval, index));
         Ok(Applied {
             result: applied.result,
             summary: format!(

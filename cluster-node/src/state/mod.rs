@@ -25,7 +25,7 @@ mod tokens;
 #[cfg(test)]
 mod tests;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -50,8 +50,12 @@ pub struct State {
     pub(crate) tokens: DashMap<TokenId, Arc<Token>>,
     pub(crate) objects: DashMap<ObjectId, Arc<Object>>,
     pub(crate) audit: RwLock<Vec<AuditRecord>>,
-    /// Officers, policies, approvals, terminals, the audit key.
-    pub(crate) gov: RwLock<Governance>,
+    /// Officers, policies, approvals, terminals, the audit key. Private: it changes only
+    /// through [`State::update_gov`], which keeps `policies` current.
+    gov: RwLock<Governance>,
+    /// Whether `gov` has a policy, for [`State::has_policies`] on every signature without a
+    /// lock.
+    policies: AtomicBool,
     pub(crate) applied: AtomicU64,
     pub(crate) applied_tx: watch::Sender<u64>,
     /// The id the next token gets. Monotonic and replicated, so a deleted token's id is never
@@ -67,6 +71,7 @@ impl Default for State {
             objects: DashMap::new(),
             audit: RwLock::new(Vec::new()),
             gov: RwLock::new(Governance::default()),
+            policies: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             applied_tx: watch::Sender::new(0),
             next_token: AtomicU64::new(FIRST_TOKEN_ID),
@@ -83,11 +88,24 @@ impl State {
         }
     }
 
-    /// True when some policy puts operations under quorum control (cheap: checked on every
-    /// signature).
+    /// True when some policy puts operations under quorum control. Checked on every
+    /// signature, so it reads a flag kept by [`State::update_gov`] instead of taking the
+    /// governance lock.
     #[must_use]
     pub fn has_policies(&self) -> bool {
-        self.with_gov(|g| !g.policies.is_empty())
+        self.policies.load(Ordering::Acquire)
+    }
+
+    /// Runs `f` on the governance state under the write lock, then refreshes the
+    /// [`State::has_policies`] flag (still under the lock, so the flag follows the changes in
+    /// order). Every change of the governance state goes through here. `None` when the lock is
+    /// poisoned (nothing runs).
+    fn update_gov<T>(&self, f: impl FnOnce(&mut Governance) -> T) -> Option<T> {
+        let mut g = self.gov.write().ok()?;
+        let out = f(&mut g);
+        self.policies
+            .store(!g.policies.is_empty(), Ordering::Release);
+        Some(out)
     }
 
     /// The last applied log index.

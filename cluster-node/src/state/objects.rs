@@ -216,12 +216,12 @@ impl State {
     /// Drops the policies of keys and tokens that no longer exist (deterministic: it depends
     /// only on the state).
     pub(super) fn prune_policies(&self) {
-        if let Ok(mut g) = self.gov.write() {
+        self.update_gov(|g| {
             g.policies.retain(|scope, _| match scope {
                 cloudkey_protocol::gov::PolicyScope::Key(k) => self.objects.contains_key(k),
                 cloudkey_protocol::gov::PolicyScope::Token(t) => self.tokens.contains_key(t),
                 cloudkey_protocol::gov::PolicyScope::Cluster => true,
             });
-        }
+        });
     }
 }

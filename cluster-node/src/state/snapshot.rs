@@ -136,9 +136,7 @@ impl State {
         if let Ok(mut a) = self.audit.write() {
             *a = snap.audit;
         }
-        if let Ok(mut g) = self.gov.write() {
-            *g = gov;
-        }
+        self.update_gov(|g| *g = gov);
         self.next_token
             .store(snap.next_token.max(FIRST_TOKEN_ID), Ordering::Release);
         self.set_applied(snap.applied);

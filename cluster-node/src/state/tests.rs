@@ -722,3 +722,69 @@ fn command_results_encode_as_with_u32_codes() {
         );
     }
 }
+
+/// `has_policies` is asked on every signature: it reads a flag, never the governance lock, and
+/// the flag follows every way the policies change (set, cleared, pruned with their token,
+/// restored from a snapshot).
+#[test]
+fn has_policies_follows_the_policies_without_taking_the_governance_lock() {
+    use cloudkey_protocol::gov::{GuardedOp, PolicyScope, Rule};
+
+    let (s, t) = with_token();
+    let set_policy = |rules: Vec<Rule>| {
+        Command::Gov(GovCommand::SetPolicy {
+            scope: PolicyScope::Token(t),
+            rules,
+        })
+    };
+    let rule = Rule {
+        op: GuardedOp::Sign,
+        key_type: None,
+        quorum: 1,
+        officers: Vec::new(),
+        ttl_ms: 60_000,
+    };
+    let empty = s.snapshot_bytes();
+    assert!(!s.has_policies());
+    assert_eq!(
+        s.apply(3, &set_policy(vec![rule.clone()])),
+        CommandResult::Done
+    );
+    assert!(s.has_policies());
+    let with_policy = s.snapshot_bytes();
+    assert_eq!(s.apply(4, &set_policy(Vec::new())), CommandResult::Done);
+    assert!(!s.has_policies());
+
+    s.restore(&with_policy).expect("restore");
+    assert!(s.has_policies());
+    s.restore(&empty).expect("restore");
+    assert!(!s.has_policies());
+    let fresh = State::new();
+    fresh.restore(&with_policy).expect("restore");
+    assert!(fresh.has_policies());
+
+    // Deleting the token prunes its policy.
+    assert_eq!(
+        fresh.apply(4, &Command::DeleteToken(t)),
+        CommandResult::Done
+    );
+    assert!(!fresh.has_policies());
+
+    // While the governance state is locked for writing, a signature still gets its answer.
+    let s = Arc::new(State::new());
+    s.restore(&with_policy).expect("restore");
+    let writer = s.gov.write().expect("lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = {
+        let s = Arc::clone(&s);
+        std::thread::spawn(move || tx.send(s.has_policies()))
+    };
+    let answer = rx.recv_timeout(Duration::from_secs(5));
+    drop(writer);
+    reader.join().expect("reader").ok();
+    assert_eq!(
+        answer,
+        Ok(true),
+        "has_policies waited for the governance lock"
+    );
+}

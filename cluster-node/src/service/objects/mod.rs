@@ -47,6 +47,13 @@
 //! `CKA_ALLOWED_MECHANISMS` is fixed at creation. Unsupported: `CKA_WRAP_TEMPLATE` /
 //! `CKA_UNWRAP_TEMPLATE` (`CKR_ATTRIBUTE_TYPE_INVALID`) and `CKA_ALWAYS_AUTHENTICATE` true
 //! (`CKR_ATTRIBUTE_VALUE_INVALID`: there is no context-specific login).
+//!
+//! # Files
+//! [`attrs`]: the attribute tables (which attributes a class has, their encoding, defaults and
+//! change rules) · [`value`]: value encodings, reading a record, [`Template`] · [`access`]:
+//! which objects a session sees and may write · [`record`]: building a new object's
+//! attributes, changes, the public parts of keys · [`handlers`]: the operations. The DER they
+//! need is [`cloudkey_protocol::der`].
 
 mod access;
 mod attrs;
