@@ -68,6 +68,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -447,6 +448,40 @@ fn millis(field: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Resu
     in_range(field, value, range).map(Duration::from_millis)
 }
 
+/// A setting of a `[section]`: the configured value, or the default when absent, in `range`.
+fn setting<T>(field: &str, raw: Option<T>, default: T, range: RangeInclusive<T>) -> Result<T>
+where
+    T: PartialOrd + fmt::Display + Copy,
+{
+    in_range(field, raw.unwrap_or(default), range)
+}
+
+/// [`setting`] for a duration configured in milliseconds (`*_ms`).
+fn setting_ms(
+    field: &str,
+    raw: Option<u64>,
+    default: Duration,
+    range: RangeInclusive<u64>,
+) -> Result<Duration> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    millis(field, raw.unwrap_or(default), range)
+}
+
+/// Two durations that must stand in `relation` (`holds` says whether they do): the error
+/// names both settings and their values in milliseconds.
+fn ordered(a: (&str, Duration), relation: &str, b: (&str, Duration), holds: bool) -> Result<()> {
+    if holds {
+        return Ok(());
+    }
+    Err(bad(format!(
+        "{} ({}) must be {relation} {} ({})",
+        a.0,
+        a.1.as_millis(),
+        b.0,
+        b.1.as_millis()
+    )))
+}
+
 fn resolve(base: &Path, p: PathBuf) -> PathBuf {
     if p.is_absolute() {
         p
@@ -712,92 +747,105 @@ fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
 
 fn parse_raft(r: RawRaft) -> Result<RaftSettings> {
     let d = RaftSettings::default();
-    let heartbeat = r.heartbeat_ms.map_or(Ok(d.heartbeat), |v| {
-        millis("raft.heartbeat_ms", v, 10..=10_000)
-    })?;
-    let election_min = r.election_min_ms.map_or(Ok(d.election_min), |v| {
-        millis("raft.election_min_ms", v, 20..=60_000)
-    })?;
-    let election_max = r.election_max_ms.map_or(Ok(d.election_max), |v| {
-        millis("raft.election_max_ms", v, 20..=60_000)
-    })?;
+    let heartbeat = setting_ms(
+        "raft.heartbeat_ms",
+        r.heartbeat_ms,
+        d.heartbeat,
+        10..=10_000,
+    )?;
+    let election_min = setting_ms(
+        "raft.election_min_ms",
+        r.election_min_ms,
+        d.election_min,
+        20..=60_000,
+    )?;
+    let election_max = setting_ms(
+        "raft.election_max_ms",
+        r.election_max_ms,
+        d.election_max,
+        20..=60_000,
+    )?;
     // A follower must hear at least two heartbeats before it may start an election.
-    if election_min < heartbeat * 2 {
-        return Err(bad(format!(
-            "raft.election_min_ms ({}) must be at least twice raft.heartbeat_ms ({})",
-            election_min.as_millis(),
-            heartbeat.as_millis()
-        )));
-    }
-    if election_max <= election_min {
-        return Err(bad(format!(
-            "raft.election_max_ms ({}) must be greater than raft.election_min_ms ({})",
-            election_max.as_millis(),
-            election_min.as_millis()
-        )));
-    }
-    let snapshot_logs = in_range(
-        "raft.snapshot_logs",
-        r.snapshot_logs.unwrap_or(d.snapshot_logs),
-        10..=10_000_000,
+    ordered(
+        ("raft.election_min_ms", election_min),
+        "at least twice",
+        ("raft.heartbeat_ms", heartbeat),
+        election_min >= heartbeat * 2,
+    )?;
+    ordered(
+        ("raft.election_max_ms", election_max),
+        "greater than",
+        ("raft.election_min_ms", election_min),
+        election_max > election_min,
     )?;
     Ok(RaftSettings {
         heartbeat,
         election_min,
         election_max,
-        snapshot_logs,
+        snapshot_logs: setting(
+            "raft.snapshot_logs",
+            r.snapshot_logs,
+            d.snapshot_logs,
+            10..=10_000_000,
+        )?,
     })
 }
 
 fn parse_limits(r: RawLimits) -> Result<Limits> {
     let d = Limits::default();
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-    let max_connections = in_range(
+    let max_connections = setting(
         "limits.max_connections",
-        r.max_connections.unwrap_or(d.max_connections),
+        r.max_connections,
+        d.max_connections,
         1..=1_000_000,
     )?;
-    let max_streams = in_range(
+    let max_streams = setting(
         "limits.max_streams",
-        r.max_streams.unwrap_or(d.max_streams),
+        r.max_streams,
+        d.max_streams,
         1..=65_535,
     )?;
-    let max_inflight = in_range(
+    // A tokio semaphore holds at most `usize::MAX >> 3` permits; far beyond any sane bound.
+    let max_inflight = setting(
         "limits.max_inflight",
-        r.max_inflight.unwrap_or(d.max_inflight),
-        // A tokio semaphore holds at most `usize::MAX >> 3` permits; far beyond any sane bound.
+        r.max_inflight,
+        d.max_inflight,
         1..=1_000_000,
     )?;
-    let request_deadline = millis(
+    let request_deadline = setting_ms(
         "limits.request_deadline_ms",
-        r.request_deadline_ms.unwrap_or(ms(d.request_deadline)),
+        r.request_deadline_ms,
+        d.request_deadline,
         100..=600_000,
     )?;
-    let admin_deadline = millis(
+    let admin_deadline = setting_ms(
         "limits.admin_deadline_ms",
-        r.admin_deadline_ms.unwrap_or(ms(d.admin_deadline)),
+        r.admin_deadline_ms,
+        d.admin_deadline,
         1_000..=3_600_000,
     )?;
-    let read_wait = millis(
+    let read_wait = setting_ms(
         "limits.read_wait_ms",
-        r.read_wait_ms.unwrap_or(ms(d.read_wait)),
+        r.read_wait_ms,
+        d.read_wait,
         0..=600_000,
     )?;
-    if read_wait >= request_deadline {
-        return Err(bad(format!(
-            "limits.read_wait_ms ({}) must be less than limits.request_deadline_ms ({})",
-            read_wait.as_millis(),
-            request_deadline.as_millis()
-        )));
-    }
-    let queue_depth = in_range(
+    ordered(
+        ("limits.read_wait_ms", read_wait),
+        "less than",
+        ("limits.request_deadline_ms", request_deadline),
+        read_wait < request_deadline,
+    )?;
+    let queue_depth = setting(
         "limits.queue_depth",
-        r.queue_depth.unwrap_or(d.queue_depth),
+        r.queue_depth,
+        d.queue_depth,
         1..=100_000,
     )?;
-    let queue_timeout = millis(
+    let queue_timeout = setting_ms(
         "limits.queue_timeout_ms",
-        r.queue_timeout_ms.unwrap_or(ms(d.queue_timeout)),
+        r.queue_timeout_ms,
+        d.queue_timeout,
         1..=600_000,
     )?;
     Ok(Limits {
@@ -814,35 +862,41 @@ fn parse_limits(r: RawLimits) -> Result<Limits> {
 
 fn parse_security(r: RawSecurity) -> Result<Security> {
     let d = Security::default();
-    let max_login_failures = in_range(
+    let max_login_failures = setting(
         "security.max_login_failures",
-        r.max_login_failures.unwrap_or(d.max_login_failures),
+        r.max_login_failures,
+        d.max_login_failures,
         1..=100,
     )?;
-    let session_ttl = Duration::from_secs(in_range(
+    let session_ttl = Duration::from_secs(setting(
         "security.session_ttl_s",
-        r.session_ttl_s.unwrap_or(d.session_ttl.as_secs()),
+        r.session_ttl_s,
+        d.session_ttl.as_secs(),
         1..=7 * 24 * 3600,
     )?);
-    let argon2_parallelism = in_range(
+    let argon2_parallelism = setting(
         "security.argon2_parallelism",
-        r.argon2_parallelism.unwrap_or(d.argon2_parallelism),
+        r.argon2_parallelism,
+        d.argon2_parallelism,
         1..=16,
     )?;
-    let argon2_memory_kib = in_range(
+    let argon2_memory_kib = setting(
         "security.argon2_memory_kib",
-        r.argon2_memory_kib.unwrap_or(d.argon2_memory_kib),
+        r.argon2_memory_kib,
+        d.argon2_memory_kib,
         // argon2 needs 8 KiB per lane; 1 GiB per hash is more than any PIN deserves.
         8 * argon2_parallelism..=1 << 20,
     )?;
-    let argon2_iterations = in_range(
+    let argon2_iterations = setting(
         "security.argon2_iterations",
-        r.argon2_iterations.unwrap_or(d.argon2_iterations),
+        r.argon2_iterations,
+        d.argon2_iterations,
         1..=100,
     )?;
-    let pin_hash_concurrency = in_range(
+    let pin_hash_concurrency = setting(
         "security.pin_hash_concurrency",
-        r.pin_hash_concurrency.unwrap_or(d.pin_hash_concurrency),
+        r.pin_hash_concurrency,
+        d.pin_hash_concurrency,
         1..=64,
     )?;
     argon2::Params::new(
@@ -1079,6 +1133,41 @@ mod tests {
         assert!(
             err(&format!("{MINIMAL}\n[security]\nargon2_memory_kib = 4"))
                 .contains("argon2_memory_kib")
+        );
+    }
+
+    /// The settings of `[raft]`, `[limits]` and `[security]` share one way of being read: the
+    /// default when absent, a range, and orderings between durations; the messages are exact.
+    #[test]
+    fn section_settings_name_the_setting_its_value_and_its_bound() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.raft, RaftSettings::default());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.security, Security::default());
+        let with = |section: &str, line: &str| err(&format!("{MINIMAL}\n[{section}]\n{line}"));
+        assert_eq!(
+            with("raft", "heartbeat_ms = 300"),
+            "config: raft.election_min_ms (400) must be at least twice raft.heartbeat_ms (300)"
+        );
+        assert_eq!(
+            with("raft", "election_min_ms = 800"),
+            "config: raft.election_max_ms (800) must be greater than raft.election_min_ms (800)"
+        );
+        assert_eq!(
+            with("limits", "read_wait_ms = 5000"),
+            "config: limits.read_wait_ms (5000) must be less than limits.request_deadline_ms (5000)"
+        );
+        assert_eq!(
+            with("limits", "queue_timeout_ms = 0"),
+            "config: limits.queue_timeout_ms = 0 is out of range (1..=600000)"
+        );
+        assert_eq!(
+            with("security", "session_ttl_s = 0"),
+            "config: security.session_ttl_s = 0 is out of range (1..=604800)"
+        );
+        assert_eq!(
+            with("raft", "snapshot_logs = 9"),
+            "config: raft.snapshot_logs = 9 is out of range (10..=10000000)"
         );
     }
 }

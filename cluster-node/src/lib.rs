@@ -8,6 +8,9 @@
 //! * [`handler`]: a client request in, a response out; the one place errors become wire codes.
 //! * [`server`]: the QUIC endpoint for clients (`cloudkey/1`) and peers (`cloudkey-raft/1`).
 //! * [`config`], [`pki`], [`dev`]: node configuration, the cluster PKI, the local dev cluster.
+//!
+//! Where each concern lives across the workspace, and how a request flows through the files:
+//! `docs/architecture.md` at the root of the workspace.
 #![forbid(unsafe_code)]
 
 pub mod chips;

@@ -207,6 +207,18 @@ pub enum PublicKeyBytes {
     Hmac(Vec<u8>),
 }
 
+impl PublicKeyBytes {
+    /// The `CKA_EC_POINT` of a key of `alg`: an SM2 point for [`Alg::Sm2`], P-256 otherwise.
+    #[must_use]
+    pub fn ec_point(alg: Alg, point: Vec<u8>) -> Self {
+        if alg == Alg::Sm2 {
+            Self::Sm2(point)
+        } else {
+            Self::P256(point)
+        }
+    }
+}
+
 /// Checks signatures outside the target, with implementations independent of the cluster's
 /// chips where one exists (RustCrypto for P-256 and SM2; aws-lc-rs's RSA verification, which the
 /// chips do not use to sign).

@@ -20,6 +20,9 @@
 //! * [`error`]: [`Ckr`], the one error type, and the one mapping of cluster errors to `CK_RV`.
 //!
 //! `README.md` lists what is supported; `VENDOR.md` the SM2/SM3/SM4 numbers.
+//!
+//! Where each concern lives across the workspace, and how a request flows through the files:
+//! `docs/architecture.md` at the root of the workspace.
 #![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]

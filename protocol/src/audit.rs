@@ -257,6 +257,20 @@ pub struct VerifyReport {
     pub audit_key_set_at_index: Option<u64>,
 }
 
+/// Appends the record of log entry `index` to `chain`: linked to the last record's hash (zeros
+/// for the first) and hashed with [`record_hash`]. The node's audit log and the tests of the
+/// verifier build chains with this one rule.
+pub fn append(chain: &mut Vec<AuditEntry>, index: u64, summary: String) {
+    let prev = chain.last().map_or([0u8; 32], |e| e.hash);
+    let hash = record_hash(&prev, index, &summary);
+    chain.push(AuditEntry {
+        index,
+        prev,
+        summary,
+        hash,
+    });
+}
+
 /// `SHA-256(prev || index BE || summary)`: a record's hash.
 #[must_use]
 pub fn record_hash(prev: &[u8; 32], index: u64, summary: &str) -> [u8; 32] {
@@ -742,18 +756,6 @@ mod tests {
         }
     }
 
-    /// Appends a record to a chain being built.
-    fn push(chain: &mut Vec<AuditEntry>, index: u64, summary: String) {
-        let prev = chain.last().map_or([0u8; 32], |e| e.hash);
-        let hash = record_hash(&prev, index, &summary);
-        chain.push(AuditEntry {
-            index,
-            prev,
-            summary,
-            hash,
-        });
-    }
-
     /// Recomputes every link and hash from `from` on, as a forger would.
     fn rehash(records: &mut [ExportedRecord], from: usize) {
         for i in from..records.len() {
@@ -785,9 +787,9 @@ mod tests {
             public: public.clone(),
         };
         let mut chain = Vec::new();
-        push(&mut chain, 1, "init domain_kcv=00 max_failures=5".into());
+        append(&mut chain, 1, "init domain_kcv=00 max_failures=5".into());
         let cert_sha = hex::encode(digest(&SHA256, &pki.leaf_der));
-        push(
+        append(
             &mut chain,
             3,
             format!(
@@ -796,15 +798,15 @@ mod tests {
             ),
         );
         for i in [5, 7, 9] {
-            push(&mut chain, i, format!("create_object id={i}"));
+            append(&mut chain, i, format!("create_object id={i}"));
         }
         let covered = chain[4].hash;
-        push(&mut chain, 11, audit.checkpoint(9, &covered));
-        push(&mut chain, 13, "destroy_object id=5".into());
+        append(&mut chain, 11, audit.checkpoint(9, &covered));
+        append(&mut chain, 13, "destroy_object id=5".into());
         let covered = chain[6].hash;
-        push(&mut chain, 15, audit.checkpoint(13, &covered));
-        push(&mut chain, 17, "add_officer name=alice".into());
-        push(&mut chain, 19, "add_officer name=bob".into());
+        append(&mut chain, 15, audit.checkpoint(13, &covered));
+        append(&mut chain, 17, "add_officer name=alice".into());
+        append(&mut chain, 19, "add_officer name=bob".into());
         let now_ms = 1_767_225_600_000;
         Fixture {
             export: AuditExport::new(Some(&key), &chain, now_ms),

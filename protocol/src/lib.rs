@@ -12,6 +12,9 @@
 //! * [`der`]: the DER of PKCS#11 attributes: EC points, `SubjectPublicKeyInfo`, RSA PKCS#8,
 //!   X.509 fields.
 //! * [`vendor`]: the vendor-defined `CKM_*`/`CKK_*` numbers of SM2, SM3 and SM4.
+//!
+//! Where each concern lives across the workspace, and how a request flows through the files:
+//! `docs/architecture.md` at the root of the workspace.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

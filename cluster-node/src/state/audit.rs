@@ -65,13 +65,6 @@ impl State {
             tracing::error!(index, "audit chain lock poisoned");
             return;
         };
-        let prev = audit.last().map_or([0u8; 32], |r| r.hash);
-        let hash = record_hash(&prev, index, &summary);
-        audit.push(AuditRecord {
-            index,
-            prev,
-            summary,
-            hash,
-        });
+        cloudkey_protocol::audit::append(&mut audit, index, summary);
     }
 }

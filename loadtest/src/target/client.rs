@@ -392,11 +392,7 @@ async fn prepare_key(
             .await?
             .pop()
             .unwrap_or_default();
-            if alg == Alg::Sm2 {
-                PublicKeyBytes::Sm2(point)
-            } else {
-                PublicKeyBytes::P256(point)
-            }
+            PublicKeyBytes::ec_point(alg, point)
         }
     };
     Ok((key, bytes, created))

@@ -283,11 +283,7 @@ fn prepare_key(
             Some(Attribute::EcPoint(p)) => p,
             _ => bail!("the public key {label:?} has no CKA_EC_POINT"),
         };
-        if matches!(alg, Alg::Sm2) {
-            PublicKeyBytes::Sm2(point)
-        } else {
-            PublicKeyBytes::P256(point)
-        }
+        PublicKeyBytes::ec_point(alg, point)
     };
     Ok((key, bytes, created))
 }
