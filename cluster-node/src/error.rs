@@ -139,6 +139,16 @@ pub enum NodeError {
     /// A setting or argument refused by our own checks.
     #[error("config: {0}")]
     Config(String),
+    /// A setting that a library refused (the TLS material, argon2's parameters, the NVRAM key
+    /// file, the configuration file's reading). Shown as one line, `what: cause`.
+    #[error("{what}: {source}")]
+    Setting {
+        /// The setting, with the file or path.
+        what: String,
+        /// The library's error.
+        #[source]
+        source: BoxError,
+    },
     /// A certificate could not be made or read (rcgen, x509).
     #[error("internal: certificate generation: {0}")]
     Cert(#[source] rcgen::Error),

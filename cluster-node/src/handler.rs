@@ -571,6 +571,7 @@ fn wire_error(e: NodeError, leader: impl FnOnce() -> Option<String>) -> WireErro
         | NodeError::Decode { .. }) => WireError::new(ErrorCode::DeviceError, e.to_string()),
         NodeError::Config(d) | NodeError::Internal(d) => WireError::new(ErrorCode::GeneralError, d),
         e @ (NodeError::Tls(_)
+        | NodeError::Setting { .. }
         | NodeError::RaftConfig(_)
         | NodeError::Encode { .. }
         | NodeError::PinHash(_)
