@@ -139,8 +139,9 @@ pub enum NodeError {
     /// A setting or argument refused by our own checks.
     #[error("config: {0}")]
     Config(String),
-    /// A setting that a library refused (the TLS material, argon2's parameters, the NVRAM key
-    /// file, the configuration file's reading). Shown as one line, `what: cause`.
+    /// A setting or argument that a library refused (the TLS material, argon2's parameters,
+    /// the NVRAM key file, the configuration file or the PKI directory that cannot be read).
+    /// Shown as one line, `what: cause`.
     #[error("{what}: {source}")]
     Setting {
         /// The setting, with the file or path.

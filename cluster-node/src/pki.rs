@@ -266,16 +266,14 @@ pub fn init_pki_with(dir: &Path, opts: &InitOptions) -> Result<PkiPaths> {
 /// certificate of the same identity unless `force`.
 ///
 /// # Errors
-/// [`NodeError::Config`] when there is no CA in `dir`, the certificate exists, or the name is
-/// invalid; [`NodeError::Io`] for file system failures; [`NodeError::Cert`] if the CA
+/// [`NodeError::Setting`] when there is no CA in `dir`; [`NodeError::Config`] when the
+/// certificate exists or the name is invalid; [`NodeError::Io`] for file system failures; [`NodeError::Cert`] if the CA
 /// cannot be read back or signing fails.
 pub fn issue(dir: &Path, identity: &Identity, force: bool) -> Result<CertPaths> {
     identity.validate()?;
-    let ca_pem = read_to_string(&dir.join(CA_CERT)).map_err(|e| {
-        NodeError::Config(format!(
-            "no CA in {} ({e}); run `cloudkey pki init` first",
-            dir.display()
-        ))
+    let ca_pem = fs::read_to_string(dir.join(CA_CERT)).map_err(|source| NodeError::Setting {
+        what: format!("no CA in {} (run `cloudkey pki init` first)", dir.display()),
+        source: Box::new(source),
     })?;
     let key_pem = read_to_string(&dir.join(CA_KEY))?;
     let key = KeyPair::from_pem(&key_pem).map_err(rcgen_err)?;
@@ -573,5 +571,20 @@ mod tests {
         .unwrap();
         assert_eq!(again.issued.len(), 1);
         assert!(!dir.path().join("client-other.pem").exists());
+    }
+
+    #[test]
+    fn issuing_without_a_ca_names_the_fix_and_keeps_the_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = issue(dir.path(), &Identity::Client("c".into()), false).unwrap_err();
+        assert!(
+            e.to_string().contains("run `cloudkey pki init` first"),
+            "{e}"
+        );
+        let source = std::error::Error::source(&e).expect("a cause");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }
