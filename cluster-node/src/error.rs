@@ -2,8 +2,9 @@
 //! [`ErrorCode`](cloudkey_protocol::ErrorCode) in exactly one function (`handler::to_wire`).
 //!
 //! A failure with a cause carries the cause as its `#[source]` (a chip, file or socket, TLS,
-//! encoding, PIN hashing or task error), so logs show the chain and a caller can match on what
-//! failed. The string variants are only for conditions that have no cause of their own: a
+//! redb, openraft, peer-call, cluster-client, decoding, encoding, certificate, random
+//! generator, PIN hashing or task error, or a library's refusal of a setting), so logs show the
+//! chain and a caller can match on what failed. The string variants are only for conditions that have no cause of their own: a
 //! timeout (`Timeout`), a setting or argument refused by our own check (`Config`), a broken
 //! invariant or an unexpected answer (`Internal`, `Peer`), a snapshot whose contents are
 //! inconsistent (`Storage`), Raft stopped, and what a peer reported across the wire (`Raft`,
