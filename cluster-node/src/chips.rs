@@ -132,11 +132,18 @@ pub async fn build_pool(config: &Config, nvram_key: Option<&SecretBytes>) -> Res
             .map_err(NodeError::Chip)
     })
     .await
-    .map_err(|e| NodeError::Internal(format!("chip start-up task failed: {e}")))?
+    .map_err(|source| NodeError::Task {
+        what: "chip start-up",
+        source,
+    })?
 }
 
-fn chip_failed(i: usize, what: &str, e: ChipError) -> NodeError {
-    NodeError::Internal(format!("chip {i} ({what}): {e}"))
+fn chip_failed(index: usize, what: &str, source: ChipError) -> NodeError {
+    NodeError::ChipStart {
+        index,
+        what: what.to_owned(),
+        source: Box::new(source),
+    }
 }
 
 /// The domain state of the node's chips and the session MAC key; see the [module docs](self).

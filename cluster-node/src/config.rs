@@ -428,6 +428,18 @@ fn bad(msg: impl Into<String>) -> NodeError {
     NodeError::Config(msg.into())
 }
 
+/// A setting `what` that a library refused with `source`.
+fn refused<E>(what: impl Into<String>) -> impl FnOnce(E) -> NodeError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let what = what.into();
+    move |source| NodeError::Setting {
+        what,
+        source: Box::new(source),
+    }
+}
+
 /// `value` if it lies in `range`, else an error naming `field`.
 fn in_range<T>(field: &str, value: T, range: std::ops::RangeInclusive<T>) -> Result<T>
 where
@@ -516,16 +528,21 @@ impl Config {
     /// Reads and parses the configuration file at `path`.
     ///
     /// # Errors
-    /// [`NodeError::Config`] with one line naming the file and the problem.
+    /// [`NodeError::Config`] or [`NodeError::Setting`] with one line naming the file and the
+    /// problem.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(refused(format!("cannot read {}", path.display())))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or_else(|| Path::new("."));
         Self::parse(&text, base).map_err(|e| match e {
             NodeError::Config(m) => bad(format!("{}: {m}", path.display())),
+            NodeError::Setting { what, source } => NodeError::Setting {
+                what: format!("{}: {what}", path.display()),
+                source,
+            },
             other => other,
         })
     }
@@ -534,7 +551,8 @@ impl Config {
     /// I/O.
     ///
     /// # Errors
-    /// [`NodeError::Config`] naming the first field in error.
+    /// [`NodeError::Config`] naming the first field in error ([`NodeError::Setting`] when
+    /// argon2 refuses the parameters).
     pub fn parse(text: &str, base: &Path) -> Result<Self> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
 
@@ -588,7 +606,8 @@ impl Config {
     /// certificate must be a node certificate of this node's id) and the nvram key.
     ///
     /// # Errors
-    /// [`NodeError::Config`] with one line.
+    /// [`NodeError::Config`] or [`NodeError::Setting`] (the TLS files, the NVRAM key file),
+    /// with one line.
     pub fn prepare(&self) -> Result<Prepared> {
         use cloudkey_protocol::tls::{Role, TlsFiles, TlsMaterial};
 
@@ -597,7 +616,7 @@ impl Config {
             cert: self.tls.cert.clone(),
             key: self.tls.key.clone(),
         };
-        let tls = TlsMaterial::load(&files).map_err(|e| bad(format!("tls: {e}")))?;
+        let tls = TlsMaterial::load(&files).map_err(refused("tls"))?;
         match tls.identity() {
             Ok(identity) => match identity.role {
                 Role::Node(n) if n == self.id => {}
@@ -616,7 +635,7 @@ impl Config {
                     )))
                 }
             },
-            Err(e) => return Err(bad(format!("tls.cert {}: {e}", self.tls.cert.display()))),
+            Err(e) => return Err(refused(format!("tls.cert {}", self.tls.cert.display()))(e)),
         }
         let nvram_key = self
             .chips
@@ -905,7 +924,7 @@ fn parse_security(r: RawSecurity) -> Result<Security> {
         argon2_parallelism,
         None,
     )
-    .map_err(|e| bad(format!("security.argon2_*: {e}")))?;
+    .map_err(refused("security.argon2_*"))?;
     Ok(Security {
         max_login_failures,
         session_ttl,
@@ -920,7 +939,7 @@ fn parse_security(r: RawSecurity) -> Result<Security> {
 /// ignored).
 fn read_nvram_key(path: &Path) -> Result<SecretBytes> {
     warn_if_exposed(path);
-    cloudkey_chip::nvram::read_key_file(path).map_err(|e| bad(format!("nvram_key_file: {e}")))
+    cloudkey_chip::nvram::read_key_file(path).map_err(refused("nvram_key_file"))
 }
 
 /// A key file others can read is a configuration mistake worth a warning (not a refusal: the
@@ -964,6 +983,25 @@ mod tests {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    /// TLS files that cannot be loaded are refused in one line, `tls: <why>`, as before, and
+    /// the TLS error is kept as the cause.
+    #[test]
+    fn unloadable_tls_files_are_refused_with_their_cause() {
+        let c = parse(MINIMAL).expect("minimal");
+        let e = match c.prepare() {
+            Ok(_) => panic!("missing TLS files accepted"),
+            Err(e) => e,
+        };
+        let text = e.to_string();
+        assert!(text.starts_with("tls: "), "{text}");
+        assert!(!text.contains('\n'), "{text:?} is one line");
+        let source = std::error::Error::source(&e).expect("a cause");
+        assert!(
+            source.is::<cloudkey_protocol::tls::TlsError>(),
+            "{source:?}"
+        );
     }
 
     #[test]

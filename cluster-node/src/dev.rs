@@ -217,8 +217,7 @@ pub fn write_node_files(files: &NodeFiles, pki_dir: &Path, opts: &NodeOptions) -
     create_private_dir(&files.data_dir)?;
     if !files.nvram_key.exists() {
         let mut key = zeroize::Zeroizing::new([0u8; 32]);
-        aws_lc_rs::rand::fill(key.as_mut())
-            .map_err(|_| NodeError::Internal("the system random generator failed".into()))?;
+        aws_lc_rs::rand::fill(key.as_mut()).map_err(NodeError::Random)?;
         pki::write_file(&files.nvram_key, key.as_ref(), 0o600)?;
     }
     pki::write_file(
@@ -235,7 +234,7 @@ fn create_private_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| fs_err("creating", dir, &e))
+        .map_err(|e| fs_err("creating", dir, e))
 }
 
 /// Client settings TOML (the protocol's `ClientSettings` fields).
@@ -309,11 +308,11 @@ pub fn spawn_node(bin: &Path, files: &NodeFiles) -> Result<(Child, u64)> {
         .append(true)
         .mode(0o644)
         .open(&files.log)
-        .map_err(|e| fs_err("opening", &files.log, &e))?;
+        .map_err(|e| fs_err("opening", &files.log, e))?;
     let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
     let err = log
         .try_clone()
-        .map_err(|e| fs_err("duplicating", &files.log, &e))?;
+        .map_err(|e| fs_err("duplicating", &files.log, e))?;
     let child = Command::new(bin)
         .arg("--config")
         .arg(&files.config)
@@ -322,13 +321,11 @@ pub fn spawn_node(bin: &Path, files: &NodeFiles) -> Result<(Child, u64)> {
         .stderr(err)
         .process_group(0)
         .spawn()
-        .map_err(|e| {
-            NodeError::Internal(format!(
-                "starting {} for node {}: {e}",
-                bin.display(),
-                files.id
-            ))
-        })?;
+        .map_err(NodeError::io(format!(
+            "starting {} for node {}",
+            bin.display(),
+            files.id
+        )))?;
     Ok((child, offset))
 }
 
@@ -354,7 +351,7 @@ pub async fn wait_listening(
         }
         let exited = child
             .try_wait()
-            .map_err(|e| NodeError::Internal(format!("waiting for node process {pid}: {e}")))?;
+            .map_err(NodeError::io(format!("waiting for node process {pid}")))?;
         if let Some(status) = exited {
             return Err(NodeError::Peer(format!(
                 "node process {pid} exited ({status}) before listening; {} says:\n{}",
@@ -380,13 +377,13 @@ fn read_from(path: &Path, offset: u64) -> Result<String> {
             f.seek(std::io::SeekFrom::Start(offset))?;
             f.read_to_end(&mut buf)
         })
-        .map_err(|e| fs_err("reading", path, &e))?;
+        .map_err(|e| fs_err("reading", path, e))?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
 /// A file-system failure: what was done, to which path, and why it failed.
-fn fs_err(what: &str, path: &Path, e: &std::io::Error) -> NodeError {
-    NodeError::Storage(format!("{what} {}: {e}", path.display()))
+fn fs_err(what: &str, path: &Path, e: std::io::Error) -> NodeError {
+    NodeError::io(format!("{what} {}", path.display()))(e)
 }
 
 /// The last `n` lines of `text`.
@@ -564,7 +561,7 @@ fn read_pids(dir: &Path) -> Result<Vec<RunningNode>> {
     let text = match fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(fs_err("reading", &path, &e)),
+        Err(e) => return Err(fs_err("reading", &path, e)),
     };
     text.lines()
         .filter(|l| !l.trim().is_empty())
@@ -622,7 +619,7 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
         ));
     }
     create_private_dir(&opts.dir)?;
-    let dir = fs::canonicalize(&opts.dir).map_err(|e| fs_err("resolving", &opts.dir, &e))?;
+    let dir = fs::canonicalize(&opts.dir).map_err(|e| fs_err("resolving", &opts.dir, e))?;
     let pki_dir = dir.join("pki");
     let mut notes = Vec::new();
 
@@ -736,10 +733,14 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
         .as_bytes(),
         0o644,
     )?;
-    let settings = ClientSettings::from_file(&operator)
-        .map_err(|e| NodeError::Config(format!("{}: {e}", operator.display())))?;
-    let client = Client::new(&settings)
-        .map_err(|e| NodeError::Config(format!("the operator client: {e}")))?;
+    let settings = ClientSettings::from_file(&operator).map_err(|source| NodeError::Client {
+        what: operator.display().to_string(),
+        source: Box::new(source),
+    })?;
+    let client = Client::new(&settings).map_err(|source| NodeError::Client {
+        what: "the operator client".into(),
+        source: Box::new(source),
+    })?;
 
     let statuses = all_status(&client, nodes.len()).await;
     if !statuses.iter().flatten().any(|s| s.initialized) {
@@ -753,7 +754,10 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
         client
             .call_node(0, Request::Init { members })
             .await
-            .map_err(|e| NodeError::Peer(format!("init via node {}: {e}", nodes[0].id)))?;
+            .map_err(|source| NodeError::Client {
+                what: format!("init via node {}", nodes[0].id),
+                source: Box::new(source),
+            })?;
     }
     wait_ready(&client, nodes.len(), READY_TIMEOUT).await?;
 
@@ -764,7 +768,12 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
                 "list tokens: unexpected response {r:?}"
             )))
         }
-        Err(e) => return Err(NodeError::Peer(format!("list tokens: {e}"))),
+        Err(source) => {
+            return Err(NodeError::Client {
+                what: "list tokens".into(),
+                source: Box::new(source),
+            })
+        }
     };
     if !tokens.iter().any(|t| t.label == DEV_TOKEN) {
         client
@@ -774,7 +783,10 @@ pub async fn up(opts: &DevUpOptions) -> Result<DevCluster> {
                 user_pin: Some(Secret::from(DEV_USER_PIN)),
             })
             .await
-            .map_err(|e| NodeError::Peer(format!("creating token {DEV_TOKEN:?}: {e}")))?;
+            .map_err(|source| NodeError::Client {
+                what: format!("creating token {DEV_TOKEN:?}"),
+                source: Box::new(source),
+            })?;
     }
 
     // Settings for the officers' and the terminal's certificates (older dev directories made
@@ -896,7 +908,7 @@ pub async fn down(opts: &DevDownOptions) -> Result<String> {
         );
         return Ok(report);
     }
-    let dir = fs::canonicalize(&opts.dir).map_err(|e| fs_err("resolving", &opts.dir, &e))?;
+    let dir = fs::canonicalize(&opts.dir).map_err(|e| fs_err("resolving", &opts.dir, e))?;
     let nodes = read_pids(&dir)?;
     let marker = |n: &RunningNode| NodeFiles::new(&dir, n.id).config;
     let running: Vec<&RunningNode> = nodes
@@ -930,7 +942,7 @@ pub async fn down(opts: &DevDownOptions) -> Result<String> {
     match fs::remove_file(pids_path(&dir)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(fs_err("removing", &pids_path(&dir), &e)),
+        Err(e) => return Err(fs_err("removing", &pids_path(&dir), e)),
     }
     if opts.purge {
         purge(&dir)?;
@@ -951,8 +963,8 @@ pub async fn down(opts: &DevDownOptions) -> Result<String> {
 
 /// Removes what `up` makes, and the directory if nothing else is left in it.
 fn purge(dir: &Path) -> Result<()> {
-    for entry in fs::read_dir(dir).map_err(|e| fs_err("reading", dir, &e))? {
-        let entry = entry.map_err(|e| fs_err("reading", dir, &e))?;
+    for entry in fs::read_dir(dir).map_err(|e| fs_err("reading", dir, e))? {
+        let entry = entry.map_err(|e| fs_err("reading", dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let path = entry.path();
@@ -964,7 +976,7 @@ fn purge(dir: &Path) -> Result<()> {
             .and_then(|r| r.strip_suffix(".log"))
             .is_some_and(|id| id.parse::<u64>().is_ok());
         if name == "pki" || node_dir {
-            fs::remove_dir_all(&path).map_err(|e| fs_err("removing", &path, &e))?;
+            fs::remove_dir_all(&path).map_err(|e| fs_err("removing", &path, e))?;
         } else if node_log
             || matches!(
                 name,
@@ -977,7 +989,7 @@ fn purge(dir: &Path) -> Result<()> {
                     | DEV_SMS_FILE
             )
         {
-            fs::remove_file(&path).map_err(|e| fs_err("removing", &path, &e))?;
+            fs::remove_file(&path).map_err(|e| fs_err("removing", &path, e))?;
         }
     }
     // Only if empty: never delete what someone else put there.

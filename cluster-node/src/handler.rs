@@ -542,13 +542,18 @@ async fn wrap_key(
 /// The one mapping of node errors to wire errors.
 #[must_use]
 pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
+    wire_error(e, || ctx.raft.leader_addr())
+}
+
+/// [`to_wire`], with the leader's address asked of `leader` when the error names none.
+fn wire_error(e: NodeError, leader: impl FnOnce() -> Option<String>) -> WireError {
     match e {
         NodeError::Refused(r) => WireError::new(r.code, r.detail),
         NodeError::Chip(c) => WireError::new(service::chip_error_code(&c), c.to_string()),
-        NodeError::NotLeader { leader } => WireError {
+        NodeError::NotLeader { leader: hint } => WireError {
             code: ErrorCode::NotLeader,
             detail: "this node is not the leader and could not forward the request".into(),
-            leader_hint: leader.or_else(|| ctx.raft.leader_addr()),
+            leader_hint: hint.or_else(leader),
         },
         NodeError::NotInitialized => WireError::new(
             ErrorCode::ClusterNotInitialized,
@@ -557,14 +562,23 @@ pub fn to_wire(e: NodeError, ctx: &NodeCtx) -> WireError {
         NodeError::Raft(d) | NodeError::Peer(d) | NodeError::Timeout(d) => {
             WireError::new(ErrorCode::Unavailable, d)
         }
-        e @ (NodeError::Storage(_) | NodeError::Io { .. }) => {
-            WireError::new(ErrorCode::DeviceError, e.to_string())
+        e @ (NodeError::Openraft { .. } | NodeError::Call { .. } | NodeError::Client { .. }) => {
+            WireError::new(ErrorCode::Unavailable, e.to_string())
         }
+        e @ (NodeError::Storage(_)
+        | NodeError::Io { .. }
+        | NodeError::Db { .. }
+        | NodeError::Decode { .. }) => WireError::new(ErrorCode::DeviceError, e.to_string()),
         NodeError::Config(d) | NodeError::Internal(d) => WireError::new(ErrorCode::GeneralError, d),
         e @ (NodeError::Tls(_)
+        | NodeError::Setting { .. }
+        | NodeError::RaftConfig(_)
         | NodeError::Encode { .. }
         | NodeError::PinHash(_)
-        | NodeError::Task { .. }) => WireError::new(ErrorCode::GeneralError, e.to_string()),
+        | NodeError::Task { .. }
+        | NodeError::Cert(_)
+        | NodeError::Random(_)
+        | NodeError::ChipStart { .. }) => WireError::new(ErrorCode::GeneralError, e.to_string()),
     }
 }
 
@@ -592,6 +606,54 @@ mod tests {
             NodeError::Refused(w) => w.code,
             other => panic!("not a refusal: {other}"),
         })
+    }
+
+    /// A storage or Raft failure keeps its cause as its `source` and maps to the code it
+    /// mapped to when it was a string.
+    #[test]
+    fn a_storage_or_raft_error_keeps_its_cause_and_its_code() {
+        use std::error::Error as _;
+
+        let db = NodeError::Db {
+            what: "raft.redb".into(),
+            source: Box::new(redb::Error::DatabaseAlreadyOpen),
+        };
+        let cause = db.source().expect("a cause").to_string();
+        assert_eq!(cause, redb::Error::DatabaseAlreadyOpen.to_string());
+        assert_eq!(wire_error(db, || None).code, ErrorCode::DeviceError);
+
+        let bad = postcard::from_bytes::<u64>(&[]).unwrap_err();
+        let decode = NodeError::Decode {
+            what: "state snapshot".into(),
+            source: Box::new(bad.clone()),
+        };
+        assert_eq!(
+            decode.source().expect("a cause").to_string(),
+            bad.to_string()
+        );
+        assert_eq!(wire_error(decode, || None).code, ErrorCode::DeviceError);
+
+        let fatal: openraft::error::Fatal<u64> = openraft::error::Fatal::Stopped;
+        let raft = NodeError::Openraft {
+            what: "write",
+            source: Box::new(fatal.clone()),
+        };
+        let source = raft.source().expect("a cause");
+        assert!(source.is::<openraft::error::Fatal<u64>>());
+        assert_eq!(source.to_string(), fatal.to_string());
+        assert_eq!(wire_error(raft, || None).code, ErrorCode::Unavailable);
+
+        let config = openraft::Config {
+            heartbeat_interval: 500,
+            election_timeout_min: 100,
+            election_timeout_max: 200,
+            ..openraft::Config::default()
+        }
+        .validate()
+        .unwrap_err();
+        let timings = NodeError::RaftConfig(Box::new(config));
+        assert!(timings.source().is_some());
+        assert_eq!(wire_error(timings, || None).code, ErrorCode::GeneralError);
     }
 
     #[test]

@@ -75,10 +75,10 @@ impl Identity {
     /// the identities a peer accepts.
     ///
     /// # Errors
-    /// [`NodeError::Config`] for an unknown role, a node id that is not a canonical decimal
+    /// [`NodeError::Tls`] for an unknown role, a node id that is not a canonical decimal
     /// number, or a name that breaks [`cloudkey_protocol::tls::NAME_RULE`].
     pub fn parse(role: &str, name: &str) -> Result<Self> {
-        let peer = PeerIdentity::parse(role, name).map_err(|e| NodeError::Config(e.to_string()))?;
+        let peer = PeerIdentity::parse(role, name)?;
         Ok(match peer.role {
             Role::Node(id) => Self::Node(id),
             Role::Operator => Self::Operator(peer.name),
@@ -186,8 +186,8 @@ pub struct InitOptions {
 /// an existing CA; see [`init_pki_with`] for `force`.
 ///
 /// # Errors
-/// [`NodeError::Config`] when a CA exists or a name is invalid; [`NodeError::Storage`] for file
-/// system failures; [`NodeError::Internal`] if certificate generation fails.
+/// [`NodeError::Config`] when a CA exists or a name is invalid; [`NodeError::Io`] for file
+/// system failures; [`NodeError::Cert`] if certificate generation fails.
 pub fn init_pki(dir: &Path, nodes: u64, operators: &[&str], clients: &[&str]) -> Result<PkiPaths> {
     init_pki_with(
         dir,
@@ -266,16 +266,14 @@ pub fn init_pki_with(dir: &Path, opts: &InitOptions) -> Result<PkiPaths> {
 /// certificate of the same identity unless `force`.
 ///
 /// # Errors
-/// [`NodeError::Config`] when there is no CA in `dir`, the certificate exists, or the name is
-/// invalid; [`NodeError::Storage`] for file system failures; [`NodeError::Internal`] if the CA
+/// [`NodeError::Setting`] when there is no CA in `dir`; [`NodeError::Config`] when the
+/// certificate exists or the name is invalid; [`NodeError::Io`] for file system failures; [`NodeError::Cert`] if the CA
 /// cannot be read back or signing fails.
 pub fn issue(dir: &Path, identity: &Identity, force: bool) -> Result<CertPaths> {
     identity.validate()?;
-    let ca_pem = read_to_string(&dir.join(CA_CERT)).map_err(|e| {
-        NodeError::Config(format!(
-            "no CA in {} ({e}); run `cloudkey pki init` first",
-            dir.display()
-        ))
+    let ca_pem = fs::read_to_string(dir.join(CA_CERT)).map_err(|source| NodeError::Setting {
+        what: format!("no CA in {} (run `cloudkey pki init` first)", dir.display()),
+        source: Box::new(source),
     })?;
     let key_pem = read_to_string(&dir.join(CA_KEY))?;
     let key = KeyPair::from_pem(&key_pem).map_err(rcgen_err)?;
@@ -328,9 +326,9 @@ fn issue_with(dir: &Path, issuer: &Issuer<'_, KeyPair>, who: &Identity) -> Resul
 
 /// Removes the leaves of an old CA (files named like ours only).
 fn remove_leaves(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|e| io_err(dir, &e))?;
+    let entries = fs::read_dir(dir).map_err(|e| io_err(dir, e))?;
     for entry in entries {
-        let entry = entry.map_err(|e| io_err(dir, &e))?;
+        let entry = entry.map_err(|e| io_err(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         let leaf = ["node-", "operator-", "client-"]
@@ -338,7 +336,7 @@ fn remove_leaves(dir: &Path) -> Result<()> {
             .any(|p| name.starts_with(p))
             && (name.ends_with(".pem") || name.ends_with(".key"));
         if leaf {
-            fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), &e))?;
+            fs::remove_file(entry.path()).map_err(|e| io_err(&entry.path(), e))?;
         }
     }
     Ok(())
@@ -375,8 +373,7 @@ fn civil_from_days(days: u64) -> (i32, u8, u8) {
 
 fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut b = [0u8; N];
-    aws_lc_rs::rand::fill(&mut b)
-        .map_err(|_| NodeError::Internal("the system random generator failed".into()))?;
+    aws_lc_rs::rand::fill(&mut b).map_err(NodeError::Random)?;
     Ok(b)
 }
 
@@ -387,14 +384,14 @@ fn create_dir(dir: &Path) -> Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| io_err(dir, &e))
+        .map_err(|e| io_err(dir, e))
 }
 
 /// Writes `bytes` to `path` atomically: a new temporary file created with `mode` (so a key is
 /// never readable by others, not even briefly), synced, then renamed over `path`.
 ///
 /// # Errors
-/// [`NodeError::Storage`] with the path.
+/// [`NodeError::Io`] with the path.
 pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     let name = path
         .file_name()
@@ -415,21 +412,20 @@ pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     })();
     result.map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        io_err(path, &e)
+        io_err(path, e)
     })
 }
 
 fn read_to_string(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| io_err(path, &e))
+    fs::read_to_string(path).map_err(|e| io_err(path, e))
 }
 
-fn io_err(path: &Path, e: &std::io::Error) -> NodeError {
-    NodeError::Storage(format!("{}: {e}", path.display()))
+fn io_err(path: &Path, e: std::io::Error) -> NodeError {
+    NodeError::io(path.display().to_string())(e)
 }
 
-#[allow(clippy::needless_pass_by_value)] // used as `map_err(rcgen_err)`
 fn rcgen_err(e: rcgen::Error) -> NodeError {
-    NodeError::Internal(format!("certificate generation: {e}"))
+    NodeError::Cert(e)
 }
 
 #[cfg(test)]
@@ -575,5 +571,20 @@ mod tests {
         .unwrap();
         assert_eq!(again.issued.len(), 1);
         assert!(!dir.path().join("client-other.pem").exists());
+    }
+
+    #[test]
+    fn issuing_without_a_ca_names_the_fix_and_keeps_the_read_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = issue(dir.path(), &Identity::Client("c".into()), false).unwrap_err();
+        assert!(
+            e.to_string().contains("run `cloudkey pki init` first"),
+            "{e}"
+        );
+        let source = std::error::Error::source(&e).expect("a cause");
+        let io = source
+            .downcast_ref::<std::io::Error>()
+            .expect("an I/O error");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
     }
 }

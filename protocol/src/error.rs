@@ -8,10 +8,13 @@ macro_rules! codes {
     ($( $(#[$doc:meta])* $name:ident = $value:expr => $ckr:expr ),+ $(,)?) => {
         /// A typed error code. Standard codes carry their `CKR_*` value; vendor codes have the
         /// `CKR_VENDOR_DEFINED` bit and map onto a standard value with [`ErrorCode::ckr`].
+        ///
+        /// Exhaustive: the wire carries a `u32`, and its decoder ([`From<u32>`]) folds a code
+        /// it does not know (a newer peer's) into [`ErrorCode::GeneralError`], so no unknown
+        /// value ever becomes an `ErrorCode`, and every match on one is checked by the compiler.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
         #[serde(into = "u32", from = "u32")]
         #[repr(u32)]
-        #[non_exhaustive]
         pub enum ErrorCode {
             $( $(#[$doc])* $name = $value, )+
         }

@@ -128,7 +128,7 @@ fn init_tracing() {
 /// Creates the data directory readable by this user only.
 fn open_data_dir(dir: &Path) -> Result<(), NodeError> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    let io = |e: std::io::Error| NodeError::Storage(format!("data_dir {}: {e}", dir.display()));
+    let io = |e: std::io::Error| NodeError::io(format!("data_dir {}", dir.display()))(e);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -158,7 +158,7 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
     let endpoint = server::bind(&config, &tls)?;
     let bound = endpoint
         .local_addr()
-        .map_err(|e| NodeError::Storage(format!("bound socket has no address: {e}")))?;
+        .map_err(NodeError::io("the bound socket's address"))?;
 
     let state = Arc::new(State::default());
     let network = PeerNetwork::new(endpoint.clone(), &tls)?;
@@ -198,7 +198,7 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "LISTENING {bound}")
             .and_then(|()| out.flush())
-            .map_err(|e| NodeError::Internal(format!("cannot write to stdout: {e}")))?;
+            .map_err(NodeError::io("writing to stdout"))?;
     }
     tracing::info!(node = config.id, addr = %bound, "listening");
 
@@ -236,7 +236,7 @@ struct Signals {
 impl Signals {
     fn new() -> Result<Self, NodeError> {
         let watch = |kind: SignalKind, name: &str| {
-            signal(kind).map_err(|e| NodeError::Internal(format!("cannot watch {name}: {e}")))
+            signal(kind).map_err(NodeError::io(format!("watching {name}")))
         };
         Ok(Self {
             term: watch(SignalKind::terminate(), "SIGTERM")?,

@@ -62,12 +62,13 @@ impl Debug for LogStore {
     }
 }
 
-fn sto_err(
+/// openraft's storage error for `e`, with `e`'s chain of causes (not only its text).
+fn sto_err<E: std::error::Error + 'static>(
     subject: ErrorSubject<u64>,
     verb: ErrorVerb,
-    e: impl std::fmt::Display,
+    e: &E,
 ) -> StorageError<u64> {
-    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
 }
 
 fn encode<T: Serialize>(v: &T) -> io::Result<Vec<u8>> {
@@ -90,20 +91,23 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(sto_err(subject, verb, e)),
-        Err(e) => Err(sto_err(subject, verb, e)),
+        Ok(Err(e)) => Err(sto_err(subject, verb, &e)),
+        Err(e) => Err(sto_err(subject, verb, &e)),
     }
 }
 
-fn io<E: std::fmt::Display>(e: E) -> io::Error {
-    io::Error::other(e.to_string())
+/// A redb (or task) error as the I/O error openraft's storage errors are made of, kept as the
+/// inner error rather than its text, so that its chain reaches the log.
+fn io<E: std::error::Error + Send + Sync + 'static>(e: E) -> io::Error {
+    io::Error::other(e)
 }
 
 impl LogStore {
     /// Opens (or creates) `data_dir/raft.redb` and its tables.
     ///
     /// # Errors
-    /// [`NodeError::Storage`] when the file cannot be opened or is not a redb database.
+    /// [`NodeError::Db`] when the file cannot be opened or is not a redb database,
+    /// [`NodeError::Io`] when its tables cannot be made.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(LOG_FILE);
         let started = Instant::now();
@@ -116,7 +120,10 @@ impl LogStore {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Err(e) => {
-                    return Err(NodeError::Storage(format!("{}: {e}", path.display())));
+                    return Err(NodeError::Db {
+                        what: path.display().to_string(),
+                        source: Box::new(e.into()),
+                    });
                 }
             }
         };
@@ -127,7 +134,7 @@ impl LogStore {
                 txn.open_table(META).map_err(io)?;
                 Ok(())
             })
-            .map_err(|e| NodeError::Storage(format!("{}: {e}", path.display())))?;
+            .map_err(NodeError::io(path.display().to_string()))?;
         Ok(store)
     }
 
@@ -277,7 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         for e in entries {
             let index = e.get_log_id().index;
             let bytes = encode(&e).map_err(|err| {
-                sto_err(ErrorSubject::Log(*e.get_log_id()), ErrorVerb::Write, err)
+                sto_err(ErrorSubject::Log(*e.get_log_id()), ErrorVerb::Write, &err)
             })?;
             rows.push((index, bytes));
         }

@@ -23,7 +23,6 @@ use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, Snaps
 use tokio::sync::watch;
 
 pub use self::log_store::LogStore;
-use self::network::CallError;
 pub use self::network::{
     serve_peer, PeerContext, PeerError, PeerNetwork, PeerRequest, PeerResponse,
 };
@@ -95,7 +94,7 @@ impl RaftTimings {
     /// The openraft configuration for these timings.
     ///
     /// # Errors
-    /// [`NodeError::Config`] when openraft rejects them (e.g. the election timeout is not above
+    /// [`NodeError::RaftConfig`] when openraft rejects them (e.g. the election timeout is not above
     /// the heartbeat interval).
     pub fn config(&self) -> Result<Config> {
         let config = Config {
@@ -112,7 +111,7 @@ impl RaftTimings {
         };
         config
             .validate()
-            .map_err(|e| NodeError::Config(format!("raft timings: {e}")))
+            .map_err(|e| NodeError::RaftConfig(Box::new(e)))
     }
 }
 
@@ -169,8 +168,15 @@ impl std::fmt::Debug for RaftNode {
     }
 }
 
-fn raft_err(e: impl std::fmt::Display) -> NodeError {
-    NodeError::Raft(e.to_string())
+/// openraft's error `source` while doing `what`.
+fn raft_err<E>(what: &'static str) -> impl FnOnce(E) -> NodeError
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    move |source| NodeError::Openraft {
+        what,
+        source: Box::new(source),
+    }
 }
 
 impl RaftNode {
@@ -180,8 +186,9 @@ impl RaftNode {
     /// from now on.
     ///
     /// # Errors
-    /// [`NodeError::Storage`] for an unreadable data directory, [`NodeError::Config`] for bad
-    /// timings, [`NodeError::Raft`] when openraft does not start.
+    /// [`NodeError::Io`] or [`NodeError::Db`] for an unreadable data directory,
+    /// [`NodeError::RaftConfig`] for bad timings, [`NodeError::Openraft`] when openraft does not
+    /// start.
     pub async fn start(
         id: u64,
         data_dir: &Path,
@@ -196,7 +203,7 @@ impl RaftNode {
     /// tuning, tests). [`RaftTimings::config`] gives the default one.
     ///
     /// # Errors
-    /// As [`RaftNode::start`]; [`NodeError::Config`] when openraft rejects `config`.
+    /// As [`RaftNode::start`]; [`NodeError::RaftConfig`] when openraft rejects `config`.
     pub async fn start_with_config(
         id: u64,
         data_dir: &Path,
@@ -207,21 +214,23 @@ impl RaftNode {
         let config = Arc::new(
             config
                 .validate()
-                .map_err(|e| NodeError::Config(format!("raft: {e}")))?,
+                .map_err(|e| NodeError::RaftConfig(Box::new(e)))?,
         );
         let dir = data_dir.to_path_buf();
         let sm_state = state.clone();
         let (log_store, sm) = tokio::task::spawn_blocking(move || -> Result<_> {
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| NodeError::Storage(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(&dir).map_err(NodeError::io(dir.display().to_string()))?;
             Ok((LogStore::open(&dir)?, StateMachine::open(&dir, sm_state)?))
         })
         .await
-        .map_err(|e| NodeError::Internal(format!("storage open task: {e}")))??;
+        .map_err(|source| NodeError::Task {
+            what: "storage open",
+            source,
+        })??;
         let network = network.for_node(id);
         let raft = Raft::new(id, config, network.clone(), log_store, sm)
             .await
-            .map_err(raft_err)?;
+            .map_err(raft_err("start"))?;
         let metrics = raft.metrics();
         tracing::info!(node = id, applied = state.applied(), "raft started");
         Ok(RaftNode {
@@ -343,7 +352,7 @@ impl RaftNode {
     /// an initialised node: it does nothing then.
     ///
     /// # Errors
-    /// [`NodeError::Raft`] when openraft refuses the membership (e.g. this node is not in it).
+    /// [`NodeError::Openraft`] when openraft refuses the membership (e.g. this node is not in it).
     pub async fn initialize(&self, members: &[(u64, String)]) -> Result<()> {
         let nodes: BTreeMap<u64, BasicNode> = members
             .iter()
@@ -355,7 +364,7 @@ impl RaftNode {
                 tracing::info!(node = self.inner.id, "already initialised: {e}");
                 Ok(())
             }
-            Err(e) => Err(raft_err(e)),
+            Err(e) => Err(raft_err("initialize")(e)),
         }
     }
 
@@ -371,11 +380,14 @@ impl RaftNode {
     /// [`NodeError::Refused`] for a command over [`MAX_COMMAND`], [`NodeError::NotInitialized`]
     /// when the node still has no membership at the deadline, [`NodeError::NotLeader`] when no leader could be reached in
     /// time, [`NodeError::Timeout`] when the write was not committed or not applied here in
-    /// time (its outcome is then unknown), [`NodeError::Peer`] or [`NodeError::Raft`] for
-    /// failures.
+    /// time (its outcome is then unknown), [`NodeError::Call`], [`NodeError::Peer`],
+    /// [`NodeError::Raft`] or [`NodeError::Openraft`] for failures.
     pub async fn write(&self, cmd: Command) -> Result<(CommandResult, u64)> {
         let size = postcard::to_stdvec(&cmd)
-            .map_err(|e| NodeError::Internal(format!("cannot encode a command: {e}")))?
+            .map_err(|source| NodeError::Encode {
+                what: "a command",
+                source,
+            })?
             .len();
         if size > MAX_COMMAND {
             return Err(NodeError::refuse(
@@ -408,7 +420,7 @@ impl RaftNode {
     /// `id` is not a member.
     ///
     /// # Errors
-    /// As [`RaftNode::add_node`]; [`NodeError::Raft`] when openraft refuses (e.g. the last
+    /// As [`RaftNode::add_node`]; [`NodeError::Openraft`] when openraft refuses (e.g. the last
     /// voter).
     pub async fn remove_node(&self, id: u64) -> Result<()> {
         let deadline = Instant::now() + MEMBERSHIP_DEADLINE;
@@ -420,9 +432,14 @@ impl RaftNode {
     /// Stops Raft on this node and closes its peer connections. The state stays readable.
     ///
     /// # Errors
-    /// [`NodeError::Raft`] when the Raft task failed.
+    /// [`NodeError::Openraft`] when the Raft task failed.
     pub async fn shutdown(&self) -> Result<()> {
-        let res = self.inner.raft.shutdown().await.map_err(raft_err);
+        let res = self
+            .inner
+            .raft
+            .shutdown()
+            .await
+            .map_err(raft_err("shutdown"));
         self.inner.network.close_all();
         tracing::info!(node = self.inner.id, "raft stopped");
         res
@@ -485,9 +502,9 @@ impl RaftNode {
                             other => return other,
                         },
                         // Nothing reached the leader: trying again cannot apply it twice.
-                        Err(CallError::Unreachable(e)) => {
+                        Err(e) if e.nothing_sent() => {
                             tracing::debug!(leader, %addr, "leader unreachable: {e}");
-                            last_err = NodeError::Peer(format!("leader {leader} at {addr}: {e}"));
+                            last_err = e.into_node_error(&format!("leader {leader} at {addr}"));
                         }
                         Err(e) => return Err(e.into_node_error(&addr)),
                     }
@@ -582,8 +599,10 @@ impl RaftNode {
             RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => NodeError::NotLeader {
                 leader: f.leader_node.map(|n| n.addr),
             },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => raft_err(e),
-            RaftError::Fatal(f) => raft_err(f),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                raft_err("change membership")(e)
+            }
+            RaftError::Fatal(f) => raft_err("write")(f),
         }
     }
 

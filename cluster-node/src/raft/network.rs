@@ -182,6 +182,7 @@ impl From<&NodeError> for PeerError {
             },
             NodeError::Refused(r) => Self::Refused(WireError::new(r.code, r.detail.clone())),
             NodeError::Raft(s) => Self::Raft(s.clone()),
+            e @ NodeError::Openraft { .. } => Self::Raft(e.to_string()),
             NodeError::Timeout(s) => Self::Timeout(s.clone()),
             NodeError::Chip(c) => Self::Chip(c.to_string()),
             NodeError::NotInitialized => Self::Raft("the cluster is not initialised".into()),
@@ -204,42 +205,61 @@ impl From<PeerError> for NodeError {
     }
 }
 
-/// How a call failed, as far as the retry decision goes.
-#[derive(Debug)]
-pub(crate) enum CallError {
-    /// Nothing was sent (no address, no connection, no stream): safe to retry.
+/// How a call to a peer failed, as far as the retry decision goes, with its cause.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// Nothing was sent: the connection pool could not dial. The pool tells one dial's failure
+    /// to every call waiting on it, so what arrives here is that failure's detail.
+    #[error("unreachable: {0}")]
     Unreachable(String),
-    /// The request was sent (or partly sent) but no answer came: the outcome is unknown.
-    Failed(String),
+    /// Nothing was sent: the peer at the address is another node.
+    #[error("unreachable: the address is node {node}, not node {expected}")]
+    WrongNode {
+        /// The node the certificate names.
+        node: u64,
+        /// The node we meant to call.
+        expected: u64,
+    },
+    /// Nothing was sent: no stream could be opened on a fresh connection.
+    #[error("unreachable: open stream: {0}")]
+    OpenStream(#[source] quinn::ConnectionError),
+    /// The request could not be framed.
+    #[error("failed: encode: {0}")]
+    Encode(#[source] FrameError),
+    /// The request was (partly) sent but the stream failed: the outcome is unknown.
+    #[error("failed: send: {0}")]
+    Send(#[source] quinn::WriteError),
+    /// The request was sent but no well-formed answer came: the outcome is unknown.
+    #[error("failed: answer: {0}")]
+    Answer(#[source] FrameError),
     /// The deadline passed (possibly after sending).
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
     /// The request does not fit in a frame.
+    #[error("request exceeds the frame bound")]
     TooLarge,
 }
 
 impl CallError {
+    /// Whether nothing reached the peer, so that trying again cannot apply a request twice.
+    #[must_use]
+    pub fn nothing_sent(&self) -> bool {
+        matches!(
+            self,
+            Self::Unreachable(_) | Self::WrongNode { .. } | Self::OpenStream(_)
+        )
+    }
+
     pub(crate) fn into_node_error(self, addr: &str) -> NodeError {
         match self {
-            Self::Unreachable(e) => NodeError::Peer(format!("{addr} unreachable: {e}")),
-            Self::Failed(e) => NodeError::Peer(format!("{addr}: {e}")),
             Self::Timeout(t) => NodeError::Timeout(format!("{addr} did not answer within {t:?}")),
-            Self::TooLarge => NodeError::Peer(format!("request to {addr} exceeds the frame bound")),
+            source => NodeError::Call {
+                addr: addr.to_owned(),
+                source: Box::new(source),
+            },
         }
     }
 }
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Unreachable(e) => write!(f, "unreachable: {e}"),
-            Self::Failed(e) => write!(f, "failed: {e}"),
-            Self::Timeout(t) => write!(f, "no answer within {t:?}"),
-            Self::TooLarge => f.write_str("request exceeds the frame bound"),
-        }
-    }
-}
-
-impl std::error::Error for CallError {}
 
 struct NetInner {
     dialer: Dialer,
@@ -270,10 +290,9 @@ impl PeerNetwork {
     /// this node's certificate for client authentication.
     ///
     /// # Errors
-    /// [`NodeError::Config`] when the TLS material does not make a client configuration.
+    /// [`NodeError::Tls`] when the TLS material does not make a client configuration.
     pub fn new(endpoint: quinn::Endpoint, tls: &TlsMaterial) -> Result<PeerNetwork> {
-        let client = tls::client_config(tls, ALPN_RAFT)
-            .map_err(|e| NodeError::Config(format!("peer TLS: {e}")))?;
+        let client = tls::client_config(tls, ALPN_RAFT)?;
         Ok(PeerNetwork {
             inner: Arc::new(NetInner {
                 dialer: Dialer {
@@ -342,22 +361,20 @@ impl PeerNetwork {
         let bytes = match frame::encode(req) {
             Ok(b) => b,
             Err(FrameError::TooLarge(_)) => return Err(CallError::TooLarge),
-            Err(e) => return Err(CallError::Failed(e.to_string())),
+            Err(e) => return Err(CallError::Encode(e)),
         };
         let until = Instant::now() + timeout;
         // The stream is opened under the deadline by the pool itself, so that a dial that
         // runs out of time is recorded as failed for the calls waiting on it.
         let (mut send, mut recv) = self.open_stream(addr, expect, until, timeout).await?;
         let exchange = async {
-            send.write_all(&bytes)
-                .await
-                .map_err(|e| CallError::Failed(format!("send: {e}")))?;
+            send.write_all(&bytes).await.map_err(CallError::Send)?;
             // The peer may already have answered and stopped reading: finishing then fails,
             // harmlessly.
             let _ = send.finish();
             frame::read_frame::<PeerResponse>(&mut recv, MAX_FRAME)
                 .await
-                .map_err(|e| CallError::Failed(format!("answer: {e}")))
+                .map_err(CallError::Answer)
         };
         match tokio::time::timeout_at(until, exchange).await {
             Ok(res) => res,
@@ -383,9 +400,7 @@ impl PeerNetwork {
                 };
             if let Some(id) = expect {
                 if node != id {
-                    return Err(CallError::Unreachable(format!(
-                        "{addr} is node {node}, not node {id}"
-                    )));
+                    return Err(CallError::WrongNode { node, expected: id });
                 }
             }
             match tokio::time::timeout_at(until, conn.open_bi()).await {
@@ -394,7 +409,7 @@ impl PeerNetwork {
                 Ok(Err(e)) => {
                     slot.forget(&conn);
                     if attempt == 1 {
-                        return Err(CallError::Unreachable(format!("open stream: {e}")));
+                        return Err(CallError::OpenStream(e));
                     }
                 }
             }
@@ -461,12 +476,6 @@ impl PeerClient {
             .await
         {
             Ok(resp) => Ok(resp),
-            Err(CallError::Unreachable(e)) => {
-                Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))
-            }
-            Err(CallError::Failed(e)) => {
-                Err(RPCError::Network(NetworkError::new(&AnyError::error(e))))
-            }
             Err(CallError::Timeout(t)) => Err(RPCError::Timeout(Timeout {
                 action,
                 id: self.net.local,
@@ -476,6 +485,8 @@ impl PeerClient {
             Err(CallError::TooLarge) => Err(RPCError::PayloadTooLarge(
                 PayloadTooLarge::new_entries_hint((entries / 2).max(1) as u64),
             )),
+            Err(e) if e.nothing_sent() => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(e) => Err(RPCError::Network(NetworkError::new(&e))),
         }
     }
 

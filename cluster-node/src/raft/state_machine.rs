@@ -41,12 +41,13 @@ const DIGEST_LEN: usize = 32;
 type StorageResult<T> = std::result::Result<T, StorageError<u64>>;
 type Meta = SnapshotMeta<u64, BasicNode>;
 
-fn sto_err(
+/// openraft's storage error for `e`, with `e`'s chain of causes (not only its text).
+fn sto_err<E: std::error::Error + 'static>(
     subject: ErrorSubject<u64>,
     verb: ErrorVerb,
-    e: impl std::fmt::Display,
+    e: &E,
 ) -> StorageError<u64> {
-    StorageIOError::new(subject, verb, AnyError::error(e.to_string())).into()
+    StorageIOError::new(subject, verb, AnyError::new(e)).into()
 }
 
 /// A snapshot as stored: its meta and the encoded [`State`].
@@ -80,13 +81,9 @@ impl SnapshotStore {
     fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(SNAPSHOT_FILE);
         let current = match fs::read(&path) {
-            Ok(bytes) => {
-                Some(Arc::new(Self::decode(&bytes).map_err(|e| {
-                    NodeError::Storage(format!("{}: {e}", path.display()))
-                })?))
-            }
+            Ok(bytes) => Some(Arc::new(Self::decode(&bytes, &path)?)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => return Err(NodeError::Storage(format!("{}: {e}", path.display()))),
+            Err(e) => return Err(NodeError::io(path.display().to_string())(e)),
         };
         Ok(Self {
             dir: dir.to_path_buf(),
@@ -94,20 +91,26 @@ impl SnapshotStore {
         })
     }
 
-    fn decode(bytes: &[u8]) -> std::result::Result<StoredSnapshot, String> {
+    /// The snapshot in the bytes of the file at `path`. Its length, checksum and magic are
+    /// checked by us (a failure has no cause but the bytes); the body is postcard's.
+    fn decode(bytes: &[u8], path: &Path) -> Result<StoredSnapshot> {
+        let bad = |why: &str| NodeError::Storage(format!("{}: {why}", path.display()));
         let body_len = bytes
             .len()
             .checked_sub(DIGEST_LEN)
             .filter(|&n| n >= MAGIC.len())
-            .ok_or("snapshot file too short")?;
+            .ok_or_else(|| bad("snapshot file too short"))?;
         let (body, sum) = bytes.split_at(body_len);
         if digest::digest(&digest::SHA256, body).as_ref() != sum {
-            return Err("snapshot file checksum mismatch".into());
+            return Err(bad("snapshot file checksum mismatch"));
         }
         let payload = body
             .strip_prefix(MAGIC.as_slice())
-            .ok_or("not a cloudkey snapshot file")?;
-        postcard::from_bytes(payload).map_err(|e| format!("snapshot file does not decode: {e}"))
+            .ok_or_else(|| bad("not a cloudkey snapshot file"))?;
+        postcard::from_bytes(payload).map_err(|e| NodeError::Decode {
+            what: format!("snapshot file {}", path.display()),
+            source: Box::new(e),
+        })
     }
 
     fn current(&self) -> Option<Arc<StoredSnapshot>> {
@@ -153,12 +156,12 @@ async fn save_snapshot(store: Arc<SnapshotStore>, snap: Arc<StoredSnapshot>) -> 
         Ok(Err(e)) => Err(sto_err(
             ErrorSubject::Snapshot(Some(sig)),
             ErrorVerb::Write,
-            e,
+            &e,
         )),
         Err(e) => Err(sto_err(
             ErrorSubject::Snapshot(Some(sig)),
             ErrorVerb::Write,
-            e,
+            &e,
         )),
     }
 }
@@ -179,8 +182,9 @@ impl StateMachine {
     /// `state` should be fresh (nothing applied): it is replaced by the snapshot's contents.
     ///
     /// # Errors
-    /// [`NodeError::Storage`] when the snapshot file cannot be read, fails its checksum, or does
-    /// not hold a consistent state.
+    /// [`NodeError::Io`] when the snapshot file cannot be read, [`NodeError::Decode`] when it
+    /// does not decode, [`NodeError::Storage`] when it fails its checksum or does not hold a
+    /// consistent state.
     pub fn open(data_dir: &Path, state: Arc<State>) -> Result<Self> {
         let snapshots = SnapshotStore::open(data_dir)?;
         let mut sm = Self {
@@ -327,7 +331,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let subject = ErrorSubject::Snapshot(Some(meta.signature()));
         self.restore(meta, &data)
-            .map_err(|e| sto_err(subject, ErrorVerb::Write, e))?;
+            .map_err(|e| sto_err(subject, ErrorVerb::Write, &e))?;
         let stored = Arc::new(StoredSnapshot {
             meta: meta.clone(),
             data,

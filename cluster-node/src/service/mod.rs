@@ -188,7 +188,12 @@ impl NodeCtx {
     pub(crate) async fn write_admin(&self, cmd: Command) -> Result<(CommandResult, u64)> {
         loop {
             match self.write(cmd.clone()).await {
-                Err(NodeError::NotLeader { .. } | NodeError::Peer(_) | NodeError::Timeout(_)) => {
+                Err(
+                    NodeError::NotLeader { .. }
+                    | NodeError::Peer(_)
+                    | NodeError::Call { .. }
+                    | NodeError::Timeout(_),
+                ) => {
                     tokio::time::sleep(ADMIN_RETRY).await;
                 }
                 other => return other,

@@ -73,7 +73,8 @@ impl State {
     /// Single writer: only the Raft state machine calls this.
     ///
     /// # Errors
-    /// [`NodeError::Storage`] when the bytes do not decode or do not hold a consistent state.
+    /// [`NodeError::Decode`] when the bytes do not decode, [`NodeError::Storage`] when they do
+    /// not hold a consistent state.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
         let (snap, gov) = match postcard::from_bytes::<StateSnapshot>(bytes) {
             Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov),
@@ -86,9 +87,10 @@ impl State {
                     )))
                 }
                 Err(e) => {
-                    return Err(NodeError::Storage(format!(
-                        "state snapshot does not decode: {e}"
-                    )))
+                    return Err(NodeError::Decode {
+                        what: "state snapshot".into(),
+                        source: Box::new(e),
+                    })
                 }
             },
         };
