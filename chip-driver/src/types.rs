@@ -407,6 +407,9 @@ pub enum SignMech {
     Sm2Digest,
     /// HMAC with a generic secret key; full-length tag.
     Hmac(HashAlg),
+    /// AES-CMAC (NIST SP 800-38B, RFC 4493; PKCS#11 `CKM_AES_CMAC`) with an AES-128, -192 or
+    /// -256 key over the message; the full 16-byte tag.
+    AesCmac,
 }
 
 /// Encryption mechanisms.

@@ -250,7 +250,35 @@ fn sign_mech() -> impl Strategy<Value = SignMech> {
         bytes(20).prop_map(|user_id| SignMech::Sm2 { user_id }),
         Just(SignMech::Sm2Digest),
         hash().prop_map(SignMech::Hmac),
+        Just(SignMech::AesCmac),
     ]
+}
+
+/// AES-CMAC's wire form, byte by byte (PROTOCOL.md, SignMech tag `07`, no fields), both ways.
+#[test]
+fn aes_cmac_has_its_own_sign_mechanism_tag() {
+    let key = KeyId([0xAB; 16]);
+    let sign = Request::Sign {
+        key,
+        mech: SignMech::AesCmac,
+        data: b"m".to_vec(),
+    };
+    let payload = sign.encode();
+    // key id | SignMech tag 07 | data: u16 length 1, "m"
+    let mut want = vec![0xAB; 16];
+    want.extend_from_slice(&[0x07, 0x00, 0x01, b'm']);
+    assert_eq!(payload, want);
+    assert_eq!(Request::decode(cmd::SIGN, &payload).unwrap(), sign);
+    let verify = Request::Verify {
+        key: KeyRef::Loaded(key),
+        mech: SignMech::AesCmac,
+        data: b"m".to_vec(),
+        signature: vec![7; 16],
+    };
+    assert_eq!(
+        Request::decode(cmd::VERIFY, &verify.encode()).unwrap(),
+        verify
+    );
 }
 
 fn cipher_mech() -> impl Strategy<Value = CipherMech> {

@@ -1531,6 +1531,96 @@ fn hmac_rfc4231_test_case_2() {
     ));
 }
 
+/// RFC 4493 §4 (AES-128, the message lengths 0, 16, 40 and 64 bytes) and NIST SP 800-38B
+/// appendix D.2/D.3 (AES-192, AES-256) for `CKM_AES_CMAC`; a flipped bit or a short tag does not
+/// verify, and CMAC needs an AES key.
+#[test]
+fn aes_cmac_rfc4493_and_sp800_38b() {
+    let chip = chip();
+    let msg = h(
+        "6bc1bee22e409f96e93d7e117393172a ae2d8a571e03ac9c9eb76fac45af8e51
+                 30c81c46a35ce411e5fbc1191a0a52ef f69f2445df4f9b17ad2b417be66c3710",
+    );
+    let cases: [(&str, [(usize, &str); 3]); 3] = [
+        (
+            "2b7e151628aed2a6abf7158809cf4f3c",
+            [
+                (0, "bb1d6929e95937287fa37d129b756746"),
+                (16, "070a16b46b4d4144f79bdd9dd04a287c"),
+                (64, "51f0bebf7e3b9d92fc49741779363cfe"),
+            ],
+        ),
+        (
+            "8e73b0f7da0e6452c810f32b809079e562f8ead2522c6b7b",
+            [
+                (0, "d17ddf46adaacde531cac483de7a9367"),
+                (16, "9e99a7bf31e710900662f65e617c5184"),
+                (64, "a1d5df0eed790f794d77589659f39a11"),
+            ],
+        ),
+        (
+            "603deb1015ca71be2b73aef0857d77811f352c073b6108d72d9810a30914dff4",
+            [
+                (0, "028962f61b7bf89efc6b551f4667d983"),
+                (16, "28a7023f452e8f82bd4bf28d8c37c35c"),
+                (64, "e1992190549f6ed5696a2c056c315410"),
+            ],
+        ),
+    ];
+    let mech = SignMech::AesCmac;
+    for (key, vectors) in cases {
+        let key = h(key);
+        let spec = KeySpec {
+            key_type: KeyType::Aes,
+            bits: u32::try_from(key.len() * 8).unwrap(),
+        };
+        let (id, _) = import(&chip, spec, KeyUsage::SIGN | KeyUsage::VERIFY, &key);
+        let mut all = vectors.to_vec();
+        if key.len() == 16 {
+            // RFC 4493 example 3: a message that is not whole blocks.
+            all.push((40, "dfa66747de9ae63030ca32611497c827"));
+        }
+        for (len, expected) in all {
+            let data = &msg[..len];
+            let mac = chip.sign(id, &mech, data).unwrap();
+            assert_eq!(mac, h(expected), "AES-{} over {len} bytes", key.len() * 8);
+            chip.verify(&KeyRef::Loaded(id), &mech, data, &mac).unwrap();
+            let mut bad = mac.clone();
+            bad[15] ^= 0x80;
+            assert_eq!(
+                chip.verify(&KeyRef::Loaded(id), &mech, data, &bad),
+                Err(ChipError::SignatureInvalid)
+            );
+            assert_eq!(
+                chip.verify(&KeyRef::Loaded(id), &mech, data, &mac[..8]),
+                Err(ChipError::SignatureInvalid)
+            );
+        }
+    }
+    // CMAC needs an AES key, and the key's sign usage.
+    let (hmac_key, _) = generate(
+        &chip,
+        KeySpec::generic_secret(32),
+        KeyUsage::SIGN | KeyUsage::VERIFY,
+    );
+    assert!(matches!(
+        chip.sign(hmac_key, &mech, b"m"),
+        Err(ChipError::KeyTypeInconsistent(_))
+    ));
+    let (encrypt_only, _) = generate(&chip, KeySpec::AES_256, KeyUsage::ENCRYPT);
+    assert!(matches!(
+        chip.sign(encrypt_only, &mech, b"m"),
+        Err(ChipError::KeyFunctionNotPermitted(_))
+    ));
+    // And a public key cannot check a MAC.
+    let (_, pair) = generate(&chip, KeySpec::EC_P256, KeyUsage::SIGN);
+    let public = pair.public.expect("a key pair's public key");
+    assert!(matches!(
+        chip.verify(&KeyRef::Public(public), &mech, b"m", &[0; 16]),
+        Err(ChipError::KeyTypeInconsistent(_))
+    ));
+}
+
 #[test]
 fn aes_key_wrap_rfc3394_4_1() {
     let chip = chip();

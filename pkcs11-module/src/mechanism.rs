@@ -84,7 +84,8 @@ pub(crate) enum SignKind {
     Raw,
     /// Hash-and-sign: the module hashes (in one part or many) and sends the digest.
     Hashed(Hash),
-    /// The node needs the whole message (HMAC, SM3-with-SM2): multi-part input is buffered.
+    /// The node needs the whole message (HMAC, AES-CMAC, SM3-with-SM2): multi-part input is
+    /// buffered.
     Buffered,
 }
 
@@ -365,6 +366,7 @@ pub(crate) const TABLE: &[Spec] = &[
     spec(ck::CKM_AES_KEY_WRAP, 16, 32, WRAP, P::None, F::Aes),
     spec(ck::CKM_AES_KEY_WRAP_PAD, 16, 32, WRAP, P::None, F::Aes),
     spec(ck::CKM_AES_KEY_WRAP_KWP, 16, 32, WRAP, P::None, F::Aes),
+    signer(ck::CKM_AES_CMAC, 16, 32, SIGN, P::None, F::Aes, S::Buffered),
     // Generic secrets and HMAC (generation in bits, HMAC keys in bytes)
     spec(
         ck::CKM_GENERIC_SECRET_KEY_GEN,
@@ -524,6 +526,8 @@ impl Spec {
                 ck::CKM_SHA512_HMAC => 64,
                 _ => 32,
             }),
+            // The AES signers are MACs of one block (CKM_AES_CMAC).
+            Family::Aes => Some(16),
             _ => None,
         }
     }
@@ -880,6 +884,15 @@ mod tests {
             spec_of(ck::CKM_SHA384_HMAC).unwrap().signature_len(None),
             Some(48)
         );
+        let cmac = spec_of(ck::CKM_AES_CMAC).unwrap();
+        assert_eq!(cmac.signature_len(None), Some(16));
+        assert_eq!(cmac.sign, Some(SignKind::Buffered));
+        assert_eq!(cmac.info().flags, SIGN | ck::CKF_HW);
+        assert_eq!(
+            (cmac.info().ulMinKeySize, cmac.info().ulMaxKeySize),
+            (16, 32)
+        );
+        assert!(cmac.family.accepts(ck::CKK_AES) && !cmac.family.accepts(ck::CKK_GENERIC_SECRET));
     }
 
     #[test]

@@ -8,10 +8,10 @@
 //! # Crypto backends
 //!
 //! * **aws-lc-rs** for NIST P-256 (ECDSA over a caller-supplied digest, ECDH), RSA (PKCS#1 v1.5
-//!   and PSS signatures, OAEP), AES (GCM, CBC, key wrap RFC 3394/5649), HMAC-SHA-*, HKDF and the
-//!   random generator. aws-lc-rs key objects own their secrets inside AWS-LC, which cleanses
-//!   them when they are freed (`OPENSSL_cleanse` in the `*_free` functions), and aws-lc-rs
-//!   zeroizes the key bytes it keeps on the Rust side.
+//!   and PSS signatures, OAEP), AES (GCM, CBC, key wrap RFC 3394/5649, CMAC RFC 4493),
+//!   HMAC-SHA-*, HKDF and the random generator. aws-lc-rs key objects own their secrets inside
+//!   AWS-LC, which cleanses them when they are freed (`OPENSSL_cleanse` in the `*_free`
+//!   functions), and aws-lc-rs zeroizes the key bytes it keeps on the Rust side.
 //! * **RustCrypto** `sm2` (curve arithmetic with precomputed tables, signature verification,
 //!   encryption), `sm3` and `sm4` + `cbc` for the GM/T algorithms. The SM2 *private-key*
 //!   operations (signing, decryption, ECDH) are written here on top of the `sm2` curve

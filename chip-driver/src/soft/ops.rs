@@ -13,8 +13,8 @@ use super::ec::ecdsa_digest;
 use super::rsa::{rsa_encrypt_oaep, rsa_verify};
 use super::sm2::{sm2_e, sm2_encrypt, sm2_point_bytes, sm2_public, sm2_verify_prehash};
 use super::sym::{
-    aes_cbc_decrypt, aes_cbc_encrypt, aes_gcm_decrypt, aes_gcm_encrypt, aes_unwrap, aes_wrap,
-    hmac_sign, sm4_cbc_decrypt, sm4_cbc_encrypt,
+    aes_cbc_decrypt, aes_cbc_encrypt, aes_cmac_sign, aes_cmac_verify, aes_gcm_decrypt,
+    aes_gcm_encrypt, aes_unwrap, aes_wrap, hmac_sign, sm4_cbc_decrypt, sm4_cbc_encrypt,
 };
 use super::{internal, SoftChip};
 use crate::{
@@ -107,6 +107,7 @@ impl SoftChip {
                 let secret = key.secret(KeyType::GenericSecret, mech)?;
                 Ok(hmac_sign(*hash, &secret.value, data))
             }
+            (SignMech::AesCmac, _) => aes_cmac_sign(&key.secret(KeyType::Aes, mech)?.value, data),
             (mech, _) => Err(mismatch(mech, key.spec.key_type)),
         }
     }
@@ -129,6 +130,10 @@ impl SoftChip {
                     let expected = hmac_sign(*hash, &secret.value, data);
                     return constant_time::verify_slices_are_equal(&expected, signature)
                         .map_err(|_| ChipError::SignatureInvalid);
+                }
+                if let SignMech::AesCmac = mech {
+                    let secret = key.secret(KeyType::Aes, mech)?;
+                    return aes_cmac_verify(&secret.value, data, signature);
                 }
                 match key.material.public() {
                     Some(public) => verify_public(&public, mech, data, signature),

@@ -12,8 +12,8 @@ use super::sm2::{
     hex32, sm2_e, sm2_e_scalar, sm2_encrypt, sm2_sign_with_k, sm2_verify_prehash, Sm2Key,
 };
 use super::sym::{
-    aes_cbc_decrypt, aes_cbc_encrypt, aes_gcm_decrypt, aes_gcm_encrypt, aes_unwrap, aes_wrap,
-    hmac_sign, sm4_cbc_decrypt, sm4_cbc_encrypt, SecretKey,
+    aes_cbc_decrypt, aes_cbc_encrypt, aes_cmac_sign, aes_gcm_decrypt, aes_gcm_encrypt, aes_unwrap,
+    aes_wrap, hmac_sign, sm4_cbc_decrypt, sm4_cbc_encrypt, SecretKey,
 };
 use super::{fill_random, internal, SoftChip};
 use crate::{ChipError, HashAlg, KeySpec, KeyUsage, PublicKey, Result, SignMech, SM2_DEFAULT_ID};
@@ -106,6 +106,15 @@ pub(super) fn run_self_tests() -> Result<()> {
         "HMAC-SHA-256 known answer",
         hmac_sign(HashAlg::Sha256, b"Jefe", b"what do ya want for nothing?")
             == h("5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"),
+    )?;
+
+    // AES-CMAC, RFC 4493 example 2 (16 bytes).
+    check(
+        "AES-CMAC known answer",
+        aes_cmac_sign(
+            &h("2b7e151628aed2a6abf7158809cf4f3c"),
+            &h("6bc1bee22e409f96e93d7e117393172a"),
+        )? == h("070a16b46b4d4144f79bdd9dd04a287c"),
     )?;
 
     // AES key wrap, RFC 3394 4.1.

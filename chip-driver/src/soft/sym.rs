@@ -1,10 +1,12 @@
-//! Secret keys: AES (GCM, CBC, key wrap RFC 3394/5649), SM4-CBC and HMAC (SHA-* and SM3).
+//! Secret keys: AES (GCM, CBC, key wrap RFC 3394/5649, CMAC RFC 4493), SM4-CBC and HMAC (SHA-*
+//! and SM3).
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::cipher::{
     self, DecryptingKey, DecryptionContext, EncryptingKey, EncryptionContext,
     PaddedBlockDecryptingKey, PaddedBlockEncryptingKey, UnboundCipherKey,
 };
+use aws_lc_rs::cmac;
 use aws_lc_rs::hmac;
 use aws_lc_rs::key_wrap::{self, KeyEncryptionKey, KeyWrap, KeyWrapPadded};
 use cbc::cipher::block_padding::{NoPadding, Pkcs7};
@@ -280,6 +282,33 @@ pub(super) fn hmac_sign(hash: HashAlg, key: &[u8], data: &[u8]) -> Vec<u8> {
             .to_vec(),
         None => hmac_sm3(key, data).to_vec(),
     }
+}
+
+/// AES-CMAC (NIST SP 800-38B, RFC 4493) of `data` with an AES-128, -192 or -256 key: the full
+/// 16-byte tag.
+pub(super) fn aes_cmac_sign(key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
+    cmac::sign(&aes_cmac_key(key)?, data)
+        .map(|tag| tag.as_ref().to_vec())
+        .map_err(|_| internal("AES-CMAC failed"))
+}
+
+/// Checks an AES-CMAC tag in constant time (a tag of another length does not verify).
+pub(super) fn aes_cmac_verify(key: &[u8], data: &[u8], tag: &[u8]) -> Result<()> {
+    cmac::verify(&aes_cmac_key(key)?, data, tag).map_err(|_| ChipError::SignatureInvalid)
+}
+
+fn aes_cmac_key(key: &[u8]) -> Result<cmac::Key> {
+    let alg = match key.len() {
+        16 => cmac::AES_128,
+        24 => cmac::AES_192,
+        32 => cmac::AES_256,
+        n => {
+            return Err(ChipError::KeySizeRange(format!(
+                "{n} bytes is not an AES key length"
+            )))
+        }
+    };
+    cmac::Key::new(alg, key).map_err(|_| internal("AES key rejected for CMAC"))
 }
 
 /// HMAC (RFC 2104) with SM3 (block size 64 bytes), which aws-lc-rs does not offer.

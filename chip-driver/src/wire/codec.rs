@@ -277,6 +277,7 @@ pub(super) mod tag {
     pub const SIGN_SM2: u8 = 0x04;
     pub const SIGN_SM2_DIGEST: u8 = 0x05;
     pub const SIGN_HMAC: u8 = 0x06;
+    pub const SIGN_AES_CMAC: u8 = 0x07;
 
     pub const CIPHER_AES_GCM: u8 = 0x01;
     pub const CIPHER_AES_CBC: u8 = 0x02;
@@ -301,6 +302,7 @@ fn put_sign_mech(w: &mut Vec<u8>, m: &SignMech) {
         }
         SignMech::Sm2Digest => w.push(tag::SIGN_SM2_DIGEST),
         SignMech::Hmac(hash) => w.extend_from_slice(&[tag::SIGN_HMAC, *hash as u8]),
+        SignMech::AesCmac => w.push(tag::SIGN_AES_CMAC),
     }
 }
 
@@ -520,6 +522,7 @@ impl<'a> Reader<'a> {
             },
             tag::SIGN_SM2_DIGEST => SignMech::Sm2Digest,
             tag::SIGN_HMAC => SignMech::Hmac(self.hash()?),
+            tag::SIGN_AES_CMAC => SignMech::AesCmac,
             other => {
                 return Err(ChipError::MechanismInvalid(format!(
                     "sign mechanism at offset {at}: unknown tag 0x{other:02x}"

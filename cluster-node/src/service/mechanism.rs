@@ -8,6 +8,7 @@
 //! | | `CKM_RSA_PKCS` (any data of at most k − 11 bytes, usually a DER `DigestInfo`), `CKM_SHA256/384/512_RSA_PKCS` (`CKM_SHA1_RSA_PKCS`: verify only) | RSA |
 //! | | `CKM_RSA_PKCS_PSS`, `CKM_SHA256/384/512_RSA_PKCS_PSS` (salt = hash length, MGF1 of the same hash) | RSA |
 //! | | `CKM_SHA256/384/512_HMAC` (full-length MAC) | generic secret |
+//! | | `CKM_AES_CMAC` (*Mech* §2.10, RFC 4493; the full 16-byte MAC; the key needs `CKA_SIGN` / `CKA_VERIFY` asked for, as AES keys do not sign by default) | AES-128/192/256 |
 //! | | vendor `CKM_SM2` (over `e`), `CKM_SM3_SM2` (over the message, or `e` as [`SignInput::Digest`]) | SM2 |
 //! | encrypt / decrypt | `CKM_AES_GCM` (12-byte IV, 128-bit tag), `CKM_AES_CBC`, `CKM_AES_CBC_PAD` | AES |
 //! | | `CKM_RSA_PKCS_OAEP` (SHA-1/256/384/512, MGF1 of the same hash, optional label) | RSA |
@@ -308,6 +309,8 @@ pub enum SignOp {
     Sm3Sm2,
     /// `CKM_SHA*_HMAC` (*Mech* §2.20-2.22): a full-length MAC with a generic secret.
     Hmac(HashAlg),
+    /// `CKM_AES_CMAC` (*Mech* §2.10.3, RFC 4493): the full 16-byte MAC with an AES key.
+    AesCmac,
 }
 
 impl SignOp {
@@ -353,6 +356,7 @@ impl SignOp {
             ck::CKM_SHA256_HMAC => Self::Hmac(HashAlg::Sha256),
             ck::CKM_SHA384_HMAC => Self::Hmac(HashAlg::Sha384),
             ck::CKM_SHA512_HMAC => Self::Hmac(HashAlg::Sha512),
+            ck::CKM_AES_CMAC => Self::AesCmac,
             vendor::CKM_SM2 => Self::Sm2,
             vendor::CKM_SM3_SM2 => Self::Sm3Sm2,
             other => return Err(unsupported(other, "signing or verification")),
@@ -367,6 +371,7 @@ impl SignOp {
             Self::RsaPkcs1 { .. } | Self::RsaPss { .. } => KeyAlg::Rsa,
             Self::Sm2 | Self::Sm3Sm2 => KeyAlg::Sm2,
             Self::Hmac(_) => KeyAlg::Generic,
+            Self::AesCmac => KeyAlg::Aes,
         }
     }
 
@@ -377,6 +382,7 @@ impl SignOp {
             Self::Ecdsa { .. } | Self::Sm2 | Self::Sm3Sm2 => 64,
             Self::RsaPkcs1 { .. } | Self::RsaPss { .. } => modulus_len,
             Self::Hmac(h) => h.output_len(),
+            Self::AesCmac => 16,
         }
     }
 
@@ -469,6 +475,13 @@ impl SignOp {
                 no_param(ckm, param)?;
                 match input {
                     SignInput::Data(d) => Ok((SignMech::Hmac(hash), d)),
+                    SignInput::Digest(_) => Err(digest_input_refused(ckm)),
+                }
+            }
+            Self::AesCmac => {
+                no_param(ckm, param)?;
+                match input {
+                    SignInput::Data(d) => Ok((SignMech::AesCmac, d)),
                     SignInput::Digest(_) => Err(digest_input_refused(ckm)),
                 }
             }
@@ -1026,6 +1039,36 @@ mod tests {
             code(SignOp::of(ck::CKM_SHA224_RSA_PKCS).expect_err("sha224")),
             ErrorCode::MechanismInvalid
         );
+
+        // AES-CMAC: an AES key, the message as it is (empty too), 16 bytes, no parameter.
+        let op = SignOp::of(ck::CKM_AES_CMAC).expect("cmac");
+        assert_eq!((op.key_alg(), op.signature_len(0)), (KeyAlg::Aes, 16));
+        let (mech, data) = op
+            .prepare(
+                ck::CKM_AES_CMAC,
+                &MechParam::None,
+                SignInput::Data(vec![]),
+                true,
+            )
+            .expect("cmac of nothing");
+        assert_eq!((mech, data), (SignMech::AesCmac, vec![]));
+        for (param, input, want) in [
+            (
+                MechParam::Iv(vec![0; 16]),
+                SignInput::Data(vec![1]),
+                ErrorCode::MechanismParamInvalid,
+            ),
+            (
+                MechParam::None,
+                SignInput::Digest(vec![0; 32]),
+                ErrorCode::ArgumentsBad,
+            ),
+        ] {
+            let e = op
+                .prepare(ck::CKM_AES_CMAC, &param, input, true)
+                .expect_err("refused");
+            assert_eq!(code(e), want);
+        }
     }
 
     #[test]

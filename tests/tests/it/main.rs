@@ -18,6 +18,8 @@
 //!   and against in-process chips; no errors, every signature verified.
 //! * `pkcs11_cryptoki`: the `cryptoki` crate on `libcloudkey_pkcs11.so`: sessions, logins,
 //!   objects, every operation, the standard errors, SM2 (verified by OpenSSL), 64 threads.
+//! * `pkcs11_cmac`: `CKM_AES_CMAC` with `cryptoki` (single- and multi-part, verify), RFC 4493's
+//!   vectors, the `openssl mac` CLI; `pkcs11-tool` lists it.
 //! * `pkcs11_tool`, `pkcs11_openssl`, `pkcs11_gnutls`: OpenSC's `pkcs11-tool` (and its
 //!   `--test`), OpenSSL with the libp11 engine and `pkcs11:` URIs, GnuTLS's `p11tool`.
 //! * `pkcs11_fork`: a C program forks; the child initialises the module again and signs.
@@ -39,6 +41,7 @@ mod malformed;
 mod mtls;
 mod p11;
 mod p11_raw;
+mod pkcs11_cmac;
 mod pkcs11_cryptoki;
 mod pkcs11_failover;
 mod pkcs11_fork;
