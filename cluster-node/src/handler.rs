@@ -167,8 +167,9 @@ async fn sign(
     Ok(Response::Bytes(signature))
 }
 
-/// The services' context for a key generation: guarded when a `generate` rule covers the
-/// token and the key type (see [`gov::guard`]).
+/// The guard of a key generation: `Some` when a `generate` rule covers the token and the key
+/// type and the request is approved (see [`gov::guard`]); the generation's plan is committed
+/// under it.
 async fn guard_generation(
     ctx: &NodeCtx,
     peer: &PeerIdentity,
@@ -176,8 +177,8 @@ async fn guard_generation(
     mechanism: &Mechanism,
     params: &impl serde::Serialize,
     what: &str,
-) -> Result<service::Ctx> {
-    let g = gov::guard(
+) -> Result<Option<gov::Guard>> {
+    gov::guard(
         ctx,
         peer,
         GuardedOp::Generate,
@@ -192,8 +193,7 @@ async fn guard_generation(
             )
         },
     )
-    .await?;
-    Ok(gov::svc_for(&ctx.svc, g.as_ref()))
+    .await
 }
 
 /// The `CKK_*` a key-generation mechanism makes (by its number alone: a policy names key
@@ -244,14 +244,20 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             new_pin,
         } => done(login::set_pin(ctx, &auth, &old_pin, &new_pin).await)?,
         Request::CreateObject { auth, template } => Response::Object(
-            objects::create_object(svc, session(ctx, &auth).await?, &template).await?,
+            objects::create_object(svc, session(ctx, &auth).await?, &template)
+                .await?
+                .commit(svc, None)
+                .await?,
         ),
         Request::CopyObject {
             auth,
             object,
             template,
         } => Response::Object(
-            objects::copy_object(svc, session(ctx, &auth).await?, object, &template).await?,
+            objects::copy_object(svc, session(ctx, &auth).await?, object, &template)
+                .await?
+                .commit(svc, None)
+                .await?,
         ),
         Request::DestroyObject { auth, object } => {
             done(destroy_object(ctx, peer, &auth, object).await)?
@@ -347,6 +353,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 wrapped,
                 &template,
             )
+            .await?
+            .commit(svc, None)
             .await?,
         ),
         Request::DeriveKey {
@@ -362,6 +370,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 &mechanism,
                 &template,
             )
+            .await?
+            .commit(svc, None)
             .await?,
         ),
         Request::GenerateRandom { len } => Response::Bytes(keys::generate_random(svc, len).await?),
@@ -455,7 +465,8 @@ async fn destroy_object(
         || format!("destroy object {object}"),
     )
     .await?;
-    objects::destroy_object(&gov::svc_for(&ctx.svc, g.as_ref()), s, object).await
+    let plan = objects::destroy_object(&ctx.svc, s, object).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_SetAttributeValue`, under a `set-attributes` rule when one covers the object.
@@ -479,7 +490,8 @@ async fn set_attributes(
         || format!("change {} attribute(s) of object {object}", template.len()),
     )
     .await?;
-    objects::set_attributes(&gov::svc_for(&ctx.svc, g.as_ref()), s, object, template).await
+    let plan = objects::set_attributes(&ctx.svc, s, object, template).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_GenerateKey`, under a `generate` rule when one covers the token and key type.
@@ -492,8 +504,9 @@ async fn generate_key(
 ) -> Result<ObjectId> {
     let s = session(ctx, auth).await?;
     let params = (mechanism, template);
-    let svc = guard_generation(ctx, peer, s, mechanism, &params, "a secret key").await?;
-    keys::generate_key(&svc, s, mechanism, template).await
+    let g = guard_generation(ctx, peer, s, mechanism, &params, "a secret key").await?;
+    let plan = keys::generate_key(&ctx.svc, s, mechanism, template).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_GenerateKeyPair` (public, private templates), under a `generate` rule when one covers
@@ -507,8 +520,9 @@ async fn generate_key_pair(
 ) -> Result<(ObjectId, ObjectId)> {
     let s = session(ctx, auth).await?;
     let params = (mechanism, public, private);
-    let svc = guard_generation(ctx, peer, s, mechanism, &params, "a key pair").await?;
-    keys::generate_key_pair(&svc, s, mechanism, public, private).await
+    let g = guard_generation(ctx, peer, s, mechanism, &params, "a key pair").await?;
+    let plan = keys::generate_key_pair(&ctx.svc, s, mechanism, public, private).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_WrapKey`: under a `wrap` rule covering either key, the wrap consumes its approval first.

@@ -20,13 +20,12 @@ use cloudkey_protocol::msg::{ObjectId, Secret, TokenId};
 use cloudkey_protocol::tls::{PeerIdentity, Role, TlsMaterial};
 use cloudkey_protocol::ErrorCode;
 use dashmap::DashMap;
-use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::governance::{officer_requester, sha256, tmk_params_hash, AppState, GovCommand};
+use crate::service::login;
 pub use crate::service::notify::Notifier;
 use crate::service::NodeCtx;
-use crate::service::{self, login, Replicator};
 use crate::state::{Command, CommandResult};
 use crate::{NodeError, Result};
 
@@ -536,20 +535,6 @@ pub async fn guard(
     ))
 }
 
-/// The services' context for an operation [`guard`] allowed: the plain one when the operation is
-/// not guarded, else one whose first write consumes the approval ([`Guard::ctx`]).
-#[must_use]
-pub fn svc_for(svc: &service::Ctx, guard: Option<&Guard>) -> service::Ctx {
-    match guard {
-        Some(g) => g.ctx(svc),
-        None => service::Ctx {
-            state: svc.state.clone(),
-            pool: svc.pool.clone(),
-            replicator: svc.replicator.clone(),
-        },
-    }
-}
-
 impl Guard {
     /// `cmd` under this approval: the state applies it only while the approval is approved
     /// and unconsumed for this requester and these parameters, and consumes it in the same
@@ -562,20 +547,6 @@ impl Guard {
             params_hash: self.params_hash,
             now_ms: self.now_ms,
             inner: Box::new(cmd),
-        }
-    }
-
-    /// The services' context whose first write consumes this approval in the same log entry.
-    #[must_use]
-    pub fn ctx(&self, svc: &service::Ctx) -> service::Ctx {
-        service::Ctx {
-            state: svc.state.clone(),
-            pool: svc.pool.clone(),
-            replicator: Arc::new(GuardedReplicator {
-                inner: svc.replicator.clone(),
-                guard: self.clone(),
-                used: AtomicBool::new(false),
-            }),
         }
     }
 
@@ -593,21 +564,6 @@ impl Guard {
         }))
         .await?;
         Ok(())
-    }
-}
-
-struct GuardedReplicator {
-    inner: Arc<dyn Replicator>,
-    guard: Guard,
-    used: AtomicBool,
-}
-
-impl Replicator for GuardedReplicator {
-    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(CommandResult, u64)>> {
-        if self.used.swap(true, Ordering::AcqRel) {
-            return self.inner.write(cmd);
-        }
-        self.inner.write(self.guard.guarded(cmd))
     }
 }
 

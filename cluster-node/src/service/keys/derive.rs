@@ -12,14 +12,14 @@ use super::*;
 /// `CKR_KEY_HANDLE_INVALID`, `CKR_KEY_TYPE_INCONSISTENT` (not an EC or SM2 private key),
 /// `CKR_KEY_FUNCTION_NOT_PERMITTED` (`CKA_DERIVE` false), `CKR_MECHANISM_INVALID`,
 /// `CKR_MECHANISM_PARAM_INVALID` (a KDF, shared data, or a peer point not on the curve), the
-/// template errors, `CKR_USER_NOT_LOGGED_IN`, chip and replication errors.
+/// template errors, `CKR_USER_NOT_LOGGED_IN`, chip errors. Replication errors come when the plan is committed.
 pub async fn derive_key(
     ctx: &Ctx,
     s: Session,
     base_key: ObjectId,
     mechanism: &Mechanism,
     template: &[Attribute],
-) -> Result<ObjectId> {
+) -> Result<Plan<ObjectId>> {
     require_write(s, false)?;
     let point = mechanism::ecdh_peer_point(mechanism.ckm, &mechanism.param)?;
     let base = lookup(ctx, s, &base_key, ErrorCode::KeyHandleInvalid)?;
@@ -93,7 +93,9 @@ pub async fn derive_key(
         attrs,
         blob: Some(new.blob.0),
     };
-    commit(ctx, Command::PutObjects(vec![record])).await?;
-    tracing::info!(object = %id, base = %base_key, token = %s.token, "key derived");
-    Ok(id)
+    Ok(
+        Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+            tracing::info!(object = %id, base = %base_key, token = %s.token, "key derived");
+        }),
+    )
 }

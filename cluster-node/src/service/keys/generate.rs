@@ -16,14 +16,14 @@ use super::*;
 /// `CKR_MECHANISM_INVALID`, `CKR_MECHANISM_PARAM_INVALID`, `CKR_TEMPLATE_INCOMPLETE` (no curve,
 /// no modulus size), `CKR_CURVE_NOT_SUPPORTED`, `CKR_KEY_SIZE_RANGE`,
 /// `CKR_ATTRIBUTE_VALUE_INVALID` (an exponent other than 65537), the template errors of
-/// [`objects::create_object`], `CKR_USER_NOT_LOGGED_IN`, chip and replication errors.
+/// [`objects::create_object`], `CKR_USER_NOT_LOGGED_IN`, chip errors. Replication errors come when the plan is committed.
 pub async fn generate_key_pair(
     ctx: &Ctx,
     s: Session,
     mechanism: &Mechanism,
     public_template: &[Attribute],
     private_template: &[Attribute],
-) -> Result<(ObjectId, ObjectId)> {
+) -> Result<Plan<(ObjectId, ObjectId)>> {
     require_write(s, false)?;
     let gen = PairGen::of(mechanism.ckm, &mechanism.param)?;
     let pub_t = Template::parse(public_template)?;
@@ -155,9 +155,11 @@ pub async fn generate_key_pair(
             blob: Some(new.blob.0),
         },
     ];
-    commit(ctx, Command::PutObjects(records)).await?;
-    tracing::info!(public = %pub_id, private = %priv_id, token = %s.token, alg = alg.name(), "key pair generated");
-    Ok((pub_id, priv_id))
+    Ok(
+        Plan::write(Command::PutObjects(records), (pub_id, priv_id)).then_log(move || {
+            tracing::info!(public = %pub_id, private = %priv_id, token = %s.token, alg = alg.name(), "key pair generated");
+        }),
+    )
 }
 
 /// `CKA_ID` and `CKA_LABEL` that only the other template of a key pair gives.
@@ -220,13 +222,13 @@ fn rsa_bits(pub_t: &Template<'_>, priv_t: &Template<'_>) -> Result<u32> {
 /// # Errors
 /// `CKR_MECHANISM_INVALID`, `CKR_TEMPLATE_INCOMPLETE` (no `CKA_VALUE_LEN`),
 /// `CKR_ATTRIBUTE_VALUE_INVALID` (a length the key type does not have), the template errors of
-/// [`objects::create_object`], `CKR_USER_NOT_LOGGED_IN`, chip and replication errors.
+/// [`objects::create_object`], `CKR_USER_NOT_LOGGED_IN`, chip errors. Replication errors come when the plan is committed.
 pub async fn generate_key(
     ctx: &Ctx,
     s: Session,
     mechanism: &Mechanism,
     template: &[Attribute],
-) -> Result<ObjectId> {
+) -> Result<Plan<ObjectId>> {
     require_write(s, false)?;
     let alg = mechanism::key_gen(mechanism.ckm, &mechanism.param)?;
     let tmpl = Template::parse(template)?;
@@ -256,7 +258,7 @@ pub async fn generate_key(
         attrs,
         blob: Some(new.blob.0),
     };
-    commit(ctx, Command::PutObjects(vec![record])).await?;
-    tracing::info!(object = %id, token = %s.token, alg = alg.name(), "secret key generated");
-    Ok(id)
+    Ok(Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+        tracing::info!(object = %id, token = %s.token, alg = alg.name(), "secret key generated");
+    }))
 }

@@ -13,7 +13,8 @@
 //!
 //! Public-key operations (verify, encrypt, wrap with RSA or SM2) use the public key object: the
 //! chip gets its point or modulus from the record. Operations that create keys (generate,
-//! unwrap, derive) commit the new objects through Raft before they answer.
+//! unwrap, derive) have the chip make the key, then return a [`Plan`] that puts the new objects;
+//! the handler commits it through Raft before it answers.
 //!
 //! Not supported, with the code given: `CKM_RSA_PKCS` encryption (`CKR_MECHANISM_INVALID`);
 //! KDFs other than `CKD_NULL` for ECDH (`CKR_MECHANISM_PARAM_INVALID`); wrapping with
@@ -34,7 +35,7 @@ use super::objects::{
     der, finish_chip_key, key_template_alg, lookup, public_attrs, public_key_of, record_bool,
     require_write, template_alg, ulong_value, usage_of, Template,
 };
-use super::{commit, Ctx, Session};
+use super::{Ctx, Plan, Session};
 use crate::state::{Command, Object, ObjectRecord};
 use crate::{NodeError, Result};
 

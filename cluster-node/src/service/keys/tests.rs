@@ -5,8 +5,11 @@ use cloudkey_protocol::vendor;
 
 use super::*;
 use crate::service::mechanism::P256_OID_DER;
+use crate::service::objects::get_attributes;
 use crate::service::objects::tests::{at, at_bool, at_ulong, code, rsa_parts};
-use crate::service::objects::{create_object, get_attributes, set_attributes};
+use crate::service::testkit::committed::{
+    create_object, derive_key, generate_key, generate_key_pair, set_attributes, unwrap_key,
+};
 use crate::service::testkit::{fixture, Fixture};
 
 fn mech(ckm: u64) -> Mechanism {

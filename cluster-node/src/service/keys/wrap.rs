@@ -87,7 +87,7 @@ pub async fn unwrap_key(
     mechanism: &Mechanism,
     wrapped: Vec<u8>,
     template: &[Attribute],
-) -> Result<ObjectId> {
+) -> Result<Plan<ObjectId>> {
     require_write(s, false)?;
     let op = WrapOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
@@ -190,9 +190,11 @@ pub async fn unwrap_key(
         attrs,
         blob: Some(new.blob.0),
     };
-    commit(ctx, Command::PutObjects(vec![record])).await?;
-    tracing::info!(object = %id, token = %s.token, alg = target.name(), "key unwrapped");
-    Ok(id)
+    Ok(
+        Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+            tracing::info!(object = %id, token = %s.token, alg = target.name(), "key unwrapped");
+        }),
+    )
 }
 
 /// The size of an unwrapped RSA key: `CKA_MODULUS_BITS`, or the PKCS#8 length (a 2048-bit key's
