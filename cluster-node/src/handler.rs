@@ -147,16 +147,11 @@ async fn sign(
     if ctx.svc.state.has_policies() {
         // Use of a designated key: each signature consumes its own approval, before it is made.
         let params = (key, mechanism, &input);
-        if let Some(g) = gov::guard(
-            ctx,
-            peer,
-            GuardedOp::Sign,
-            Some(s.token),
-            &[key],
-            None,
-            &params,
-            || format!("sign with key {key} (mechanism 0x{:x})", mechanism.ckm),
-        )
+        let ask = gov::Ask::new(GuardedOp::Sign, Some(s.token), &params)
+            .on_keys(std::slice::from_ref(&key));
+        if let Some(g) = gov::guard(ctx, peer, ask, || {
+            format!("sign with key {key} (mechanism 0x{:x})", mechanism.ckm)
+        })
         .await?
         {
             g.consume(ctx).await?;
@@ -178,21 +173,14 @@ async fn guard_generation(
     params: &impl serde::Serialize,
     what: &str,
 ) -> Result<Option<gov::Guard>> {
-    gov::guard(
-        ctx,
-        peer,
-        GuardedOp::Generate,
-        Some(s.token),
-        &[],
-        generated_key_type(mechanism.ckm),
-        params,
-        || {
-            format!(
-                "generate {what} (mechanism 0x{:x}) on token {}",
-                mechanism.ckm, s.token
-            )
-        },
-    )
+    let ask = gov::Ask::new(GuardedOp::Generate, Some(s.token), params)
+        .making(generated_key_type(mechanism.ckm));
+    gov::guard(ctx, peer, ask, || {
+        format!(
+            "generate {what} (mechanism 0x{:x}) on token {}",
+            mechanism.ckm, s.token
+        )
+    })
     .await
 }
 
@@ -454,17 +442,9 @@ async fn destroy_object(
     object: ObjectId,
 ) -> Result<()> {
     let s = session(ctx, auth).await?;
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::Destroy,
-        Some(s.token),
-        &[object],
-        None,
-        &object,
-        || format!("destroy object {object}"),
-    )
-    .await?;
+    let ask = gov::Ask::new(GuardedOp::Destroy, Some(s.token), &object)
+        .on_keys(std::slice::from_ref(&object));
+    let g = gov::guard(ctx, peer, ask, || format!("destroy object {object}")).await?;
     let plan = objects::destroy_object(&ctx.svc, s, object).await?;
     plan.commit(&ctx.svc, g.as_ref()).await
 }
@@ -479,16 +459,11 @@ async fn set_attributes(
 ) -> Result<()> {
     let s = session(ctx, auth).await?;
     let params = (object, template);
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::SetAttributes,
-        Some(s.token),
-        &[object],
-        None,
-        &params,
-        || format!("change {} attribute(s) of object {object}", template.len()),
-    )
+    let ask = gov::Ask::new(GuardedOp::SetAttributes, Some(s.token), &params)
+        .on_keys(std::slice::from_ref(&object));
+    let g = gov::guard(ctx, peer, ask, || {
+        format!("change {} attribute(s) of object {object}", template.len())
+    })
     .await?;
     let plan = objects::set_attributes(&ctx.svc, s, object, template).await?;
     plan.commit(&ctx.svc, g.as_ref()).await
@@ -536,16 +511,11 @@ async fn wrap_key(
 ) -> Result<Vec<u8>> {
     let s = session(ctx, auth).await?;
     let params = (wrapping_key, mechanism, key);
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::Wrap,
-        Some(s.token),
-        &[key, wrapping_key],
-        None,
-        &params,
-        || format!("export key {key} wrapped under {wrapping_key}"),
-    )
+    let keys = [key, wrapping_key];
+    let ask = gov::Ask::new(GuardedOp::Wrap, Some(s.token), &params).on_keys(&keys);
+    let g = gov::guard(ctx, peer, ask, || {
+        format!("export key {key} wrapped under {wrapping_key}")
+    })
     .await?;
     if let Some(g) = g {
         g.consume(ctx).await?;

@@ -23,9 +23,9 @@ use dashmap::DashMap;
 use serde::Serialize;
 
 use crate::governance::{officer_requester, sha256, tmk_params_hash, AppState, GovCommand};
-use crate::service::login;
 pub use crate::service::notify::Notifier;
 use crate::service::NodeCtx;
+use crate::service::{login, Plan};
 use crate::state::{Command, CommandResult};
 use crate::{NodeError, Result};
 
@@ -275,11 +275,7 @@ async fn govern_guard(
     guard(
         ctx,
         peer,
-        GuardedOp::Govern,
-        None,
-        &[],
-        None,
-        params,
+        Ask::new(GuardedOp::Govern, None, params),
         description,
     )
     .await
@@ -288,13 +284,9 @@ async fn govern_guard(
 /// Commits a governance change, consuming `guard`'s approval in the same entry when the change
 /// is under quorum control.
 async fn write_governed(ctx: &NodeCtx, guard: Option<&Guard>, cmd: GovCommand) -> Result<()> {
-    let cmd = Command::Gov(cmd);
-    let cmd = match guard {
-        Some(g) => g.guarded(cmd),
-        None => cmd,
-    };
-    ctx.write(cmd).await?;
-    Ok(())
+    Plan::write(Command::Gov(cmd), ())
+        .commit(&ctx.svc, guard)
+        .await
 }
 
 /// Officers.
@@ -444,24 +436,69 @@ pub fn params_hash(op: GuardedOp, token: Option<TokenId>, params: &impl Serializ
     sha256(&m)
 }
 
-/// Checks whether `op` is under quorum control for this token / these keys. Not guarded: `None`.
-/// Guarded with an approved request of this requester for exactly these parameters: that
-/// request. Else a request is opened (or the open one found) and the call fails with
-/// `ApprovalRequired`, naming it.
+/// What a request that a quorum policy can guard asks of governance: the operation, the token
+/// and keys it touches (or the key type it makes), and its parameters, which an approval
+/// authorises exactly (hashed by [`params_hash`] only when a rule covers the request).
+#[derive(Debug)]
+pub struct Ask<'a, P> {
+    /// The guarded operation.
+    pub op: GuardedOp,
+    /// The token the operation runs on; `None` for the cluster (a `govern` rule).
+    pub token: Option<TokenId>,
+    /// The objects it uses or changes.
+    pub keys: &'a [ObjectId],
+    /// The `CKK_*` it generates.
+    pub key_type: Option<u64>,
+    /// Its parameters.
+    pub params: &'a P,
+}
+
+impl<'a, P: Serialize> Ask<'a, P> {
+    /// `op` with `params` on `token`, touching no particular key.
+    pub fn new(op: GuardedOp, token: Option<TokenId>, params: &'a P) -> Self {
+        Self {
+            op,
+            token,
+            keys: &[],
+            key_type: None,
+            params,
+        }
+    }
+
+    /// The same, on the objects `keys`.
+    #[must_use]
+    pub fn on_keys(self, keys: &'a [ObjectId]) -> Self {
+        Self { keys, ..self }
+    }
+
+    /// The same, making a key of type `key_type`.
+    #[must_use]
+    pub fn making(self, key_type: Option<u64>) -> Self {
+        Self { key_type, ..self }
+    }
+}
+
+/// Checks whether `ask` is under quorum control. Not guarded: `None`. Guarded with an approved
+/// request of this requester for exactly these parameters: that request, under which the
+/// caller then commits its change ([`Guard::guarded`]) or, when it writes nothing, consumes it
+/// first ([`Guard::consume`]). Else a request is opened (or the open one found) and the call
+/// fails with `ApprovalRequired`, naming it (`description` says what it is for).
 ///
 /// # Errors
 /// `ApprovalRequired`; Raft errors.
-#[allow(clippy::too_many_arguments)]
-pub async fn guard(
+pub async fn guard<P: Serialize>(
     ctx: &NodeCtx,
     peer: &PeerIdentity,
-    op: GuardedOp,
-    token: Option<TokenId>,
-    keys: &[ObjectId],
-    key_type: Option<u64>,
-    params: &impl Serialize,
+    ask: Ask<'_, P>,
     description: impl FnOnce() -> String,
 ) -> Result<Option<Guard>> {
+    let Ask {
+        op,
+        token,
+        keys,
+        key_type,
+        params,
+    } = ask;
     if !ctx.svc.state.has_policies() {
         return Ok(None);
     }
