@@ -4,6 +4,13 @@
 //! applied the client's `min_applied` index, checks the caller's role, verifies the session
 //! grant, runs the request under its deadline and dispatches it to the service function for its
 //! variant. [`to_wire`] is the one place a [`NodeError`] becomes a wire [`ErrorCode`].
+//!
+//! An object or key service that changes the state returns a [`service::Plan`]; the handler
+//! commits it once. A request a quorum policy can guard first asks governance ([`gov::guard`]
+//! with a [`gov::Ask`]); under an approval, the plan's command is committed as
+//! [`gov::Guard::guarded`], so the approval is consumed by the same log entry as the change,
+//! and a request that writes nothing (a signature, a wrap) consumes it first
+//! ([`gov::Guard::consume`]).
 
 use cloudkey_protocol::gov::{GuardedOp, TerminalInfo};
 use cloudkey_protocol::msg::{
