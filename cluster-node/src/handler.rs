@@ -216,15 +216,18 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             so_pin,
             user_pin,
         } => Response::Token(admin::create_token(ctx, &label, &so_pin, user_pin.as_ref()).await?),
-        Request::DeleteToken(id) => done(admin::delete_token(ctx, id).await)?,
-        Request::UnlockToken(id) => done(admin::unlock_token(ctx, id).await)?,
+        Request::DeleteToken(id) => done(admin::delete_token(ctx, id)?.commit(svc, None).await)?,
+        Request::UnlockToken(id) => done(admin::unlock_token(ctx, id)?.commit(svc, None).await)?,
         Request::ListTokens => Response::Tokens(admin::list_tokens(ctx)),
         Request::ListObjects { token } => Response::Objects(admin::list_objects(ctx, token)?),
         Request::InitToken {
             token,
             so_pin,
             label,
-        } => done(login::init_token(ctx, token, &so_pin, &label).await)?,
+        } => {
+            let plan = login::init_token(ctx, token, &so_pin, &label).await?;
+            done(plan.commit(svc, None).await)?
+        }
         Request::Login { token, user, pin } => {
             let (grant, expires_unix_ms) = login::login(ctx, token, user, &pin).await?;
             Response::Session {
@@ -232,12 +235,20 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 expires_unix_ms,
             }
         }
-        Request::InitPin { auth, pin } => done(login::init_pin(ctx, &auth, &pin).await)?,
+        Request::InitPin { auth, pin } => done(
+            login::init_pin(ctx, &auth, &pin)
+                .await?
+                .commit(svc, None)
+                .await,
+        )?,
         Request::SetPin {
             auth,
             old_pin,
             new_pin,
-        } => done(login::set_pin(ctx, &auth, &old_pin, &new_pin).await)?,
+        } => {
+            let plan = login::set_pin(ctx, &auth, &old_pin, &new_pin).await?;
+            done(plan.commit(svc, None).await)?
+        }
         Request::CreateObject { auth, template } => Response::Object(
             objects::create_object(svc, session(ctx, &auth).await?, &template)
                 .await?

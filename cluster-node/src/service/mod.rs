@@ -107,7 +107,7 @@ pub struct NodeCtx {
     /// PIN hashing.
     pub pins: PinHasher,
     /// Wrong PINs not yet counted cluster-wide.
-    pub local_failures: LocalFailures,
+    pub local_failures: Arc<LocalFailures>,
     /// Limits and deadlines.
     pub limits: Limits,
     /// Login settings.
@@ -160,7 +160,7 @@ impl NodeCtx {
             svc,
             domain,
             pins: PinHasher::new(&config.security)?,
-            local_failures: LocalFailures::default(),
+            local_failures: Arc::default(),
             limits: config.limits,
             security: config.security,
             init_running: AtomicBool::new(false),
@@ -291,7 +291,7 @@ pub struct Plan<T> {
     pub command: Option<Command>,
     /// The answer, valid once the command is committed.
     pub answer: T,
-    /// What to record once the command is committed (the service's log line).
+    /// What to do once the command is committed (the service's log line).
     committed: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -323,8 +323,9 @@ impl<T> Plan<T> {
         }
     }
 
-    /// Runs `f` (a log line) once the command is committed, and not if committing fails.
-    pub fn then_log(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+    /// Runs `f` (the service's log line, what it forgets locally) once the command is committed,
+    /// and not if committing fails.
+    pub fn on_commit(mut self, f: impl FnOnce() + Send + 'static) -> Self {
         self.committed = Some(Box::new(f));
         self
     }

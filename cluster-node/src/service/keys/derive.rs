@@ -94,7 +94,7 @@ pub async fn derive_key(
         blob: Some(new.blob.0),
     };
     Ok(
-        Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+        Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
             tracing::info!(object = %id, base = %base_key, token = %s.token, "key derived");
         }),
     )

@@ -156,7 +156,7 @@ pub async fn generate_key_pair(
         },
     ];
     Ok(
-        Plan::write(Command::PutObjects(records), (pub_id, priv_id)).then_log(move || {
+        Plan::write(Command::PutObjects(records), (pub_id, priv_id)).on_commit(move || {
             tracing::info!(public = %pub_id, private = %priv_id, token = %s.token, alg = alg.name(), "key pair generated");
         }),
     )
@@ -258,7 +258,7 @@ pub async fn generate_key(
         attrs,
         blob: Some(new.blob.0),
     };
-    Ok(Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+    Ok(Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
         tracing::info!(object = %id, token = %s.token, alg = alg.name(), "secret key generated");
     }))
 }

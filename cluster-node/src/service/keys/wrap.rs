@@ -191,7 +191,7 @@ pub async fn unwrap_key(
         blob: Some(new.blob.0),
     };
     Ok(
-        Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+        Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
             tracing::info!(object = %id, token = %s.token, alg = target.name(), "key unwrapped");
         }),
     )

@@ -97,7 +97,7 @@ pub async fn create_object(
         blob,
     };
     Ok(
-        Plan::write(Command::PutObjects(vec![record]), id).then_log(move || {
+        Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
             tracing::info!(object = %id, token = %s.token, class, "object created");
         }),
     )
@@ -469,7 +469,7 @@ pub async fn copy_object(
     };
     require_write(s, is_private(&copy))?;
     Ok(
-        Plan::write(Command::PutObjects(vec![copy]), id).then_log(move || {
+        Plan::write(Command::PutObjects(vec![copy]), id).on_commit(move || {
             tracing::info!(object = %id, original = %object, token = %s.token, "object copied");
         }),
     )
@@ -528,7 +528,7 @@ pub async fn destroy_object(ctx: &Ctx, s: Session, object: ObjectId) -> Result<P
         ));
     }
     Ok(
-        Plan::write(Command::DestroyObject(object), ()).then_log(move || {
+        Plan::write(Command::DestroyObject(object), ()).on_commit(move || {
             tracing::info!(%object, token = %s.token, "object destroyed");
         }),
     )
