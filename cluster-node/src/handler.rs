@@ -385,10 +385,14 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             name,
             identity,
             pin,
-        } => done(gov::add_officer(ctx, peer, &name, &identity, &pin).await)?,
+        } => {
+            let (plan, g) = gov::add_officer(ctx, peer, &name, &identity, &pin).await?;
+            done(plan.commit(svc, g.as_ref()).await)?
+        }
         Request::ListOfficers => Response::Officers(gov::list_officers(ctx)),
         Request::SetPolicy { scope, rules } => {
-            done(gov::set_policy(ctx, peer, scope, rules).await)?
+            let (plan, g) = gov::set_policy(ctx, peer, scope, rules).await?;
+            done(plan.commit(svc, g.as_ref()).await)?
         }
         Request::ListPolicies => Response::Policies(gov::list_policies(ctx)),
         Request::ListApprovals { all } => Response::Approvals(gov::list_approvals(ctx, all)),
@@ -410,8 +414,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             key,
             admins,
             identity,
-        } => done(
-            gov::add_terminal(
+        } => {
+            let (plan, g) = gov::add_terminal(
                 ctx,
                 peer,
                 TerminalInfo {
@@ -422,8 +426,9 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                     last_injection: None,
                 },
             )
-            .await,
-        )?,
+            .await?;
+            done(plan.commit(svc, g.as_ref()).await)?
+        }
         Request::ListTerminals => Response::Terminals(gov::list_terminals(ctx)),
         Request::TmkRequest { terminal } => {
             Response::TmkQr(gov::tmk_request(ctx, peer, &terminal).await?)

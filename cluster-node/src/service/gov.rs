@@ -237,7 +237,7 @@ pub async fn add_officer(
     name: &str,
     identity: &str,
     pin: &Secret,
-) -> Result<()> {
+) -> Result<Governed> {
     login::check_pin_len(pin)?;
     PeerIdentity::from_uri(&format!("cloudkey://{identity}"))
         .ok()
@@ -253,16 +253,14 @@ pub async fn add_officer(
     })
     .await?;
     let pin = ctx.pins.hash(pin).await?;
-    write_governed(
-        ctx,
-        g.as_ref(),
+    Ok(governed(
+        g,
         GovCommand::AddOfficer {
             name: name.to_string(),
             identity: identity.to_string(),
             pin,
         },
-    )
-    .await
+    ))
 }
 
 /// [`guard`] for a change to governance itself (a cluster `govern` rule).
@@ -281,12 +279,14 @@ async fn govern_guard(
     .await
 }
 
-/// Commits a governance change, consuming `guard`'s approval in the same entry when the change
-/// is under quorum control.
-async fn write_governed(ctx: &NodeCtx, guard: Option<&Guard>, cmd: GovCommand) -> Result<()> {
-    Plan::write(Command::Gov(cmd), ())
-        .commit(&ctx.svc, guard)
-        .await
+/// A governance change to commit, and the approval it runs under when a `govern` rule covers
+/// it: the handler commits the plan under the guard (`plan.commit(svc, guard.as_ref())`), so
+/// the approval is consumed by the same log entry as the change.
+pub type Governed = (Plan<()>, Option<Guard>);
+
+/// `cmd`'s plan, under `guard`.
+fn governed(guard: Option<Guard>, cmd: GovCommand) -> Governed {
+    (Plan::write(Command::Gov(cmd), ()), guard)
 }
 
 /// Officers.
@@ -305,7 +305,7 @@ pub async fn set_policy(
     peer: &PeerIdentity,
     scope: PolicyScope,
     rules: Vec<Rule>,
-) -> Result<()> {
+) -> Result<Governed> {
     let exists = |ctx: &NodeCtx| match scope {
         PolicyScope::Token(t) => ctx.svc.state.token(t).is_some(),
         PolicyScope::Key(k) => ctx.svc.state.object(&k).is_some(),
@@ -325,7 +325,7 @@ pub async fn set_policy(
         format!("set the policy of {scope} to {} rule(s)", rules.len())
     })
     .await?;
-    write_governed(ctx, g.as_ref(), GovCommand::SetPolicy { scope, rules }).await
+    Ok(governed(g, GovCommand::SetPolicy { scope, rules }))
 }
 
 /// Policies.
@@ -809,7 +809,11 @@ fn check_terminal_peer(t: &crate::governance::Terminal, peer: &PeerIdentity) -> 
 ///
 /// # Errors
 /// A malformed key, the state's refusals, Raft errors.
-pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo) -> Result<()> {
+pub async fn add_terminal(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    info: TerminalInfo,
+) -> Result<Governed> {
     match &info.key {
         TerminalKey::Rsa { n, e } => {
             if n.len() < 256 || n.len() > 512 || e.is_empty() || e.len() > 8 {
@@ -843,7 +847,7 @@ pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo
         )
     })
     .await?;
-    write_governed(ctx, g.as_ref(), GovCommand::AddTerminal(info)).await
+    Ok(governed(g, GovCommand::AddTerminal(info)))
 }
 
 /// Terminals.
