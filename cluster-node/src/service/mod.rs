@@ -10,9 +10,12 @@
 //! * [`mechanism`]: which `CKM_*` numbers the cluster supports and how each maps onto a chip
 //!   mechanism; the vendor SM2/SM3/SM4 numbers (from [`cloudkey_protocol::vendor`]).
 //!
-//! The object and key services write nothing themselves: a request that changes the state is
-//! served by a function that checks it, does its chip work and returns a [`Plan`] (the one
-//! [`Command`] to commit and the answer). The handler commits the plan once ([`Plan::commit`]),
+//! The services write nothing themselves for the requests that change the state (object and key
+//! writes, init-token, PINs, token deletion and unlock, governance changes): the function that
+//! serves one checks it, does its chip work and returns a [`Plan`] (the one [`Command`] to
+//! commit and the answer). What still writes on its own: a login's outcome (part of the PIN
+//! check), cluster init and membership, token creation (its answer is the applied result),
+//! approvals, rejections, the TMK flow, a guard's proposal and consumption, and the audit task. The handler commits the plan once ([`Plan::commit`]),
 //! wrapped in the request's quorum guard when it has one ([`gov::Guard::guarded`]), so the
 //! approval is consumed by the same log entry as the change. Writes go through a [`Replicator`]
 //! (Raft in the node, an in-memory applier in tests) and are acknowledged only once committed;
