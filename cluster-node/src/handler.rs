@@ -4,6 +4,13 @@
 //! applied the client's `min_applied` index, checks the caller's role, verifies the session
 //! grant, runs the request under its deadline and dispatches it to the service function for its
 //! variant. [`to_wire`] is the one place a [`NodeError`] becomes a wire [`ErrorCode`].
+//!
+//! An object or key service that changes the state returns a [`service::Plan`]; the handler
+//! commits it once. A request a quorum policy can guard first asks governance ([`gov::guard`]
+//! with a [`gov::Ask`]); under an approval, the plan's command is committed as
+//! [`gov::Guard::guarded`], so the approval is consumed by the same log entry as the change,
+//! and a request that writes nothing (a signature, a wrap) consumes it first
+//! ([`gov::Guard::consume`]).
 
 use cloudkey_protocol::gov::{GuardedOp, TerminalInfo};
 use cloudkey_protocol::msg::{
@@ -147,16 +154,11 @@ async fn sign(
     if ctx.svc.state.has_policies() {
         // Use of a designated key: each signature consumes its own approval, before it is made.
         let params = (key, mechanism, &input);
-        if let Some(g) = gov::guard(
-            ctx,
-            peer,
-            GuardedOp::Sign,
-            Some(s.token),
-            &[key],
-            None,
-            &params,
-            || format!("sign with key {key} (mechanism 0x{:x})", mechanism.ckm),
-        )
+        let ask = gov::Ask::new(GuardedOp::Sign, Some(s.token), &params)
+            .on_keys(std::slice::from_ref(&key));
+        if let Some(g) = gov::guard(ctx, peer, ask, || {
+            format!("sign with key {key} (mechanism 0x{:x})", mechanism.ckm)
+        })
         .await?
         {
             g.consume(ctx).await?;
@@ -167,8 +169,9 @@ async fn sign(
     Ok(Response::Bytes(signature))
 }
 
-/// The services' context for a key generation: guarded when a `generate` rule covers the
-/// token and the key type (see [`gov::guard`]).
+/// The guard of a key generation: `Some` when a `generate` rule covers the token and the key
+/// type and the request is approved (see [`gov::guard`]); the generation's plan is committed
+/// under it.
 async fn guard_generation(
     ctx: &NodeCtx,
     peer: &PeerIdentity,
@@ -176,24 +179,16 @@ async fn guard_generation(
     mechanism: &Mechanism,
     params: &impl serde::Serialize,
     what: &str,
-) -> Result<service::Ctx> {
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::Generate,
-        Some(s.token),
-        &[],
-        generated_key_type(mechanism.ckm),
-        params,
-        || {
-            format!(
-                "generate {what} (mechanism 0x{:x}) on token {}",
-                mechanism.ckm, s.token
-            )
-        },
-    )
-    .await?;
-    Ok(gov::svc_for(&ctx.svc, g.as_ref()))
+) -> Result<Option<gov::Guard>> {
+    let ask = gov::Ask::new(GuardedOp::Generate, Some(s.token), params)
+        .making(generated_key_type(mechanism.ckm));
+    gov::guard(ctx, peer, ask, || {
+        format!(
+            "generate {what} (mechanism 0x{:x}) on token {}",
+            mechanism.ckm, s.token
+        )
+    })
+    .await
 }
 
 /// The `CKK_*` a key-generation mechanism makes (by its number alone: a policy names key
@@ -221,15 +216,18 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             so_pin,
             user_pin,
         } => Response::Token(admin::create_token(ctx, &label, &so_pin, user_pin.as_ref()).await?),
-        Request::DeleteToken(id) => done(admin::delete_token(ctx, id).await)?,
-        Request::UnlockToken(id) => done(admin::unlock_token(ctx, id).await)?,
+        Request::DeleteToken(id) => done(admin::delete_token(ctx, id)?.commit(svc, None).await)?,
+        Request::UnlockToken(id) => done(admin::unlock_token(ctx, id)?.commit(svc, None).await)?,
         Request::ListTokens => Response::Tokens(admin::list_tokens(ctx)),
         Request::ListObjects { token } => Response::Objects(admin::list_objects(ctx, token)?),
         Request::InitToken {
             token,
             so_pin,
             label,
-        } => done(login::init_token(ctx, token, &so_pin, &label).await)?,
+        } => {
+            let plan = login::init_token(ctx, token, &so_pin, &label).await?;
+            done(plan.commit(svc, None).await)?
+        }
         Request::Login { token, user, pin } => {
             let (grant, expires_unix_ms) = login::login(ctx, token, user, &pin).await?;
             Response::Session {
@@ -237,21 +235,35 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 expires_unix_ms,
             }
         }
-        Request::InitPin { auth, pin } => done(login::init_pin(ctx, &auth, &pin).await)?,
+        Request::InitPin { auth, pin } => done(
+            login::init_pin(ctx, &auth, &pin)
+                .await?
+                .commit(svc, None)
+                .await,
+        )?,
         Request::SetPin {
             auth,
             old_pin,
             new_pin,
-        } => done(login::set_pin(ctx, &auth, &old_pin, &new_pin).await)?,
+        } => {
+            let plan = login::set_pin(ctx, &auth, &old_pin, &new_pin).await?;
+            done(plan.commit(svc, None).await)?
+        }
         Request::CreateObject { auth, template } => Response::Object(
-            objects::create_object(svc, session(ctx, &auth).await?, &template).await?,
+            objects::create_object(svc, session(ctx, &auth).await?, &template)
+                .await?
+                .commit(svc, None)
+                .await?,
         ),
         Request::CopyObject {
             auth,
             object,
             template,
         } => Response::Object(
-            objects::copy_object(svc, session(ctx, &auth).await?, object, &template).await?,
+            objects::copy_object(svc, session(ctx, &auth).await?, object, &template)
+                .await?
+                .commit(svc, None)
+                .await?,
         ),
         Request::DestroyObject { auth, object } => {
             done(destroy_object(ctx, peer, &auth, object).await)?
@@ -347,6 +359,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 wrapped,
                 &template,
             )
+            .await?
+            .commit(svc, None)
             .await?,
         ),
         Request::DeriveKey {
@@ -362,6 +376,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                 &mechanism,
                 &template,
             )
+            .await?
+            .commit(svc, None)
             .await?,
         ),
         Request::GenerateRandom { len } => Response::Bytes(keys::generate_random(svc, len).await?),
@@ -369,10 +385,14 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             name,
             identity,
             pin,
-        } => done(gov::add_officer(ctx, peer, &name, &identity, &pin).await)?,
+        } => {
+            let (plan, g) = gov::add_officer(ctx, peer, &name, &identity, &pin).await?;
+            done(plan.commit(svc, g.as_ref()).await)?
+        }
         Request::ListOfficers => Response::Officers(gov::list_officers(ctx)),
         Request::SetPolicy { scope, rules } => {
-            done(gov::set_policy(ctx, peer, scope, rules).await)?
+            let (plan, g) = gov::set_policy(ctx, peer, scope, rules).await?;
+            done(plan.commit(svc, g.as_ref()).await)?
         }
         Request::ListPolicies => Response::Policies(gov::list_policies(ctx)),
         Request::ListApprovals { all } => Response::Approvals(gov::list_approvals(ctx, all)),
@@ -394,8 +414,8 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             key,
             admins,
             identity,
-        } => done(
-            gov::add_terminal(
+        } => {
+            let (plan, g) = gov::add_terminal(
                 ctx,
                 peer,
                 TerminalInfo {
@@ -406,8 +426,9 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
                     last_injection: None,
                 },
             )
-            .await,
-        )?,
+            .await?;
+            done(plan.commit(svc, g.as_ref()).await)?
+        }
         Request::ListTerminals => Response::Terminals(gov::list_terminals(ctx)),
         Request::TmkRequest { terminal } => {
             Response::TmkQr(gov::tmk_request(ctx, peer, &terminal).await?)
@@ -444,18 +465,11 @@ async fn destroy_object(
     object: ObjectId,
 ) -> Result<()> {
     let s = session(ctx, auth).await?;
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::Destroy,
-        Some(s.token),
-        &[object],
-        None,
-        &object,
-        || format!("destroy object {object}"),
-    )
-    .await?;
-    objects::destroy_object(&gov::svc_for(&ctx.svc, g.as_ref()), s, object).await
+    let ask = gov::Ask::new(GuardedOp::Destroy, Some(s.token), &object)
+        .on_keys(std::slice::from_ref(&object));
+    let g = gov::guard(ctx, peer, ask, || format!("destroy object {object}")).await?;
+    let plan = objects::destroy_object(&ctx.svc, s, object).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_SetAttributeValue`, under a `set-attributes` rule when one covers the object.
@@ -468,18 +482,14 @@ async fn set_attributes(
 ) -> Result<()> {
     let s = session(ctx, auth).await?;
     let params = (object, template);
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::SetAttributes,
-        Some(s.token),
-        &[object],
-        None,
-        &params,
-        || format!("change {} attribute(s) of object {object}", template.len()),
-    )
+    let ask = gov::Ask::new(GuardedOp::SetAttributes, Some(s.token), &params)
+        .on_keys(std::slice::from_ref(&object));
+    let g = gov::guard(ctx, peer, ask, || {
+        format!("change {} attribute(s) of object {object}", template.len())
+    })
     .await?;
-    objects::set_attributes(&gov::svc_for(&ctx.svc, g.as_ref()), s, object, template).await
+    let plan = objects::set_attributes(&ctx.svc, s, object, template).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_GenerateKey`, under a `generate` rule when one covers the token and key type.
@@ -492,8 +502,9 @@ async fn generate_key(
 ) -> Result<ObjectId> {
     let s = session(ctx, auth).await?;
     let params = (mechanism, template);
-    let svc = guard_generation(ctx, peer, s, mechanism, &params, "a secret key").await?;
-    keys::generate_key(&svc, s, mechanism, template).await
+    let g = guard_generation(ctx, peer, s, mechanism, &params, "a secret key").await?;
+    let plan = keys::generate_key(&ctx.svc, s, mechanism, template).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_GenerateKeyPair` (public, private templates), under a `generate` rule when one covers
@@ -507,8 +518,9 @@ async fn generate_key_pair(
 ) -> Result<(ObjectId, ObjectId)> {
     let s = session(ctx, auth).await?;
     let params = (mechanism, public, private);
-    let svc = guard_generation(ctx, peer, s, mechanism, &params, "a key pair").await?;
-    keys::generate_key_pair(&svc, s, mechanism, public, private).await
+    let g = guard_generation(ctx, peer, s, mechanism, &params, "a key pair").await?;
+    let plan = keys::generate_key_pair(&ctx.svc, s, mechanism, public, private).await?;
+    plan.commit(&ctx.svc, g.as_ref()).await
 }
 
 /// `C_WrapKey`: under a `wrap` rule covering either key, the wrap consumes its approval first.
@@ -522,16 +534,11 @@ async fn wrap_key(
 ) -> Result<Vec<u8>> {
     let s = session(ctx, auth).await?;
     let params = (wrapping_key, mechanism, key);
-    let g = gov::guard(
-        ctx,
-        peer,
-        GuardedOp::Wrap,
-        Some(s.token),
-        &[key, wrapping_key],
-        None,
-        &params,
-        || format!("export key {key} wrapped under {wrapping_key}"),
-    )
+    let keys = [key, wrapping_key];
+    let ask = gov::Ask::new(GuardedOp::Wrap, Some(s.token), &params).on_keys(&keys);
+    let g = gov::guard(ctx, peer, ask, || {
+        format!("export key {key} wrapped under {wrapping_key}")
+    })
     .await?;
     if let Some(g) = g {
         g.consume(ctx).await?;

@@ -14,7 +14,7 @@ use cloudkey_protocol::ErrorCode;
 
 use crate::error::{NodeError, Result};
 use crate::service::login::{check_label, check_pin_len};
-use crate::service::NodeCtx;
+use crate::service::{NodeCtx, Plan};
 use crate::state::{ClusterInfo, Command, CommandResult, Object, Token};
 
 /// Most members a cluster is bootstrapped with.
@@ -214,24 +214,28 @@ fn existing(ctx: &NodeCtx, id: TokenId) -> Result<()> {
 ///
 /// # Errors
 /// `TokenNotPresent`; Raft errors.
-pub async fn delete_token(ctx: &NodeCtx, id: TokenId) -> Result<()> {
+pub fn delete_token(ctx: &NodeCtx, id: TokenId) -> Result<Plan<()>> {
     existing(ctx, id)?;
-    ctx.write(Command::DeleteToken(id)).await?;
-    ctx.local_failures.clear_token(id);
-    tracing::info!(token = %id, "token deleted");
-    Ok(())
+    let failures = ctx.local_failures.clone();
+    Ok(
+        Plan::write(Command::DeleteToken(id), ()).on_commit(move || {
+            failures.clear_token(id);
+            tracing::info!(token = %id, "token deleted");
+        }),
+    )
 }
 
 /// Clears a token's failed-login counters (and so its PIN locks).
 ///
 /// # Errors
 /// `TokenNotPresent`; Raft errors.
-pub async fn unlock_token(ctx: &NodeCtx, id: TokenId) -> Result<()> {
+pub fn unlock_token(ctx: &NodeCtx, id: TokenId) -> Result<Plan<()>> {
     existing(ctx, id)?;
-    ctx.write(Command::Unlock(id)).await?;
-    ctx.local_failures.clear_token(id);
-    tracing::info!(token = %id, "token unlocked");
-    Ok(())
+    let failures = ctx.local_failures.clone();
+    Ok(Plan::write(Command::Unlock(id), ()).on_commit(move || {
+        failures.clear_token(id);
+        tracing::info!(token = %id, "token unlocked");
+    }))
 }
 
 fn token_info(ctx: &NodeCtx, t: &Token, max_failures: u32) -> TokenInfo {

@@ -20,13 +20,12 @@ use cloudkey_protocol::msg::{ObjectId, Secret, TokenId};
 use cloudkey_protocol::tls::{PeerIdentity, Role, TlsMaterial};
 use cloudkey_protocol::ErrorCode;
 use dashmap::DashMap;
-use futures::future::BoxFuture;
 use serde::Serialize;
 
 use crate::governance::{officer_requester, sha256, tmk_params_hash, AppState, GovCommand};
 pub use crate::service::notify::Notifier;
 use crate::service::NodeCtx;
-use crate::service::{self, login, Replicator};
+use crate::service::{login, Plan};
 use crate::state::{Command, CommandResult};
 use crate::{NodeError, Result};
 
@@ -238,7 +237,7 @@ pub async fn add_officer(
     name: &str,
     identity: &str,
     pin: &Secret,
-) -> Result<()> {
+) -> Result<Governed> {
     login::check_pin_len(pin)?;
     PeerIdentity::from_uri(&format!("cloudkey://{identity}"))
         .ok()
@@ -254,16 +253,14 @@ pub async fn add_officer(
     })
     .await?;
     let pin = ctx.pins.hash(pin).await?;
-    write_governed(
-        ctx,
-        g.as_ref(),
+    Ok(governed(
+        g,
         GovCommand::AddOfficer {
             name: name.to_string(),
             identity: identity.to_string(),
             pin,
         },
-    )
-    .await
+    ))
 }
 
 /// [`guard`] for a change to governance itself (a cluster `govern` rule).
@@ -276,26 +273,20 @@ async fn govern_guard(
     guard(
         ctx,
         peer,
-        GuardedOp::Govern,
-        None,
-        &[],
-        None,
-        params,
+        Ask::new(GuardedOp::Govern, None, params),
         description,
     )
     .await
 }
 
-/// Commits a governance change, consuming `guard`'s approval in the same entry when the change
-/// is under quorum control.
-async fn write_governed(ctx: &NodeCtx, guard: Option<&Guard>, cmd: GovCommand) -> Result<()> {
-    let cmd = Command::Gov(cmd);
-    let cmd = match guard {
-        Some(g) => g.guarded(cmd),
-        None => cmd,
-    };
-    ctx.write(cmd).await?;
-    Ok(())
+/// A governance change to commit, and the approval it runs under when a `govern` rule covers
+/// it: the handler commits the plan under the guard (`plan.commit(svc, guard.as_ref())`), so
+/// the approval is consumed by the same log entry as the change.
+pub type Governed = (Plan<()>, Option<Guard>);
+
+/// `cmd`'s plan, under `guard`.
+fn governed(guard: Option<Guard>, cmd: GovCommand) -> Governed {
+    (Plan::write(Command::Gov(cmd), ()), guard)
 }
 
 /// Officers.
@@ -314,7 +305,7 @@ pub async fn set_policy(
     peer: &PeerIdentity,
     scope: PolicyScope,
     rules: Vec<Rule>,
-) -> Result<()> {
+) -> Result<Governed> {
     let exists = |ctx: &NodeCtx| match scope {
         PolicyScope::Token(t) => ctx.svc.state.token(t).is_some(),
         PolicyScope::Key(k) => ctx.svc.state.object(&k).is_some(),
@@ -334,7 +325,7 @@ pub async fn set_policy(
         format!("set the policy of {scope} to {} rule(s)", rules.len())
     })
     .await?;
-    write_governed(ctx, g.as_ref(), GovCommand::SetPolicy { scope, rules }).await
+    Ok(governed(g, GovCommand::SetPolicy { scope, rules }))
 }
 
 /// Policies.
@@ -445,24 +436,69 @@ pub fn params_hash(op: GuardedOp, token: Option<TokenId>, params: &impl Serializ
     sha256(&m)
 }
 
-/// Checks whether `op` is under quorum control for this token / these keys. Not guarded: `None`.
-/// Guarded with an approved request of this requester for exactly these parameters: that
-/// request. Else a request is opened (or the open one found) and the call fails with
-/// `ApprovalRequired`, naming it.
+/// What a request that a quorum policy can guard asks of governance: the operation, the token
+/// and keys it touches (or the key type it makes), and its parameters, which an approval
+/// authorises exactly (hashed by [`params_hash`] only when a rule covers the request).
+#[derive(Debug)]
+pub struct Ask<'a, P> {
+    /// The guarded operation.
+    pub op: GuardedOp,
+    /// The token the operation runs on; `None` for the cluster (a `govern` rule).
+    pub token: Option<TokenId>,
+    /// The objects it uses or changes.
+    pub keys: &'a [ObjectId],
+    /// The `CKK_*` it generates.
+    pub key_type: Option<u64>,
+    /// Its parameters.
+    pub params: &'a P,
+}
+
+impl<'a, P: Serialize> Ask<'a, P> {
+    /// `op` with `params` on `token`, touching no particular key.
+    pub fn new(op: GuardedOp, token: Option<TokenId>, params: &'a P) -> Self {
+        Self {
+            op,
+            token,
+            keys: &[],
+            key_type: None,
+            params,
+        }
+    }
+
+    /// The same, on the objects `keys`.
+    #[must_use]
+    pub fn on_keys(self, keys: &'a [ObjectId]) -> Self {
+        Self { keys, ..self }
+    }
+
+    /// The same, making a key of type `key_type`.
+    #[must_use]
+    pub fn making(self, key_type: Option<u64>) -> Self {
+        Self { key_type, ..self }
+    }
+}
+
+/// Checks whether `ask` is under quorum control. Not guarded: `None`. Guarded with an approved
+/// request of this requester for exactly these parameters: that request, under which the
+/// caller then commits its change ([`Guard::guarded`]) or, when it writes nothing, consumes it
+/// first ([`Guard::consume`]). Else a request is opened (or the open one found) and the call
+/// fails with `ApprovalRequired`, naming it (`description` says what it is for).
 ///
 /// # Errors
 /// `ApprovalRequired`; Raft errors.
-#[allow(clippy::too_many_arguments)]
-pub async fn guard(
+pub async fn guard<P: Serialize>(
     ctx: &NodeCtx,
     peer: &PeerIdentity,
-    op: GuardedOp,
-    token: Option<TokenId>,
-    keys: &[ObjectId],
-    key_type: Option<u64>,
-    params: &impl Serialize,
+    ask: Ask<'_, P>,
     description: impl FnOnce() -> String,
 ) -> Result<Option<Guard>> {
+    let Ask {
+        op,
+        token,
+        keys,
+        key_type,
+        params,
+    } = ask;
     if !ctx.svc.state.has_policies() {
         return Ok(None);
     }
@@ -536,20 +572,6 @@ pub async fn guard(
     ))
 }
 
-/// The services' context for an operation [`guard`] allowed: the plain one when the operation is
-/// not guarded, else one whose first write consumes the approval ([`Guard::ctx`]).
-#[must_use]
-pub fn svc_for(svc: &service::Ctx, guard: Option<&Guard>) -> service::Ctx {
-    match guard {
-        Some(g) => g.ctx(svc),
-        None => service::Ctx {
-            state: svc.state.clone(),
-            pool: svc.pool.clone(),
-            replicator: svc.replicator.clone(),
-        },
-    }
-}
-
 impl Guard {
     /// `cmd` under this approval: the state applies it only while the approval is approved
     /// and unconsumed for this requester and these parameters, and consumes it in the same
@@ -562,20 +584,6 @@ impl Guard {
             params_hash: self.params_hash,
             now_ms: self.now_ms,
             inner: Box::new(cmd),
-        }
-    }
-
-    /// The services' context whose first write consumes this approval in the same log entry.
-    #[must_use]
-    pub fn ctx(&self, svc: &service::Ctx) -> service::Ctx {
-        service::Ctx {
-            state: svc.state.clone(),
-            pool: svc.pool.clone(),
-            replicator: Arc::new(GuardedReplicator {
-                inner: svc.replicator.clone(),
-                guard: self.clone(),
-                used: AtomicBool::new(false),
-            }),
         }
     }
 
@@ -593,21 +601,6 @@ impl Guard {
         }))
         .await?;
         Ok(())
-    }
-}
-
-struct GuardedReplicator {
-    inner: Arc<dyn Replicator>,
-    guard: Guard,
-    used: AtomicBool,
-}
-
-impl Replicator for GuardedReplicator {
-    fn write(&self, cmd: Command) -> BoxFuture<'_, Result<(CommandResult, u64)>> {
-        if self.used.swap(true, Ordering::AcqRel) {
-            return self.inner.write(cmd);
-        }
-        self.inner.write(self.guard.guarded(cmd))
     }
 }
 
@@ -816,7 +809,11 @@ fn check_terminal_peer(t: &crate::governance::Terminal, peer: &PeerIdentity) -> 
 ///
 /// # Errors
 /// A malformed key, the state's refusals, Raft errors.
-pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo) -> Result<()> {
+pub async fn add_terminal(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    info: TerminalInfo,
+) -> Result<Governed> {
     match &info.key {
         TerminalKey::Rsa { n, e } => {
             if n.len() < 256 || n.len() > 512 || e.is_empty() || e.len() > 8 {
@@ -850,7 +847,7 @@ pub async fn add_terminal(ctx: &NodeCtx, peer: &PeerIdentity, info: TerminalInfo
         )
     })
     .await?;
-    write_governed(ctx, g.as_ref(), GovCommand::AddTerminal(info)).await
+    Ok(governed(g, GovCommand::AddTerminal(info)))
 }
 
 /// Terminals.

@@ -36,8 +36,8 @@ use tokio::sync::Semaphore;
 
 use crate::config::Security;
 use crate::error::{NodeError, Result};
-use crate::service::NodeCtx;
 use crate::service::Session;
+use crate::service::{NodeCtx, Plan};
 use crate::state::{Command, CommandResult, PinHash, Token, MAX_LABEL_LEN};
 
 /// Shortest PIN accepted (bytes).
@@ -462,7 +462,7 @@ pub async fn verify_grant(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
 ///
 /// # Errors
 /// `UserNotLoggedIn` without an SO session; `PinLenRange`; Raft errors.
-pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<()> {
+pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<Plan<()>> {
     let session = verify_grant(ctx, auth).await?;
     if session.user != Some(UserType::So) {
         return Err(refuse(
@@ -472,15 +472,16 @@ pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<()> {
     }
     check_pin_len(pin)?;
     let hash = ctx.pins.hash(pin).await?;
-    ctx.write(Command::SetPin {
-        token: auth.token,
+    let (token, failures) = (auth.token, ctx.local_failures.clone());
+    let cmd = Command::SetPin {
+        token,
         user: UserType::User,
         pin: hash,
-    })
-    .await?;
-    ctx.local_failures.clear(auth.token, UserType::User);
-    tracing::info!(token = %auth.token, "user PIN initialised");
-    Ok(())
+    };
+    Ok(Plan::write(cmd, ()).on_commit(move || {
+        failures.clear(token, UserType::User);
+        tracing::info!(%token, "user PIN initialised");
+    }))
 }
 
 /// `C_SetPIN`: changes the logged-in user's own PIN (the user PIN in a public session, as
@@ -488,21 +489,27 @@ pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<()> {
 ///
 /// # Errors
 /// The errors of the PIN check for `old_pin`; `PinLenRange` for `new_pin`; Raft errors.
-pub async fn set_pin(ctx: &NodeCtx, auth: &Auth, old_pin: &Secret, new_pin: &Secret) -> Result<()> {
+pub async fn set_pin(
+    ctx: &NodeCtx,
+    auth: &Auth,
+    old_pin: &Secret,
+    new_pin: &Secret,
+) -> Result<Plan<()>> {
     let session = verify_grant(ctx, auth).await?;
     let user = session.user.unwrap_or(UserType::User);
     check_pin_len(new_pin)?;
     let token = token_of(ctx, auth.token)?;
     check_pin(ctx, &token, user, old_pin).await?;
     let hash = ctx.pins.hash(new_pin).await?;
-    ctx.write(Command::SetPin {
-        token: auth.token,
+    let token = auth.token;
+    let cmd = Command::SetPin {
+        token,
         user,
         pin: hash,
-    })
-    .await?;
-    tracing::info!(token = %auth.token, ?user, "PIN changed");
-    Ok(())
+    };
+    Ok(Plan::write(cmd, ()).on_commit(move || {
+        tracing::info!(%token, ?user, "PIN changed");
+    }))
 }
 
 /// `C_InitToken`: with the SO PIN, relabels the token, drops its user PIN and objects and voids
@@ -510,7 +517,12 @@ pub async fn set_pin(ctx: &NodeCtx, auth: &Auth, old_pin: &Secret, new_pin: &Sec
 ///
 /// # Errors
 /// `ArgumentsBad` for a bad label; the errors of the SO PIN check; Raft errors.
-pub async fn init_token(ctx: &NodeCtx, token: TokenId, so_pin: &Secret, label: &str) -> Result<()> {
+pub async fn init_token(
+    ctx: &NodeCtx,
+    token: TokenId,
+    so_pin: &Secret,
+    label: &str,
+) -> Result<Plan<()>> {
     check_label(label)?;
     let t = token_of(ctx, token)?;
     if let Some(other) = ctx.svc.state.token_by_label(label) {
@@ -522,14 +534,15 @@ pub async fn init_token(ctx: &NodeCtx, token: TokenId, so_pin: &Secret, label: &
         }
     }
     check_pin(ctx, &t, UserType::So, so_pin).await?;
-    ctx.write(Command::InitToken {
+    let failures = ctx.local_failures.clone();
+    let cmd = Command::InitToken {
         token,
         label: label.to_owned(),
-    })
-    .await?;
-    ctx.local_failures.clear(token, UserType::User);
-    tracing::info!(%token, "token initialised");
-    Ok(())
+    };
+    Ok(Plan::write(cmd, ()).on_commit(move || {
+        failures.clear(token, UserType::User);
+        tracing::info!(%token, "token initialised");
+    }))
 }
 
 /// The session MAC key: `HMAC-SHA-256(session secret, "cloudkey session mac v1")`, computed in a

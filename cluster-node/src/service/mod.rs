@@ -10,8 +10,16 @@
 //! * [`mechanism`]: which `CKM_*` numbers the cluster supports and how each maps onto a chip
 //!   mechanism; the vendor SM2/SM3/SM4 numbers (from [`cloudkey_protocol::vendor`]).
 //!
-//! Writes go through a [`Replicator`] (Raft in the node, an in-memory applier in tests) and are
-//! acknowledged only once committed; reads and key use are served from the applied [`State`].
+//! The services write nothing themselves for the requests that change the state (object and key
+//! writes, init-token, PINs, token deletion and unlock, governance changes): the function that
+//! serves one checks it, does its chip work and returns a [`Plan`] (the one [`Command`] to
+//! commit and the answer). What still writes on its own: a login's outcome (part of the PIN
+//! check), cluster init and membership, token creation (its answer is the applied result),
+//! approvals, rejections, the TMK flow, a guard's proposal and consumption, and the audit task. The handler commits the plan once ([`Plan::commit`]),
+//! wrapped in the request's quorum guard when it has one ([`gov::Guard::guarded`]), so the
+//! approval is consumed by the same log entry as the change. Writes go through a [`Replicator`]
+//! (Raft in the node, an in-memory applier in tests) and are acknowledged only once committed;
+//! reads and key use are served from the applied [`State`].
 //!
 //! # Where security attributes are enforced
 //! Every key use is checked twice: first by the node against the object's *replicated record*
@@ -102,7 +110,7 @@ pub struct NodeCtx {
     /// PIN hashing.
     pub pins: PinHasher,
     /// Wrong PINs not yet counted cluster-wide.
-    pub local_failures: LocalFailures,
+    pub local_failures: Arc<LocalFailures>,
     /// Limits and deadlines.
     pub limits: Limits,
     /// Login settings.
@@ -155,7 +163,7 @@ impl NodeCtx {
             svc,
             domain,
             pins: PinHasher::new(&config.security)?,
-            local_failures: LocalFailures::default(),
+            local_failures: Arc::default(),
             limits: config.limits,
             security: config.security,
             init_running: AtomicBool::new(false),
@@ -280,12 +288,75 @@ pub fn chip_error_code(e: &ChipError) -> ErrorCode {
     }
 }
 
-/// Commits `cmd` and turns a refusal by the state into a [`NodeError::Refused`].
-///
-/// # Errors
-/// The replicator's error, or the refusal with the code the state gave.
-pub(crate) async fn commit(ctx: &Ctx, cmd: Command) -> Result<u64> {
-    ctx.write(cmd).await.map(|(_, index)| index)
+/// What a service asks the handler to commit for a request, and what the request answers once
+/// it is committed. A service does its checks and its chip work, then returns a plan; it writes
+/// nothing itself. The handler commits the plan's command once, in one log entry, wrapped in a
+/// quorum guard when the request runs under an approval ([`gov::Guard::guarded`]).
+#[must_use = "a plan does nothing until the handler commits it"]
+pub struct Plan<T> {
+    /// The one command to commit; `None` when the request changes nothing (a `C_SetAttributeValue`
+    /// that sets every attribute to the value it has), so nothing is written.
+    pub command: Option<Command>,
+    /// The answer, valid once the command is committed.
+    pub answer: T,
+    /// What to do once the command is committed (the service's log line).
+    committed: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for Plan<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("command", &self.command)
+            .field("answer", &self.answer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Plan<T> {
+    /// Commit `command`, then answer `answer`.
+    pub fn write(command: Command, answer: T) -> Self {
+        Self {
+            command: Some(command),
+            answer,
+            committed: None,
+        }
+    }
+
+    /// Nothing to commit: answer `answer` at once.
+    pub fn nothing(answer: T) -> Self {
+        Self {
+            command: None,
+            answer,
+            committed: None,
+        }
+    }
+
+    /// Runs `f` (the service's log line, what it forgets locally) once the command is committed,
+    /// and not if committing fails.
+    pub fn on_commit(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.committed = Some(Box::new(f));
+        self
+    }
+
+    /// Commits the plan, its command as it is or, under `guard`, as `guard.guarded(command)`:
+    /// the approval is consumed by the same log entry as the change. A plan with no command
+    /// writes nothing and consumes nothing. This is the one place a service's plan is written.
+    ///
+    /// # Errors
+    /// The replicator's error, or the state's refusal (a guarded command whose approval is gone).
+    pub async fn commit(self, ctx: &Ctx, guard: Option<&gov::Guard>) -> Result<T> {
+        if let Some(cmd) = self.command {
+            let cmd = match guard {
+                Some(g) => g.guarded(cmd),
+                None => cmd,
+            };
+            ctx.write(cmd).await?;
+            if let Some(log) = self.committed {
+                log();
+            }
+        }
+        Ok(self.answer)
+    }
 }
 
 impl Ctx {
@@ -332,6 +403,101 @@ pub(crate) mod testkit {
                 })
                 .map_err(|_| NodeError::Internal("replicator lock poisoned".into()));
             Box::pin(async move { applied })
+        }
+    }
+
+    /// The write services as the tests call them: each plans, then commits its plan unguarded
+    /// as the handler does, and answers what the handler would.
+    pub mod committed {
+        use cloudkey_protocol::msg::{Attribute, Mechanism, ObjectId};
+
+        use crate::service::{keys, objects, Ctx, Session};
+        use crate::Result;
+
+        pub async fn create_object(ctx: &Ctx, s: Session, t: &[Attribute]) -> Result<ObjectId> {
+            objects::create_object(ctx, s, t)
+                .await?
+                .commit(ctx, None)
+                .await
+        }
+
+        pub async fn copy_object(
+            ctx: &Ctx,
+            s: Session,
+            object: ObjectId,
+            t: &[Attribute],
+        ) -> Result<ObjectId> {
+            objects::copy_object(ctx, s, object, t)
+                .await?
+                .commit(ctx, None)
+                .await
+        }
+
+        pub async fn destroy_object(ctx: &Ctx, s: Session, object: ObjectId) -> Result<()> {
+            objects::destroy_object(ctx, s, object)
+                .await?
+                .commit(ctx, None)
+                .await
+        }
+
+        pub async fn set_attributes(
+            ctx: &Ctx,
+            s: Session,
+            object: ObjectId,
+            t: &[Attribute],
+        ) -> Result<()> {
+            objects::set_attributes(ctx, s, object, t)
+                .await?
+                .commit(ctx, None)
+                .await
+        }
+
+        pub async fn generate_key(
+            ctx: &Ctx,
+            s: Session,
+            m: &Mechanism,
+            t: &[Attribute],
+        ) -> Result<ObjectId> {
+            keys::generate_key(ctx, s, m, t)
+                .await?
+                .commit(ctx, None)
+                .await
+        }
+
+        pub async fn generate_key_pair(
+            ctx: &Ctx,
+            s: Session,
+            m: &Mechanism,
+            public: &[Attribute],
+            private: &[Attribute],
+        ) -> Result<(ObjectId, ObjectId)> {
+            let plan = keys::generate_key_pair(ctx, s, m, public, private).await?;
+            plan.commit(ctx, None).await
+        }
+
+        pub async fn unwrap_key(
+            ctx: &Ctx,
+            s: Session,
+            unwrapping_key: ObjectId,
+            m: &Mechanism,
+            wrapped: Vec<u8>,
+            t: &[Attribute],
+        ) -> Result<ObjectId> {
+            let plan = keys::unwrap_key(ctx, s, unwrapping_key, m, wrapped, t).await?;
+            plan.commit(ctx, None).await
+        }
+
+        pub async fn derive_key(
+            ctx: &Ctx,
+            s: Session,
+            base_key: ObjectId,
+            m: &Mechanism,
+            t: &[Attribute],
+        ) -> Result<ObjectId> {
+            keys::derive_key(ctx, s, base_key, m, t)
+                .await?
+                .commit(ctx, None)
+                .await
         }
     }
 

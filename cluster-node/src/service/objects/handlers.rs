@@ -11,7 +11,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::service::mechanism::KeyAlg;
-use crate::service::{commit, Ctx, Session};
+use crate::service::{Ctx, Plan, Session};
 use crate::state::{Command, ObjectRecord};
 use crate::Result;
 
@@ -48,8 +48,12 @@ pub(super) async fn import(
 /// `CKR_USER_NOT_LOGGED_IN` (see the module docs); `CKR_TEMPLATE_INCOMPLETE` without
 /// `CKA_CLASS`, a key type or required values; `CKR_ATTRIBUTE_VALUE_INVALID`,
 /// `CKR_ATTRIBUTE_TYPE_INVALID`, `CKR_ATTRIBUTE_READ_ONLY`, `CKR_TEMPLATE_INCONSISTENT`,
-/// `CKR_CURVE_NOT_SUPPORTED`; chip and replication errors.
-pub async fn create_object(ctx: &Ctx, s: Session, template: &[Attribute]) -> Result<ObjectId> {
+/// `CKR_CURVE_NOT_SUPPORTED`; chip errors. Replication errors come when the plan is committed.
+pub async fn create_object(
+    ctx: &Ctx,
+    s: Session,
+    template: &[Attribute],
+) -> Result<Plan<ObjectId>> {
     require_write(s, false)?;
     let tmpl = Template::parse(template)?;
     let class = tmpl
@@ -92,9 +96,11 @@ pub async fn create_object(ctx: &Ctx, s: Session, template: &[Attribute]) -> Res
         attrs,
         blob,
     };
-    commit(ctx, Command::PutObjects(vec![record])).await?;
-    tracing::info!(object = %id, token = %s.token, class, "object created");
-    Ok(id)
+    Ok(
+        Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
+            tracing::info!(object = %id, token = %s.token, class, "object created");
+        }),
+    )
 }
 
 /// An X.509 certificate (*Base* §4.6.3). `CKA_SUBJECT`, `CKA_ISSUER`, `CKA_SERIAL_NUMBER` and
@@ -439,7 +445,7 @@ pub async fn copy_object(
     s: Session,
     object: ObjectId,
     template: &[Attribute],
-) -> Result<ObjectId> {
+) -> Result<Plan<ObjectId>> {
     require_write(s, false)?;
     let original = lookup(ctx, s, &object, ErrorCode::ObjectHandleInvalid)?;
     let record = &original.record;
@@ -462,9 +468,11 @@ pub async fn copy_object(
         blob: record.blob.clone(),
     };
     require_write(s, is_private(&copy))?;
-    commit(ctx, Command::PutObjects(vec![copy])).await?;
-    tracing::info!(object = %id, original = %object, token = %s.token, "object copied");
-    Ok(id)
+    Ok(
+        Plan::write(Command::PutObjects(vec![copy]), id).on_commit(move || {
+            tracing::info!(object = %id, original = %object, token = %s.token, "object copied");
+        }),
+    )
 }
 
 /// The attribute changes a template asks of `record`, checked against the rules for
@@ -509,7 +517,7 @@ pub(super) fn changes(
 /// # Errors
 /// `CKR_OBJECT_HANDLE_INVALID`, `CKR_USER_NOT_LOGGED_IN`, `CKR_ACTION_PROHIBITED` when
 /// `CKA_DESTROYABLE` is false.
-pub async fn destroy_object(ctx: &Ctx, s: Session, object: ObjectId) -> Result<()> {
+pub async fn destroy_object(ctx: &Ctx, s: Session, object: ObjectId) -> Result<Plan<()>> {
     require_write(s, false)?;
     let o = lookup(ctx, s, &object, ErrorCode::ObjectHandleInvalid)?;
     require_write(s, is_private(&o.record))?;
@@ -519,9 +527,11 @@ pub async fn destroy_object(ctx: &Ctx, s: Session, object: ObjectId) -> Result<(
             format!("object {object} is not destroyable"),
         ));
     }
-    commit(ctx, Command::DestroyObject(object)).await?;
-    tracing::info!(%object, token = %s.token, "object destroyed");
-    Ok(())
+    Ok(
+        Plan::write(Command::DestroyObject(object), ()).on_commit(move || {
+            tracing::info!(%object, token = %s.token, "object destroyed");
+        }),
+    )
 }
 
 /// `C_GetAttributeValue` (*Base* §5.7): one answer per type, in order: the value, `Sensitive`
@@ -565,7 +575,7 @@ pub async fn set_attributes(
     s: Session,
     object: ObjectId,
     template: &[Attribute],
-) -> Result<()> {
+) -> Result<Plan<()>> {
     require_write(s, false)?;
     let o = lookup(ctx, s, &object, ErrorCode::ObjectHandleInvalid)?;
     require_write(s, is_private(&o.record))?;
@@ -579,10 +589,12 @@ pub async fn set_attributes(
     // Only real changes are written, so two concurrent one-way changes cannot undo each other.
     let attrs = changes(s, &o.record, &tmpl, false)?;
     if attrs.is_empty() {
-        return Ok(());
+        return Ok(Plan::nothing(()));
     }
-    commit(ctx, Command::SetAttributes { id: object, attrs }).await?;
-    Ok(())
+    Ok(Plan::write(
+        Command::SetAttributes { id: object, attrs },
+        (),
+    ))
 }
 
 /// `C_FindObjects*` (*Base* §5.7): the session's visible objects whose attributes equal every

@@ -6,6 +6,9 @@ use cloudkey_protocol::ErrorCode;
 
 use super::*;
 use crate::service::mechanism::{KeyAlg, P256_OID_DER};
+use crate::service::testkit::committed::{
+    copy_object, create_object, destroy_object, set_attributes,
+};
 use crate::service::testkit::{fixture, Fixture};
 use crate::service::{Ctx, Session};
 use crate::{NodeError, Result};
