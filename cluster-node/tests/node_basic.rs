@@ -586,3 +586,70 @@ async fn raw_connection(pki: &Pki, addr: SocketAddr) -> quinn::Connection {
     endpoint.set_default_client_config(config);
     endpoint.connect(addr, SERVER_NAME).unwrap().await.unwrap()
 }
+
+/// Streams that announce the largest frame and then send nothing hold the node's whole request
+/// memory budget (`REQUEST_MEMORY`, 64 × `MAX_FRAME`). The next request must be refused at once
+/// with the `OVERLOADED` reset code, which the client retries elsewhere, instead of waiting out
+/// the read deadline and being reset `MALFORMED` (which the client does not retry); and once
+/// the budget is free again the node serves as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_request_memory_budget_is_answered_overloaded_at_once() {
+    let root = tempfile::tempdir().unwrap();
+    let pki = Pki::mint();
+    let config = root.path().join("node.toml");
+    std::fs::write(&config, node_config(root.path(), &pki, 1, "node-1")).unwrap();
+    let node = Node::start(&config);
+    let raw = raw_connection(&pki, node.addr).await;
+    let status = frame::encode(&ClientRequest {
+        version: PROTOCOL_VERSION,
+        min_applied: 0,
+        request: Request::Status,
+    })
+    .unwrap();
+    let r = raw_exchange(&raw, &status).await.unwrap();
+    assert!(matches!(r.result, Ok(Response::Status(_))), "{r:?}");
+
+    let budget_frames = cloudkey_node::server::REQUEST_MEMORY / MAX_FRAME;
+    let announce = u32::try_from(MAX_FRAME).unwrap().to_be_bytes();
+    let mut holders = Vec::new();
+    for _ in 0..budget_frames {
+        let (mut send, recv) = raw.open_bi().await.unwrap();
+        send.write_all(&announce).await.unwrap();
+        holders.push((send, recv));
+    }
+    // The holders' prefixes reach the node in their own time: ask until it refuses, and
+    // check how it refuses.
+    let refused = wait_for("a refusal", Duration::from_secs(20), || {
+        let raw = raw.clone();
+        let status = status.clone();
+        async move {
+            let started = Instant::now();
+            match raw_exchange(&raw, &status).await {
+                Err(e) => Some((e, started.elapsed())),
+                Ok(_) => None,
+            }
+        }
+    })
+    .await
+    .expect("the node kept answering with its memory budget exhausted");
+    let (error, took) = refused;
+    let overloaded = format!("error {}", frame::reset::OVERLOADED);
+    assert!(error.contains(&overloaded), "refused as {error:?}");
+    assert!(took < Duration::from_secs(5), "refused only after {took:?}");
+
+    for (mut send, _) in holders {
+        let _ = send.reset(quinn::VarInt::from_u32(0));
+    }
+    let served = wait_for("an answer", Duration::from_secs(20), || {
+        let raw = raw.clone();
+        let status = status.clone();
+        async move { raw_exchange(&raw, &status).await.ok() }
+    })
+    .await
+    .expect("the node did not serve again once the budget was free");
+    assert!(
+        matches!(served.result, Ok(Response::Status(_))),
+        "{served:?}"
+    );
+    drop(node);
+}
