@@ -152,32 +152,15 @@ pub(crate) mod tests {
     use std::path::Path;
     use std::time::Instant;
 
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-        SanType,
-    };
-
     use super::*;
 
     /// Writes a CA and a client certificate (as `cloudkey pki` makes them) into `dir`.
     pub(crate) fn write_pki(dir: &Path) {
-        let ca_key = KeyPair::generate().expect("CA key");
-        let mut ca = CertificateParams::default();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_cert = ca.self_signed(&ca_key).expect("CA");
-        let key = KeyPair::generate().expect("key");
-        let mut leaf = CertificateParams::default();
-        leaf.subject_alt_names.push(SanType::URI(
-            "cloudkey://client/app".try_into().expect("uri"),
-        ));
-        leaf.extended_key_usages
-            .push(ExtendedKeyUsagePurpose::ClientAuth);
-        let cert = leaf
-            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
-            .expect("leaf");
-        std::fs::write(dir.join("ca.pem"), ca_cert.pem()).expect("write");
-        std::fs::write(dir.join("app.pem"), cert.pem()).expect("write");
-        std::fs::write(dir.join("app.key"), key.serialize_pem()).expect("write");
+        let pki = cloudkey_test_support::TestPki::new("test CA");
+        let app = pki.client("app");
+        std::fs::write(dir.join("ca.pem"), pki.ca_pem()).expect("write");
+        std::fs::write(dir.join("app.pem"), &app.cert_pem).expect("write");
+        std::fs::write(dir.join("app.key"), &app.key_pem).expect("write");
     }
 
     #[test]

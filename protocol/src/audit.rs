@@ -682,10 +682,6 @@ mod tests {
     use aws_lc_rs::signature::{
         EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED_SIGNING,
     };
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
 
     use super::*;
 
@@ -696,28 +692,14 @@ mod tests {
         leaf_pkcs8: Vec<u8>,
     }
 
+    /// A test CA and a leaf certificate for `uri` from it.
     fn pki(uri: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::default();
-        ca.distinguished_name.push(DnType::CommonName, "test CA");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::default();
-        leaf.distinguished_name.push(DnType::CommonName, uri);
-        leaf.subject_alt_names = vec![SanType::URI(uri.try_into().unwrap())];
-        leaf.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let issuer = Issuer::from_params(&ca, &ca_key);
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let ca = cloudkey_test_support::TestPki::new("test CA");
+        let leaf = ca.issue(&cloudkey_test_support::LeafSpec::uris(&[uri]).server());
         Pki {
-            ca_pem: ca_cert.pem(),
-            leaf_der: leaf_cert.der().to_vec(),
-            leaf_pkcs8: leaf_key.serialize_der(),
+            ca_pem: ca.ca_pem().to_owned(),
+            leaf_der: leaf.cert_der,
+            leaf_pkcs8: leaf.key_der,
         }
     }
 
