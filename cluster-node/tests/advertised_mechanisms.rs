@@ -2,12 +2,14 @@
 //! module advertises it for: each (mechanism, flag) of `cloudkey_pkcs11::advertised()` goes
 //! through the node's mechanism resolution (`service::mechanism`), and the key type the
 //! module expects is the one the node uses. A mechanism added to the module's table without
-//! the node, or dropped from the node while the module still offers it, fails here.
+//! the node, or dropped from the node while the module still offers it, fails here. So does a
+//! signature length the module states (and answers size queries with) that is not the length
+//! the node produces.
 
 use cloudkey_node::service::mechanism::{
     ecdh_peer_point, key_gen, CipherOp, KeyAlg, PairGen, SignOp, WrapOp,
 };
-use cloudkey_pkcs11::{advertised, Advertised};
+use cloudkey_pkcs11::{advertised, Advertised, SignatureLen};
 use cloudkey_protocol::ck;
 use cloudkey_protocol::msg::MechParam;
 
@@ -27,6 +29,40 @@ fn same_key(m: &Advertised, op: &str, node: KeyAlg) -> Result<(), String> {
     }
 }
 
+/// Checks the signature length the module states against the node's, for every key size the
+/// module advertises the mechanism for (bits for RSA and EC, bytes for secret keys; stepping by
+/// 8 walks every RSA modulus length in bytes and the AES key sizes). The node reads the modulus
+/// length only for RSA.
+fn same_len(m: &Advertised, op: SignOp) -> Result<(), String> {
+    let Some(stated) = m.signature_len else {
+        return Err(format!(
+            "0x{:x}: advertised for signing without a signature length",
+            m.ckm
+        ));
+    };
+    let wrong: Vec<String> = (m.min_key_size..=m.max_key_size)
+        .step_by(8)
+        .filter_map(|size| {
+            let modulus = usize::try_from(size / 8).expect("a key size fits usize");
+            let module = match stated {
+                SignatureLen::Fixed(len) => len,
+                SignatureLen::Modulus => modulus,
+            };
+            let node = op.signature_len(modulus);
+            (module != node).then(|| format!("key size {size}: module {module}, node {node}"))
+        })
+        .collect();
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "0x{:x}: signature length {stated:?} is not the node's: {}",
+            m.ckm,
+            wrong.join(", ")
+        ))
+    }
+}
+
 /// Every operation `m` is advertised for, resolved by the node; the failures.
 fn check(m: &Advertised) -> Vec<String> {
     let mut bad = Vec::new();
@@ -40,10 +76,13 @@ fn check(m: &Advertised) -> Vec<String> {
     };
     let has = |f: u64| m.flags & f != 0;
     if has(ck::CKF_SIGN | ck::CKF_VERIFY) {
-        note(match SignOp::of(m.ckm) {
-            Ok(op) => same_key(m, "sign/verify", op.key_alg()),
-            Err(e) => refused("sign/verify", &e),
-        });
+        match SignOp::of(m.ckm) {
+            Ok(op) => {
+                note(same_key(m, "sign/verify", op.key_alg()));
+                note(same_len(m, op));
+            }
+            Err(e) => note(refused("sign/verify", &e)),
+        }
     }
     if has(ck::CKF_ENCRYPT | ck::CKF_DECRYPT) {
         note(match CipherOp::of(m.ckm) {
@@ -148,4 +187,52 @@ fn the_check_fails_for_a_mechanism_the_node_does_not_know() {
         ..rsa_pkcs
     };
     assert_eq!(check(&wrong_key).len(), 1, "{:?}", check(&wrong_key));
+}
+
+#[test]
+fn the_check_fails_for_a_signature_length_the_node_does_not_produce() {
+    let find = |ckm| {
+        advertised()
+            .into_iter()
+            .find(|m| m.ckm == ckm)
+            .expect("advertised for signing")
+    };
+    let (rsa, cmac, hmac) = (
+        find(ck::CKM_RSA_PKCS),
+        find(ck::CKM_AES_CMAC),
+        find(ck::CKM_SHA384_HMAC),
+    );
+    assert_eq!(rsa.signature_len, Some(SignatureLen::Modulus));
+    assert_eq!(cmac.signature_len, Some(SignatureLen::Fixed(16)));
+    assert_eq!(hmac.signature_len, Some(SignatureLen::Fixed(48)));
+    for m in [rsa, cmac, hmac] {
+        assert!(check(&m).is_empty(), "{:?}", check(&m));
+    }
+    // A fixed length for RSA is right for one modulus only; a MAC one byte longer or another
+    // hash's length is wrong for every key; a signer without a length is caught too.
+    let cases = [
+        Advertised {
+            signature_len: Some(SignatureLen::Fixed(256)),
+            ..rsa
+        },
+        Advertised {
+            signature_len: Some(SignatureLen::Fixed(17)),
+            ..cmac
+        },
+        Advertised {
+            signature_len: Some(SignatureLen::Modulus),
+            ..cmac
+        },
+        Advertised {
+            signature_len: Some(SignatureLen::Fixed(32)),
+            ..hmac
+        },
+        Advertised {
+            signature_len: None,
+            ..hmac
+        },
+    ];
+    for m in cases {
+        assert_eq!(check(&m).len(), 1, "{m:?}: {:?}", check(&m));
+    }
 }

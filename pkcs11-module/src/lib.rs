@@ -58,4 +58,4 @@ mod testing;
 mod tests;
 
 pub use error::Ckr;
-pub use mechanism::{advertised, Advertised, VendorNumbers};
+pub use mechanism::{advertised, Advertised, SignatureLen, VendorNumbers};

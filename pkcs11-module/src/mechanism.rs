@@ -475,6 +475,19 @@ pub struct Advertised {
     pub key_type: Option<u64>,
     /// True for the digests the module computes itself (the cluster is never asked).
     pub local: bool,
+    /// The length of a signature or MAC, for the mechanisms advertised for signing (`None`
+    /// for the others): what the module answers to a size query (`C_Sign` with a null
+    /// buffer) without asking the cluster, so it must be the length the cluster produces.
+    pub signature_len: Option<SignatureLen>,
+}
+
+/// How long a mechanism's signatures or MACs are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignatureLen {
+    /// Always this many bytes, whatever the key.
+    Fixed(usize),
+    /// As long as the RSA key's modulus.
+    Modulus,
 }
 
 /// Every mechanism the module advertises, in the order of `C_GetMechanismList`.
@@ -491,6 +504,7 @@ pub fn advertised() -> Vec<Advertised> {
                 max_key_size: info.ulMaxKeySize,
                 key_type: s.family.key_type(),
                 local: s.digest.is_some(),
+                signature_len: s.sign.and(s.signature_length()),
             }
         })
         .collect()
@@ -518,18 +532,27 @@ impl Spec {
     /// The signature length for a key whose modulus (RSA) is `modulus_len` bytes; `None` when
     /// unknown.
     pub(crate) fn signature_len(&self, modulus_len: Option<usize>) -> Option<usize> {
-        match self.family {
-            Family::Ec | Family::Sm2 => Some(64),
-            Family::Rsa => modulus_len,
-            Family::Generic => Some(match self.ckm {
+        match self.signature_length()? {
+            SignatureLen::Fixed(len) => Some(len),
+            SignatureLen::Modulus => modulus_len,
+        }
+    }
+
+    /// The signature length by family (and HMAC hash), as [`Advertised::signature_len`]
+    /// states it; `None` for the families that do not sign.
+    fn signature_length(&self) -> Option<SignatureLen> {
+        Some(match self.family {
+            Family::Ec | Family::Sm2 => SignatureLen::Fixed(64),
+            Family::Rsa => SignatureLen::Modulus,
+            Family::Generic => SignatureLen::Fixed(match self.ckm {
                 ck::CKM_SHA384_HMAC => 48,
                 ck::CKM_SHA512_HMAC => 64,
                 _ => 32,
             }),
             // The AES signers are MACs of one block (CKM_AES_CMAC).
-            Family::Aes => Some(16),
-            _ => None,
-        }
+            Family::Aes => SignatureLen::Fixed(16),
+            Family::Sm4 | Family::None => return None,
+        })
     }
 }
 

@@ -1,6 +1,8 @@
 //! Using loaded keys and caller-supplied public keys: sign, verify, encrypt, decrypt, wrap,
 //! unwrap and ECDH derivation, each dispatching to the key's algorithm family.
 
+use std::sync::Arc;
+
 use aws_lc_rs::agreement;
 use aws_lc_rs::constant_time;
 use aws_lc_rs::signature::{self, ParsedPublicKey};
@@ -8,7 +10,9 @@ use aws_lc_rs::signature::{self, ParsedPublicKey};
 use sm3::{Digest as _, Sm3};
 use zeroize::Zeroizing;
 
-use super::blob::{check_spec, mismatch, usage_derived, usage_imported, KeyMaterial, Origin};
+use super::blob::{
+    check_spec, mismatch, usage_derived, usage_imported, KeyMaterial, LoadedKey, Origin,
+};
 use super::ec::ecdsa_digest;
 use super::rsa::{rsa_encrypt_oaep, rsa_verify};
 use super::sm2::{sm2_e, sm2_encrypt, sm2_point_bytes, sm2_public, sm2_verify_prehash};
@@ -29,24 +33,36 @@ pub(super) fn verify_public(
     data: &[u8],
     sig: &[u8],
 ) -> Result<()> {
-    match (public, mech) {
-        (PublicKey::EcP256(point), SignMech::Ecdsa) => {
-            let digest = ecdsa_digest(data)?;
-            let key = ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
-                .map_err(|_| ChipError::DataInvalid("not a P-256 public key".into()))?;
-            key.verify_digest_sig(&digest, sig)
-                .map_err(|_| ChipError::SignatureInvalid)
-        }
-        (PublicKey::Rsa { n, e }, SignMech::RsaPkcs1 | SignMech::RsaPss { .. }) => {
-            rsa_verify(n, e, mech, data, sig)
-        }
-        (PublicKey::Sm2(point), SignMech::Sm2 { user_id }) => {
-            let public = sm2_public(point)?;
-            let e = sm2_e(user_id, &sm2_point_bytes(public.as_affine()), data)?;
-            sm2_verify_prehash(point, &e, sig)
-        }
-        (PublicKey::Sm2(point), SignMech::Sm2Digest) => sm2_verify_prehash(point, data, sig),
-        (public, mech) => Err(mismatch(mech, public_type(public))),
+    let refuse = || Err(mismatch(mech, public_type(public)));
+    match mech {
+        SignMech::Ecdsa => match public {
+            PublicKey::EcP256(point) => {
+                let digest = ecdsa_digest(data)?;
+                let key = ParsedPublicKey::new(&signature::ECDSA_P256_SHA256_FIXED, point)
+                    .map_err(|_| ChipError::DataInvalid("not a P-256 public key".into()))?;
+                key.verify_digest_sig(&digest, sig)
+                    .map_err(|_| ChipError::SignatureInvalid)
+            }
+            _ => refuse(),
+        },
+        SignMech::RsaPkcs1 | SignMech::RsaPss { .. } => match public {
+            PublicKey::Rsa { n, e } => rsa_verify(n, e, mech, data, sig),
+            _ => refuse(),
+        },
+        SignMech::Sm2 { user_id } => match public {
+            PublicKey::Sm2(point) => {
+                let public = sm2_public(point)?;
+                let e = sm2_e(user_id, &sm2_point_bytes(public.as_affine()), data)?;
+                sm2_verify_prehash(point, &e, sig)
+            }
+            _ => refuse(),
+        },
+        SignMech::Sm2Digest => match public {
+            PublicKey::Sm2(point) => sm2_verify_prehash(point, data, sig),
+            _ => refuse(),
+        },
+        // Secret-key MACs: a public key cannot verify them.
+        SignMech::Hmac(_) | SignMech::AesCmac => refuse(),
     }
 }
 
@@ -55,12 +71,20 @@ pub(super) fn encrypt_public(
     mech: &CipherMech,
     data: &[u8],
 ) -> Result<Vec<u8>> {
-    match (public, mech) {
-        (PublicKey::Rsa { n, e }, CipherMech::RsaOaep { hash, label }) => {
-            rsa_encrypt_oaep(n, e, *hash, label, data)
+    let refuse = || Err(mismatch(mech, public_type(public)));
+    match mech {
+        CipherMech::RsaOaep { hash, label } => match public {
+            PublicKey::Rsa { n, e } => rsa_encrypt_oaep(n, e, *hash, label, data),
+            _ => refuse(),
+        },
+        CipherMech::Sm2 => match public {
+            PublicKey::Sm2(point) => sm2_encrypt(point, data),
+            _ => refuse(),
+        },
+        // Secret-key ciphers: a public key cannot encrypt with them.
+        CipherMech::AesGcm { .. } | CipherMech::AesCbc { .. } | CipherMech::Sm4Cbc { .. } => {
+            refuse()
         }
-        (PublicKey::Sm2(point), CipherMech::Sm2) => sm2_encrypt(point, data),
-        (public, mech) => Err(mismatch(mech, public_type(public))),
     }
 }
 
@@ -84,31 +108,53 @@ pub(super) fn wrap_cipher(mech: &WrapMech) -> Option<CipherMech> {
     }
 }
 
+/// The key [`SoftChip::wrap_key`] wraps with: a loaded key (its usage checked) or a public key
+/// given by the caller.
+enum Wrapping<'a> {
+    Loaded(Arc<LoadedKey>),
+    Public(&'a PublicKey),
+}
+
 impl SoftChip {
     pub(super) fn sign(&self, key: KeyId, mech: &SignMech, data: &[u8]) -> Result<Vec<u8>> {
         self.pause();
         let key = self.loaded(key)?;
         key.permit(KeyUsage::SIGN, "sign")?;
-        match (mech, &key.material) {
-            (SignMech::Ecdsa, KeyMaterial::EcP256(k)) => k.sign(data),
-            (SignMech::RsaPkcs1, KeyMaterial::Rsa(k)) => k.sign_pkcs1(data),
-            (SignMech::RsaPss { hash }, KeyMaterial::Rsa(k)) => k.sign_pss(*hash, data),
-            (SignMech::Sm2 { user_id }, KeyMaterial::Sm2(k)) => {
-                let z = k.z(user_id)?;
-                let e: [u8; 32] = Sm3::new()
-                    .chain_update(z)
-                    .chain_update(data)
-                    .finalize()
-                    .into();
-                k.sign_prehash(&e)
-            }
-            (SignMech::Sm2Digest, KeyMaterial::Sm2(k)) => k.sign_prehash(data),
-            (SignMech::Hmac(hash), _) => {
+        let refuse = || Err(mismatch(mech, key.spec.key_type));
+        match mech {
+            SignMech::Ecdsa => match &key.material {
+                KeyMaterial::EcP256(k) => k.sign(data),
+                _ => refuse(),
+            },
+            SignMech::RsaPkcs1 => match &key.material {
+                KeyMaterial::Rsa(k) => k.sign_pkcs1(data),
+                _ => refuse(),
+            },
+            SignMech::RsaPss { hash } => match &key.material {
+                KeyMaterial::Rsa(k) => k.sign_pss(*hash, data),
+                _ => refuse(),
+            },
+            SignMech::Sm2 { user_id } => match &key.material {
+                KeyMaterial::Sm2(k) => {
+                    let z = k.z(user_id)?;
+                    let e: [u8; 32] = Sm3::new()
+                        .chain_update(z)
+                        .chain_update(data)
+                        .finalize()
+                        .into();
+                    k.sign_prehash(&e)
+                }
+                _ => refuse(),
+            },
+            SignMech::Sm2Digest => match &key.material {
+                KeyMaterial::Sm2(k) => k.sign_prehash(data),
+                _ => refuse(),
+            },
+            SignMech::Hmac(hash) => {
                 let secret = key.secret(KeyType::GenericSecret, mech)?;
                 Ok(hmac_sign(*hash, &secret.value, data))
             }
-            (SignMech::AesCmac, _) => aes_cmac_sign(&key.secret(KeyType::Aes, mech)?.value, data),
-            (mech, _) => Err(mismatch(mech, key.spec.key_type)),
+            SignMech::AesCmac => aes_cmac_sign(&key.secret(KeyType::Aes, mech)?.value, data),
         }
     }
 
@@ -125,19 +171,26 @@ impl SoftChip {
             KeyRef::Loaded(id) => {
                 let key = self.loaded(*id)?;
                 key.permit(KeyUsage::VERIFY, "verify")?;
-                if let SignMech::Hmac(hash) = mech {
-                    let secret = key.secret(KeyType::GenericSecret, mech)?;
-                    let expected = hmac_sign(*hash, &secret.value, data);
-                    return constant_time::verify_slices_are_equal(&expected, signature)
-                        .map_err(|_| ChipError::SignatureInvalid);
-                }
-                if let SignMech::AesCmac = mech {
-                    let secret = key.secret(KeyType::Aes, mech)?;
-                    return aes_cmac_verify(&secret.value, data, signature);
-                }
-                match key.material.public() {
-                    Some(public) => verify_public(&public, mech, data, signature),
-                    None => Err(mismatch(mech, key.spec.key_type)),
+                match mech {
+                    SignMech::Hmac(hash) => {
+                        let secret = key.secret(KeyType::GenericSecret, mech)?;
+                        let expected = hmac_sign(*hash, &secret.value, data);
+                        constant_time::verify_slices_are_equal(&expected, signature)
+                            .map_err(|_| ChipError::SignatureInvalid)
+                    }
+                    SignMech::AesCmac => {
+                        let secret = key.secret(KeyType::Aes, mech)?;
+                        aes_cmac_verify(&secret.value, data, signature)
+                    }
+                    // Public-key signatures: verified with the key pair's public half.
+                    SignMech::Ecdsa
+                    | SignMech::RsaPkcs1
+                    | SignMech::RsaPss { .. }
+                    | SignMech::Sm2 { .. }
+                    | SignMech::Sm2Digest => match key.material.public() {
+                        Some(public) => verify_public(&public, mech, data, signature),
+                        None => Err(mismatch(mech, key.spec.key_type)),
+                    },
                 }
             }
         }
@@ -171,21 +224,25 @@ impl SoftChip {
         self.pause();
         let key = self.loaded(key)?;
         key.permit(KeyUsage::DECRYPT, "decrypt")?;
-        match (mech, &key.material) {
-            (CipherMech::AesGcm { iv, aad, tag_bits }, _) => {
+        let refuse = || Err(mismatch(mech, key.spec.key_type));
+        match mech {
+            CipherMech::AesGcm { iv, aad, tag_bits } => {
                 aes_gcm_decrypt(key.secret(KeyType::Aes, mech)?, iv, aad, *tag_bits, data)
             }
-            (CipherMech::AesCbc { iv, pad }, _) => {
+            CipherMech::AesCbc { iv, pad } => {
                 aes_cbc_decrypt(&key.secret(KeyType::Aes, mech)?.value, iv, *pad, data)
             }
-            (CipherMech::Sm4Cbc { iv, pad }, _) => {
+            CipherMech::Sm4Cbc { iv, pad } => {
                 sm4_cbc_decrypt(&key.secret(KeyType::Sm4, mech)?.value, iv, *pad, data)
             }
-            (CipherMech::RsaOaep { hash, label }, KeyMaterial::Rsa(k)) => {
-                Ok(k.decrypt_oaep(*hash, label, data)?.to_vec())
-            }
-            (CipherMech::Sm2, KeyMaterial::Sm2(k)) => Ok(k.decrypt(data)?.to_vec()),
-            (mech, _) => Err(mismatch(mech, key.spec.key_type)),
+            CipherMech::RsaOaep { hash, label } => match &key.material {
+                KeyMaterial::Rsa(k) => Ok(k.decrypt_oaep(*hash, label, data)?.to_vec()),
+                _ => refuse(),
+            },
+            CipherMech::Sm2 => match &key.material {
+                KeyMaterial::Sm2(k) => Ok(k.decrypt(data)?.to_vec()),
+                _ => refuse(),
+            },
         }
     }
 
@@ -197,13 +254,13 @@ impl SoftChip {
     ) -> Result<Vec<u8>> {
         self.pause();
         let target_key = self.loaded(target)?;
-        let wrapping_key = match wrapping {
+        let wrapping = match wrapping {
             KeyRef::Loaded(id) => {
                 let key = self.loaded(*id)?;
                 key.permit(KeyUsage::WRAP, "wrap")?;
-                Some(key)
+                Wrapping::Loaded(key)
             }
-            KeyRef::Public(_) => None,
+            KeyRef::Public(public) => Wrapping::Public(public),
         };
         if !target_key.usage.contains(KeyUsage::EXTRACTABLE) {
             return Err(ChipError::KeyNotExtractable(target));
@@ -213,27 +270,30 @@ impl SoftChip {
             ChipError::DataLenRange(m) => ChipError::KeySizeRange(format!("cannot wrap: {m}")),
             other => other,
         };
-        match (mech, wrapping, &wrapping_key) {
-            (WrapMech::AesKeyWrap | WrapMech::AesKeyWrapPad, _, Some(kek)) => {
-                let kek = kek.secret(KeyType::Aes, mech)?;
-                aes_wrap(&kek.value, *mech == WrapMech::AesKeyWrapPad, &material)
-            }
-            (WrapMech::AesKeyWrap | WrapMech::AesKeyWrapPad, _, None) => Err(
-                ChipError::KeyTypeInconsistent("AES key wrap needs a loaded AES key".into()),
-            ),
-            (WrapMech::RsaOaep { .. } | WrapMech::Sm2, KeyRef::Public(public), _) => {
+        match mech {
+            WrapMech::AesKeyWrap | WrapMech::AesKeyWrapPad => match &wrapping {
+                Wrapping::Loaded(kek) => {
+                    let kek = kek.secret(KeyType::Aes, mech)?;
+                    aes_wrap(&kek.value, *mech == WrapMech::AesKeyWrapPad, &material)
+                }
+                Wrapping::Public(_) => Err(ChipError::KeyTypeInconsistent(
+                    "AES key wrap needs a loaded AES key".into(),
+                )),
+            },
+            WrapMech::RsaOaep { .. } | WrapMech::Sm2 => {
                 let cipher = wrap_cipher(mech).ok_or_else(|| internal("wrap mechanism"))?;
-                encrypt_public(public, &cipher, &material).map_err(too_long)
+                match &wrapping {
+                    Wrapping::Public(public) => encrypt_public(public, &cipher, &material),
+                    Wrapping::Loaded(key) => {
+                        let public = key
+                            .material
+                            .public()
+                            .ok_or_else(|| mismatch(mech, key.spec.key_type))?;
+                        encrypt_public(&public, &cipher, &material)
+                    }
+                }
+                .map_err(too_long)
             }
-            (WrapMech::RsaOaep { .. } | WrapMech::Sm2, KeyRef::Loaded(_), Some(key)) => {
-                let cipher = wrap_cipher(mech).ok_or_else(|| internal("wrap mechanism"))?;
-                let public = key
-                    .material
-                    .public()
-                    .ok_or_else(|| mismatch(mech, key.spec.key_type))?;
-                encrypt_public(&public, &cipher, &material).map_err(too_long)
-            }
-            (mech, _, _) => Err(ChipError::MechanismInvalid(format!("{mech:?}"))),
         }
     }
 
@@ -249,21 +309,27 @@ impl SoftChip {
         let domain = self.domain_key()?;
         let key = self.loaded(unwrapping)?;
         key.permit(KeyUsage::UNWRAP, "unwrap")?;
-        let material = match (mech, &key.material) {
-            (WrapMech::AesKeyWrap | WrapMech::AesKeyWrapPad, _) => {
+        let refuse = || mismatch(mech, key.spec.key_type);
+        let material = match mech {
+            WrapMech::AesKeyWrap | WrapMech::AesKeyWrapPad => {
                 let kek = key.secret(KeyType::Aes, mech)?;
                 aes_unwrap(&kek.value, *mech == WrapMech::AesKeyWrapPad, wrapped)?
             }
-            (WrapMech::RsaOaep { hash, label }, KeyMaterial::Rsa(k)) => {
-                k.decrypt_oaep(*hash, label, wrapped).map_err(|e| match e {
-                    ChipError::EncryptedDataInvalid => ChipError::WrappedKeyInvalid,
-                    other => other,
-                })?
-            }
-            (WrapMech::Sm2, KeyMaterial::Sm2(k)) => k
-                .decrypt(wrapped)
-                .map_err(|_| ChipError::WrappedKeyInvalid)?,
-            (mech, _) => return Err(mismatch(mech, key.spec.key_type)),
+            WrapMech::RsaOaep { hash, label } => match &key.material {
+                KeyMaterial::Rsa(k) => {
+                    k.decrypt_oaep(*hash, label, wrapped).map_err(|e| match e {
+                        ChipError::EncryptedDataInvalid => ChipError::WrappedKeyInvalid,
+                        other => other,
+                    })?
+                }
+                _ => return Err(refuse()),
+            },
+            WrapMech::Sm2 => match &key.material {
+                KeyMaterial::Sm2(k) => k
+                    .decrypt(wrapped)
+                    .map_err(|_| ChipError::WrappedKeyInvalid)?,
+                _ => return Err(refuse()),
+            },
         };
         self.new_key(
             &domain,
