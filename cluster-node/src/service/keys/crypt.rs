@@ -18,19 +18,8 @@ pub async fn sign(
 ) -> Result<Vec<u8>> {
     let op = SignOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: secret_class(alg),
-            alg,
-            flag: ck::CKA_SIGN,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
+    let need = Need::key(secret_class(alg), alg, ck::CKA_SIGN, mechanism.ckm);
+    let key = usable(ctx, s, &key, &need)?;
     let (mech, data) = op.prepare(mechanism.ckm, &mechanism.param, input, true)?;
     Ok(ctx.pool.sign(pool_key(&key)?, mech, data).await?)
 }
@@ -51,19 +40,8 @@ pub async fn verify(
 ) -> Result<()> {
     let op = SignOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: open_class(alg),
-            alg,
-            flag: ck::CKA_VERIFY,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
+    let need = Need::key(open_class(alg), alg, ck::CKA_VERIFY, mechanism.ckm);
+    let key = usable(ctx, s, &key, &need)?;
     let want = op.signature_len(modulus_len(&key.record));
     if signature.len() != want {
         return Err(refuse(
@@ -94,19 +72,8 @@ pub async fn encrypt(
 ) -> Result<Vec<u8>> {
     let op = CipherOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: open_class(alg),
-            alg,
-            flag: ck::CKA_ENCRYPT,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
+    let need = Need::key(open_class(alg), alg, ck::CKA_ENCRYPT, mechanism.ckm);
+    let key = usable(ctx, s, &key, &need)?;
     let mech = op.mech(mechanism.ckm, &mechanism.param)?;
     let too_long = match (op, &mech) {
         (CipherOp::AesCbc { pad: false } | CipherOp::Sm4Cbc { pad: false }, _) => {
@@ -140,19 +107,8 @@ pub async fn decrypt(
 ) -> Result<Vec<u8>> {
     let op = CipherOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: secret_class(alg),
-            alg,
-            flag: ck::CKA_DECRYPT,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
+    let need = Need::key(secret_class(alg), alg, ck::CKA_DECRYPT, mechanism.ckm);
+    let key = usable(ctx, s, &key, &need)?;
     let mech = op.mech(mechanism.ckm, &mechanism.param)?;
     let n = data.len();
     let bad_len = match op {
