@@ -18,19 +18,8 @@ pub async fn sign(
 ) -> Result<Vec<u8>> {
     let op = SignOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: secret_class(alg),
-            alg,
-            flag: ck::CKA_SIGN,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
+    let need = Need::key(secret_class(alg), alg, ck::CKA_SIGN, mechanism.ckm);
+    let key = usable(ctx, s, &key, &need)?;
     let (mech, data) = op.prepare(mechanism.ckm, &mechanism.param, input, true)?;
     Ok(ctx.pool.sign(pool_key(&key)?, mech, data).await?)
 }
@@ -51,19 +40,8 @@ pub async fn verify(
 ) -> Result<()> {
     let op = SignOp::of(mechanism.ckm)?;
     let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: open_class(alg),
-            alg,
-            flag: ck::CKA_VERIFY,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
+    let need = Need::key(open_class(alg), alg, ck::CKA_VERIFY, mechanism.ckm);
+    let key = usable(ctx, s, &key, &need)?;
     let want = op.signature_len(modulus_len(&key.record));
     if signature.len() != want {
         return Err(refuse(
@@ -92,22 +70,7 @@ pub async fn encrypt(
     mechanism: &Mechanism,
     data: Vec<u8>,
 ) -> Result<Vec<u8>> {
-    let op = CipherOp::of(mechanism.ckm)?;
-    let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: open_class(alg),
-            alg,
-            flag: ck::CKA_ENCRYPT,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
-    let mech = op.mech(mechanism.ckm, &mechanism.param)?;
+    let (op, alg, key, mech) = cipher_key(ctx, s, &key, mechanism, open_class, ck::CKA_ENCRYPT)?;
     let too_long = match (op, &mech) {
         (CipherOp::AesCbc { pad: false } | CipherOp::Sm4Cbc { pad: false }, _) => {
             (data.len() % 16 != 0).then(|| "unpadded CBC needs whole 16-byte blocks".to_string())
@@ -138,22 +101,7 @@ pub async fn decrypt(
     mechanism: &Mechanism,
     data: Vec<u8>,
 ) -> Result<Vec<u8>> {
-    let op = CipherOp::of(mechanism.ckm)?;
-    let alg = op.key_alg();
-    let key = usable(
-        ctx,
-        s,
-        &key,
-        &Need {
-            class: secret_class(alg),
-            alg,
-            flag: ck::CKA_DECRYPT,
-            ckm: mechanism.ckm,
-            invalid: ErrorCode::KeyHandleInvalid,
-            inconsistent: ErrorCode::KeyTypeInconsistent,
-        },
-    )?;
-    let mech = op.mech(mechanism.ckm, &mechanism.param)?;
+    let (op, _, key, mech) = cipher_key(ctx, s, &key, mechanism, secret_class, ck::CKA_DECRYPT)?;
     let n = data.len();
     let bad_len = match op {
         CipherOp::AesCbc { pad } | CipherOp::Sm4Cbc { pad } => n % 16 != 0 || (pad && n == 0),
@@ -171,4 +119,26 @@ pub async fn decrypt(
         ));
     }
     Ok(ctx.pool.decrypt(pool_key(&key)?, mech, data).await?)
+}
+
+/// What encrypt and decrypt start with: the mechanism's operation and key kind, `key` if it is
+/// usable for `flag` (of the class `class_for` the key kind), and the chip's mechanism.
+fn cipher_key(
+    ctx: &Ctx,
+    s: Session,
+    key: &ObjectId,
+    mechanism: &Mechanism,
+    class_for: fn(KeyAlg) -> u64,
+    flag: u64,
+) -> Result<(CipherOp, KeyAlg, Arc<Object>, cloudkey_chip::CipherMech)> {
+    let op = CipherOp::of(mechanism.ckm)?;
+    let alg = op.key_alg();
+    let key = usable(
+        ctx,
+        s,
+        key,
+        &Need::key(class_for(alg), alg, flag, mechanism.ckm),
+    )?;
+    let mech = op.mech(mechanism.ckm, &mechanism.param)?;
+    Ok((op, alg, key, mech))
 }

@@ -60,12 +60,8 @@ pub async fn derive_key(
     )?;
     require_write(s, tmpl.bool(ck::CKA_PRIVATE)?.unwrap_or(true))?;
     let id = objects::new_object_id()?;
-    let computed = vec![
-        (ck::CKA_CLASS, ulong_value(ck::CKO_SECRET_KEY)),
-        (ck::CKA_KEY_TYPE, ulong_value(ckk)),
-        (ck::CKA_VALUE_LEN, ulong_value(len as u64)),
-    ];
-    let mut attrs = build_attrs(
+    let computed = secret_key_computed(ckk, len);
+    let attrs = build_attrs(
         s,
         id,
         ck::CKO_SECRET_KEY,
@@ -86,16 +82,7 @@ pub async fn derive_key(
             },
         )
         .await?;
-    finish_chip_key(&mut attrs, &new, None)?;
-    let record = ObjectRecord {
-        id,
-        token: s.token,
-        attrs,
-        blob: Some(new.blob.0),
-    };
-    Ok(
-        Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
-            tracing::info!(object = %id, base = %base_key, token = %s.token, "key derived");
-        }),
-    )
+    Ok(chip_key_plan(s, id, attrs, new, None)?.on_commit(move || {
+        tracing::info!(object = %id, base = %base_key, token = %s.token, "key derived");
+    }))
 }

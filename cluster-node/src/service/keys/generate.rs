@@ -237,12 +237,8 @@ pub async fn generate_key(
     let len = secret_len(alg, tmpl.ulong(ck::CKA_VALUE_LEN)?, None, (8, 512))?;
     require_write(s, tmpl.bool(ck::CKA_PRIVATE)?.unwrap_or(true))?;
     let id = objects::new_object_id()?;
-    let computed = vec![
-        (ck::CKA_CLASS, ulong_value(ck::CKO_SECRET_KEY)),
-        (ck::CKA_KEY_TYPE, ulong_value(ckk)),
-        (ck::CKA_VALUE_LEN, ulong_value(len as u64)),
-    ];
-    let mut attrs = build_attrs(s, id, ck::CKO_SECRET_KEY, Some(alg), &tmpl, &[], computed)?;
+    let computed = secret_key_computed(ckk, len);
+    let attrs = build_attrs(s, id, ck::CKO_SECRET_KEY, Some(alg), &tmpl, &[], computed)?;
     let new = ctx
         .pool
         .generate_secret_key(KeyTemplate {
@@ -251,14 +247,7 @@ pub async fn generate_key(
             usage: usage_of(&attrs),
         })
         .await?;
-    finish_chip_key(&mut attrs, &new, Some(mechanism.ckm))?;
-    let record = ObjectRecord {
-        id,
-        token: s.token,
-        attrs,
-        blob: Some(new.blob.0),
-    };
-    Ok(Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
+    Ok(chip_key_plan(s, id, attrs, new, Some(mechanism.ckm))?.on_commit(move || {
         tracing::info!(object = %id, token = %s.token, alg = alg.name(), "secret key generated");
     }))
 }

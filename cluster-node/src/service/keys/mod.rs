@@ -21,10 +21,11 @@
 //! `CKA_WRAP_TEMPLATE`/`CKA_UNWRAP_TEMPLATE` (the attributes do not exist here). Wrapped private
 //! keys use the chips' key encoding: EC and SM2 as the raw 32-byte scalar, RSA as PKCS#8.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use cloudkey_chip::pool::{PoolExt as _, PoolKey, PoolKeyRef};
-use cloudkey_chip::{KeyId, KeyTemplate, MAX_RANDOM_LEN};
+use cloudkey_chip::{KeyId, KeyTemplate, NewKey, MAX_RANDOM_LEN};
 use cloudkey_protocol::ck;
 use cloudkey_protocol::msg::{Attribute, Mechanism, ObjectId, SignInput};
 use cloudkey_protocol::ErrorCode;
@@ -57,6 +58,51 @@ struct Need {
     invalid: ErrorCode,
     /// The code for a key of the wrong class or type.
     inconsistent: ErrorCode,
+}
+
+impl Need {
+    /// What sign, verify, encrypt and decrypt need of their one key: a key of `class` and `alg`
+    /// with `flag` true that allows `ckm`, a wrong one refused with the plain key codes
+    /// (`CKR_KEY_HANDLE_INVALID`, `CKR_KEY_TYPE_INCONSISTENT`).
+    fn key(class: u64, alg: KeyAlg, flag: u64, ckm: u64) -> Self {
+        Need {
+            class,
+            alg,
+            flag,
+            ckm,
+            invalid: ErrorCode::KeyHandleInvalid,
+            inconsistent: ErrorCode::KeyTypeInconsistent,
+        }
+    }
+}
+
+/// The attributes the node computes for a new secret key: its class, type and length.
+fn secret_key_computed(ckk: u64, len: usize) -> Vec<(u64, Vec<u8>)> {
+    vec![
+        (ck::CKA_CLASS, ulong_value(ck::CKO_SECRET_KEY)),
+        (ck::CKA_KEY_TYPE, ulong_value(ckk)),
+        (ck::CKA_VALUE_LEN, ulong_value(len as u64)),
+    ]
+}
+
+/// The plan that commits the one key a chip made (generated, derived or unwrapped): `attrs`
+/// finished with what the chip's blob says ([`finish_chip_key`], `gen_mechanism` for a key
+/// generated here), the blob kept in the record. The caller adds what to log on commit.
+fn chip_key_plan(
+    s: Session,
+    id: ObjectId,
+    mut attrs: BTreeMap<u64, Vec<u8>>,
+    new: NewKey,
+    gen_mechanism: Option<u64>,
+) -> Result<Plan<ObjectId>> {
+    finish_chip_key(&mut attrs, &new, gen_mechanism)?;
+    let record = ObjectRecord {
+        id,
+        token: s.token,
+        attrs,
+        blob: Some(new.blob.0),
+    };
+    Ok(Plan::write(Command::PutObjects(vec![record]), id))
 }
 
 /// The key `id` if it may serve `need` (see the module docs for the order of the checks).

@@ -27,12 +27,9 @@ pub async fn wrap_key(
         s,
         &wrapping_key,
         &Need {
-            class: open_class(alg),
-            alg,
-            flag: ck::CKA_WRAP,
-            ckm: mechanism.ckm,
             invalid: ErrorCode::WrappingKeyHandleInvalid,
             inconsistent: ErrorCode::WrappingKeyTypeInconsistent,
+            ..Need::key(open_class(alg), alg, ck::CKA_WRAP, mechanism.ckm)
         },
     )?;
     let target = lookup(ctx, s, &key, ErrorCode::KeyHandleInvalid)?;
@@ -96,12 +93,9 @@ pub async fn unwrap_key(
         s,
         &unwrapping_key,
         &Need {
-            class: secret_class(alg),
-            alg,
-            flag: ck::CKA_UNWRAP,
-            ckm: mechanism.ckm,
             invalid: ErrorCode::UnwrappingKeyHandleInvalid,
             inconsistent: ErrorCode::UnwrappingKeyTypeInconsistent,
+            ..Need::key(secret_class(alg), alg, ck::CKA_UNWRAP, mechanism.ckm)
         },
     )?;
     let mech = op.mech(mechanism.ckm, &mechanism.param)?;
@@ -183,18 +177,9 @@ pub async fn unwrap_key(
             attrs.insert(ty, v);
         }
     }
-    finish_chip_key(&mut attrs, &new, None)?;
-    let record = ObjectRecord {
-        id,
-        token: s.token,
-        attrs,
-        blob: Some(new.blob.0),
-    };
-    Ok(
-        Plan::write(Command::PutObjects(vec![record]), id).on_commit(move || {
-            tracing::info!(object = %id, token = %s.token, alg = target.name(), "key unwrapped");
-        }),
-    )
+    Ok(chip_key_plan(s, id, attrs, new, None)?.on_commit(move || {
+        tracing::info!(object = %id, token = %s.token, alg = target.name(), "key unwrapped");
+    }))
 }
 
 /// The size of an unwrapped RSA key: `CKA_MODULUS_BITS`, or the PKCS#8 length (a 2048-bit key's
