@@ -59,7 +59,7 @@
 //!
 //! [security]                          # all optional
 //! max_login_failures = 5
-//! session_ttl_s = 3600
+//! session_ttl_s = 300                # a grant's lifetime; clients renew grants in use
 //! argon2_memory_kib = 19456
 //! argon2_iterations = 2
 //! argon2_parallelism = 1
@@ -234,7 +234,8 @@ impl Default for Limits {
 pub struct Security {
     /// Failed logins that lock a PIN.
     pub max_login_failures: u32,
-    /// Lifetime of a session grant.
+    /// Lifetime of a session grant (clients renew one in use before it ends). At most an
+    /// hour.
     pub session_ttl: Duration,
     /// argon2id memory cost, KiB.
     pub argon2_memory_kib: u32,
@@ -250,7 +251,7 @@ impl Default for Security {
     fn default() -> Self {
         Self {
             max_login_failures: 5,
-            session_ttl: Duration::from_secs(3600),
+            session_ttl: Duration::from_secs(300),
             argon2_memory_kib: 19_456,
             argon2_iterations: 2,
             argon2_parallelism: 1,
@@ -891,7 +892,7 @@ fn parse_security(r: RawSecurity) -> Result<Security> {
         "security.session_ttl_s",
         r.session_ttl_s,
         d.session_ttl.as_secs(),
-        1..=7 * 24 * 3600,
+        1..=3600,
     )?);
     let argon2_parallelism = setting(
         "security.argon2_parallelism",
@@ -1201,7 +1202,7 @@ mod tests {
         );
         assert_eq!(
             with("security", "session_ttl_s = 0"),
-            "config: security.session_ttl_s = 0 is out of range (1..=604800)"
+            "config: security.session_ttl_s = 0 is out of range (1..=3600)"
         );
         assert_eq!(
             with("raft", "snapshot_logs = 9"),

@@ -123,8 +123,8 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
     }
 }
 
-async fn session(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
-    login::verify_grant(ctx, auth).await
+async fn session(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Result<Session> {
+    login::verify_grant(ctx, peer, auth).await
 }
 
 /// Runs a request. Signing, the hot path, runs inline; every other request is boxed, so that the
@@ -150,7 +150,7 @@ async fn sign(
     mechanism: &Mechanism,
     input: SignInput,
 ) -> Result<Response> {
-    let s = session(ctx, auth).await?;
+    let s = session(ctx, peer, auth).await?;
     if ctx.svc.state.has_policies() {
         // Use of a designated key: each signature consumes its own approval, before it is made.
         let params = (key, mechanism, &input);
@@ -229,14 +229,27 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             done(plan.commit(svc, None).await)?
         }
         Request::Login { token, user, pin } => {
-            let (grant, expires_unix_ms) = login::login(ctx, token, user, &pin).await?;
+            let (grant, expires_unix_ms) = login::login(ctx, peer, token, user, &pin).await?;
             Response::Session {
                 grant,
                 expires_unix_ms,
             }
         }
+        Request::RenewSession { auth } => {
+            let (grant, expires_unix_ms) = login::renew(ctx, peer, &auth).await?;
+            Response::Session {
+                grant,
+                expires_unix_ms,
+            }
+        }
+        Request::Logout { auth } => done(
+            login::logout(ctx, peer, &auth)
+                .await?
+                .commit(svc, None)
+                .await,
+        )?,
         Request::InitPin { auth, pin } => done(
-            login::init_pin(ctx, &auth, &pin)
+            login::init_pin(ctx, peer, &auth, &pin)
                 .await?
                 .commit(svc, None)
                 .await,
@@ -246,11 +259,11 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             old_pin,
             new_pin,
         } => {
-            let plan = login::set_pin(ctx, &auth, &old_pin, &new_pin).await?;
+            let plan = login::set_pin(ctx, peer, &auth, &old_pin, &new_pin).await?;
             done(plan.commit(svc, None).await)?
         }
         Request::CreateObject { auth, template } => Response::Object(
-            objects::create_object(svc, session(ctx, &auth).await?, &template)
+            objects::create_object(svc, session(ctx, peer, &auth).await?, &template)
                 .await?
                 .commit(svc, None)
                 .await?,
@@ -260,7 +273,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             object,
             template,
         } => Response::Object(
-            objects::copy_object(svc, session(ctx, &auth).await?, object, &template)
+            objects::copy_object(svc, session(ctx, peer, &auth).await?, object, &template)
                 .await?
                 .commit(svc, None)
                 .await?,
@@ -273,7 +286,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             object,
             types,
         } => Response::Attributes(
-            objects::get_attributes(svc, session(ctx, &auth).await?, object, &types).await?,
+            objects::get_attributes(svc, session(ctx, peer, &auth).await?, object, &types).await?,
         ),
         Request::SetAttributes {
             auth,
@@ -281,7 +294,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             template,
         } => done(set_attributes(ctx, peer, &auth, object, &template).await)?,
         Request::FindObjects { auth, template } => Response::Found(
-            objects::find_objects(svc, session(ctx, &auth).await?, &template).await?,
+            objects::find_objects(svc, session(ctx, peer, &auth).await?, &template).await?,
         ),
         Request::GenerateKey {
             auth,
@@ -314,7 +327,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
         } => done(
             keys::verify(
                 svc,
-                session(ctx, &auth).await?,
+                session(ctx, peer, &auth).await?,
                 key,
                 &mechanism,
                 input,
@@ -328,7 +341,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             mechanism,
             data,
         } => Response::Bytes(
-            keys::encrypt(svc, session(ctx, &auth).await?, key, &mechanism, data).await?,
+            keys::encrypt(svc, session(ctx, peer, &auth).await?, key, &mechanism, data).await?,
         ),
         Request::Decrypt {
             auth,
@@ -336,7 +349,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             mechanism,
             data,
         } => Response::Bytes(
-            keys::decrypt(svc, session(ctx, &auth).await?, key, &mechanism, data).await?,
+            keys::decrypt(svc, session(ctx, peer, &auth).await?, key, &mechanism, data).await?,
         ),
         Request::WrapKey {
             auth,
@@ -353,7 +366,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
         } => Response::Object(
             keys::unwrap_key(
                 svc,
-                session(ctx, &auth).await?,
+                session(ctx, peer, &auth).await?,
                 unwrapping_key,
                 &mechanism,
                 wrapped,
@@ -371,7 +384,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
         } => Response::Object(
             keys::derive_key(
                 svc,
-                session(ctx, &auth).await?,
+                session(ctx, peer, &auth).await?,
                 base_key,
                 &mechanism,
                 &template,
@@ -464,7 +477,7 @@ async fn destroy_object(
     auth: &Auth,
     object: ObjectId,
 ) -> Result<()> {
-    let s = session(ctx, auth).await?;
+    let s = session(ctx, peer, auth).await?;
     let ask = gov::Ask::new(GuardedOp::Destroy, Some(s.token), &object)
         .on_keys(std::slice::from_ref(&object));
     let g = gov::guard(ctx, peer, ask, || format!("destroy object {object}")).await?;
@@ -480,7 +493,7 @@ async fn set_attributes(
     object: ObjectId,
     template: &[Attribute],
 ) -> Result<()> {
-    let s = session(ctx, auth).await?;
+    let s = session(ctx, peer, auth).await?;
     let params = (object, template);
     let ask = gov::Ask::new(GuardedOp::SetAttributes, Some(s.token), &params)
         .on_keys(std::slice::from_ref(&object));
@@ -500,7 +513,7 @@ async fn generate_key(
     mechanism: &Mechanism,
     template: &[Attribute],
 ) -> Result<ObjectId> {
-    let s = session(ctx, auth).await?;
+    let s = session(ctx, peer, auth).await?;
     let params = (mechanism, template);
     let g = guard_generation(ctx, peer, s, mechanism, &params, "a secret key").await?;
     let plan = keys::generate_key(&ctx.svc, s, mechanism, template).await?;
@@ -516,7 +529,7 @@ async fn generate_key_pair(
     mechanism: &Mechanism,
     (public, private): (&[Attribute], &[Attribute]),
 ) -> Result<(ObjectId, ObjectId)> {
-    let s = session(ctx, auth).await?;
+    let s = session(ctx, peer, auth).await?;
     let params = (mechanism, public, private);
     let g = guard_generation(ctx, peer, s, mechanism, &params, "a key pair").await?;
     let plan = keys::generate_key_pair(&ctx.svc, s, mechanism, public, private).await?;
@@ -532,7 +545,7 @@ async fn wrap_key(
     mechanism: &Mechanism,
     key: ObjectId,
 ) -> Result<Vec<u8>> {
-    let s = session(ctx, auth).await?;
+    let s = session(ctx, peer, auth).await?;
     let params = (wrapping_key, mechanism, key);
     let keys = [key, wrapping_key];
     let ask = gov::Ask::new(GuardedOp::Wrap, Some(s.token), &params).on_keys(&keys);

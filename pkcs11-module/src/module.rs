@@ -12,10 +12,13 @@
 //!
 //! # Logins
 //! Login state is per slot (shared by all sessions of the application, §5.5). The cluster's
-//! session grant is short-lived; the module keeps the PIN (zeroized on logout and drop) so that
-//! when a node answers `CKR_USER_NOT_LOGGED_IN` for an expired grant, or the grant is about to
-//! expire, it logs in again transparently and retries the request once. If that re-login fails
-//! (the PIN was changed or locked elsewhere), the slot is logged out.
+//! session grant is short-lived and bound to this module's certificate. A grant about to
+//! expire is renewed (`RenewSession`, no PIN). The module keeps the PIN (zeroized on logout
+//! and drop) so that when a node answers `CKR_USER_NOT_LOGGED_IN` (the grant expired, or the
+//! login ended because the PIN was changed), it logs in again transparently and retries the
+//! request once. If that re-login fails (the PIN was changed or locked elsewhere), the slot is
+//! logged out. `C_Logout`, and closing a slot's last session, end the login on the cluster
+//! too (`Logout`), so the grant is void on every node.
 
 use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -251,19 +254,21 @@ impl Slot {
         lock(&self.login).as_ref().map(|l| l.user)
     }
 
-    /// Forgets the login (`C_Logout`, last session closed, token re-initialised).
-    pub(crate) fn logout(&self) -> bool {
+    /// Forgets the login (`C_Logout`, last session closed, token re-initialised) and returns
+    /// it, so that the caller can end it on the cluster ([`Module::end_login`]).
+    pub(crate) fn logout(&self) -> Option<Login> {
         self.epochs.fetch_add(1, Ordering::Relaxed);
-        lock(&self.login).take().is_some()
+        lock(&self.login).take()
     }
 
-    /// Records a successful login.
+    /// Records a successful login; returns the login it replaces (a context-specific login),
+    /// for the caller to end.
     pub(crate) fn set_login(
         &self,
         user: UserType,
         grant: Response,
         pin: Zeroizing<Vec<u8>>,
-    ) -> Result<(), Ckr> {
+    ) -> Result<Option<Login>, Ckr> {
         let Response::Session {
             grant,
             expires_unix_ms,
@@ -272,14 +277,13 @@ impl Slot {
             return Err(unexpected("login"));
         };
         let epoch = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
-        *lock(&self.login) = Some(Login {
+        Ok(lock(&self.login).replace(Login {
             user,
             grant,
             expires_unix_ms,
             pin,
             epoch,
-        });
-        Ok(())
+        }))
     }
 
     /// Replaces the remembered PIN after `C_SetPIN` by the logged-in user.
@@ -449,7 +453,7 @@ impl Module {
             None => (None, None, false),
         };
         if let (true, Some(epoch)) = (stale, epoch) {
-            self.relogin(slot, epoch)?;
+            self.renew(slot, token, epoch)?;
             return self.auth_now(slot, token);
         }
         Ok((Auth { token, grant }, epoch))
@@ -464,6 +468,51 @@ impl Module {
             },
             l.as_ref().map(|l| l.epoch),
         ))
+    }
+
+    /// Renews a grant about to expire (`RenewSession`), if the login `epoch` is still
+    /// current; when the cluster does not renew it, logs in again with the PIN.
+    fn renew(&self, slot: &Slot, token: TokenId, epoch: u64) -> Result<(), Ckr> {
+        let grant = match lock(&slot.login).as_ref() {
+            Some(l) if l.epoch == epoch => l.grant.clone(),
+            _ => return Ok(()),
+        };
+        let auth = Auth {
+            token,
+            grant: Some(grant),
+        };
+        match self.call(Request::RenewSession { auth }) {
+            Ok(Response::Session {
+                grant,
+                expires_unix_ms,
+            }) => {
+                tracing::debug!(slot = slot.id, "session grant renewed");
+                if let Some(l) = lock(&slot.login).as_mut().filter(|l| l.epoch == epoch) {
+                    l.grant = grant;
+                    l.expires_unix_ms = expires_unix_ms;
+                }
+                Ok(())
+            }
+            Ok(_) => Err(unexpected("renew_session")),
+            Err(e) if e == Ckr::DEVICE_ERROR => Err(e),
+            Err(_) => self.relogin(slot, epoch),
+        }
+    }
+
+    /// Ends `login` on the cluster, so that its grant is void on every node. Best effort: the
+    /// local logout stands whatever the cluster answers, and a grant the cluster does not hear
+    /// of ends at its expiry.
+    pub(crate) fn end_login(&self, slot: &Slot, login: Option<Login>) {
+        let (Some(login), Some(token)) = (login, *read(&slot.token)) else {
+            return;
+        };
+        let auth = Auth {
+            token,
+            grant: Some(login.grant.clone()),
+        };
+        if let Err(e) = self.call(Request::Logout { auth }) {
+            tracing::debug!(slot = slot.id, error = %e, "the cluster did not end the login");
+        }
     }
 
     /// Logs in again with the remembered PIN, if the login `epoch` is still current.
@@ -484,6 +533,7 @@ impl Module {
                     l.grant = grant;
                     l.expires_unix_ms = expires_unix_ms;
                 }
+                // (The login the old grant named has ended or expired: nothing to end.)
                 Ok(())
             }
             Ok(_) => Err(unexpected("login")),

@@ -222,16 +222,18 @@ impl Module {
     /// # Errors
     /// `CKR_SESSION_HANDLE_INVALID`.
     pub(crate) fn close_session(&self, h: CK_SESSION_HANDLE) -> Result<(), Ckr> {
-        let s = {
+        let (s, ended) = {
             let mut m = self.sessions.write();
             let s = m.remove(&h).ok_or(Ckr::SESSION_HANDLE_INVALID)?;
-            if !m.values().any(|o| o.slot == s.slot) {
-                if let Some(slot) = self.slots.get(s.slot) {
-                    slot.logout();
-                }
-            }
-            s
+            let slot = self.slots.get(s.slot);
+            let ended = slot
+                .filter(|_| !m.values().any(|o| o.slot == s.slot))
+                .and_then(|slot| slot.logout().map(|l| (slot, l)));
+            (s, ended)
         };
+        if let Some((slot, login)) = ended {
+            self.end_login(slot, Some(login));
+        }
         self.destroy_session_objects(&s);
         tracing::debug!(session = h, "session closed");
         Ok(())
@@ -253,7 +255,7 @@ impl Module {
                 .collect();
             hs.iter().filter_map(|h| m.remove(h)).collect()
         };
-        slot.logout();
+        self.end_login(slot, slot.logout());
         for s in closed {
             self.destroy_session_objects(&s);
         }
@@ -309,7 +311,9 @@ impl Module {
                 return Err(Ckr::USER_NOT_LOGGED_IN);
             }
             let r = self.login_request(slot, UserType::User, &pin)?;
-            return slot.set_login(UserType::User, r, pin);
+            let old = slot.set_login(UserType::User, r, pin)?;
+            self.end_login(slot, old);
+            return Ok(());
         };
         match slot.user() {
             Some(u) if u == user => return Err(Ckr::USER_ALREADY_LOGGED_IN),
@@ -326,7 +330,8 @@ impl Module {
             Some(_) => return Err(Ckr::USER_ANOTHER_ALREADY_LOGGED_IN),
             None => {}
         }
-        slot.set_login(user, r, pin)?;
+        let old = slot.set_login(user, r, pin)?;
+        self.end_login(slot, old);
         tracing::debug!(slot = slot.id, ?user, "logged in");
         Ok(())
     }
@@ -337,10 +342,12 @@ impl Module {
     /// `CKR_USER_NOT_LOGGED_IN`.
     pub(crate) fn logout(&self, h: CK_SESSION_HANDLE) -> Result<(), Ckr> {
         let (_, slot) = self.session_slot(h)?;
-        if slot.logout() {
-            Ok(())
-        } else {
-            Err(Ckr::USER_NOT_LOGGED_IN)
+        match slot.logout() {
+            Some(login) => {
+                self.end_login(slot, Some(login));
+                Ok(())
+            }
+            None => Err(Ckr::USER_NOT_LOGGED_IN),
         }
     }
 
@@ -385,7 +392,8 @@ impl Module {
                 _ => None,
             },
         };
-        slot.logout();
+        // The cluster ended every login of the token with it.
+        drop(slot.logout());
         slot.rebind(label, new_id);
         self.objects.forget_slot(slot.id);
         self.forget_tokens();

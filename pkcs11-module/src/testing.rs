@@ -49,6 +49,8 @@ pub(crate) struct FakeState {
     pub(crate) user_failures: u32,
     /// Logins fail as if the PIN had been changed elsewhere.
     pub(crate) pin_changed: bool,
+    /// Grants expire this long after they are issued (never when `None`).
+    pub(crate) grant_ttl_ms: Option<u64>,
 }
 
 /// An in-memory node with one token, "main" (id 1).
@@ -79,6 +81,18 @@ pub(crate) fn fake_signature(input: &SignInput, len: usize) -> Vec<u8> {
 impl FakeState {
     fn grant_ok(&self, grant: Option<&SessionGrant>) -> bool {
         grant.is_some_and(|g| g.0.get(1) == Some(&self.generation))
+    }
+
+    fn session(&self, user: UserType) -> Response {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Response::Session {
+            grant: SessionGrant(vec![u8::from(user == UserType::So), self.generation]),
+            expires_unix_ms: self
+                .grant_ttl_ms
+                .map_or(u64::MAX, |ttl| now.saturating_add(ttl)),
+        }
     }
 
     fn new_object(&mut self, attrs: Vec<Attribute>) -> ObjectId {
@@ -141,10 +155,20 @@ impl FakeState {
                     self.user_failures += 1;
                     return Err(E::PinIncorrect);
                 }
-                Response::Session {
-                    grant: SessionGrant(vec![u8::from(user == UserType::So), self.generation]),
-                    expires_unix_ms: u64::MAX,
+                self.session(user)
+            }
+            Request::RenewSession { auth } => {
+                if !self.grant_ok(auth.grant.as_ref()) {
+                    return Err(E::UserNotLoggedIn);
                 }
+                let so = auth.grant.as_ref().and_then(|g| g.0.first()) == Some(&1);
+                self.session(if so { UserType::So } else { UserType::User })
+            }
+            Request::Logout { auth } => {
+                if !self.grant_ok(auth.grant.as_ref()) {
+                    return Err(E::UserNotLoggedIn);
+                }
+                Response::Done
             }
             Request::CreateObject { auth, template } => {
                 if !self.grant_ok(auth.grant.as_ref())

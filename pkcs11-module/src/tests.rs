@@ -563,6 +563,26 @@ fn an_expired_grant_is_renewed_transparently() {
 }
 
 #[test]
+fn a_grant_about_to_expire_is_renewed_without_the_pin() {
+    let (node, m) = setup();
+    let (h, _, private) = with_key_pair(&m, ck::CKM_EC_KEY_PAIR_GEN);
+    // Log in again with grants that are already inside the renewal margin.
+    m.logout(h).unwrap();
+    node.st().grant_ttl_ms = Some(1_000);
+    m.login(h, ck::CKU_USER, Zeroizing::new(USER_PIN.to_vec()))
+        .unwrap();
+    m.op_init(h, Kind::Sign, Some(mech(ck::CKM_ECDSA)), private)
+        .unwrap();
+    data(m.sign(h, &[1; 32], Some(64)).unwrap());
+    let log = node.st().log.clone();
+    let n = log.len();
+    assert_eq!(&log[n - 2..], &["renew_session", "sign"]);
+    // C_Logout ends the login on the cluster.
+    m.logout(h).unwrap();
+    assert_eq!(node.st().log.last(), Some(&"logout"));
+}
+
+#[test]
 fn a_failed_renewal_logs_the_slot_out() {
     let (node, m) = setup();
     let (h, _, private) = with_key_pair(&m, ck::CKM_EC_KEY_PAIR_GEN);

@@ -105,6 +105,8 @@ codes! {
     PinLenRange = 0xA2 => 0xA2,
     /// CKR_PIN_LOCKED.
     PinLocked = 0xA4 => 0xA4,
+    /// CKR_SESSION_COUNT: the token has as many live logins as it may have.
+    SessionCount = 0xB1 => 0xB1,
     /// CKR_SESSION_READ_ONLY.
     SessionReadOnly = 0xB5 => 0xB5,
     /// CKR_SIGNATURE_INVALID.

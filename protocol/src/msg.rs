@@ -312,7 +312,9 @@ pub enum Request {
         /// The new label.
         label: String,
     },
-    /// `C_Login` → [`Response::Session`]. A wrong PIN counts towards the lockout on every node.
+    /// `C_Login` → [`Response::Session`]. Every attempt is counted on every node before its PIN
+    /// is checked; a right PIN clears the count. The grant is honoured only from the
+    /// certificate that logged in.
     Login {
         /// The token.
         token: TokenId,
@@ -594,6 +596,17 @@ pub enum Request {
         /// The applicant officer's name, as entered on the terminal.
         admin: String,
     },
+    /// Extends the login behind a live grant → [`Response::Session`]: a fresh grant, for the
+    /// certificate that logged in, without the PIN.
+    RenewSession {
+        /// The login.
+        auth: Auth,
+    },
+    /// `C_Logout` → [`Response::Done`]: ends the login behind the grant on every node.
+    Logout {
+        /// The login.
+        auth: Auth,
+    },
 }
 
 /// Who may send a request, by the role its TLS certificate gives ([`Role`]). Node certificates
@@ -650,10 +663,11 @@ pub struct RequestSpec {
     /// Who may send it.
     pub sender: Sender,
     /// True when it changes replicated state (it goes through the Raft leader). `Login`
-    /// counts as a read: only a failed attempt writes.
+    /// writes: every attempt is counted before its PIN is checked.
     pub write: bool,
     /// True when sending it twice has the effect of sending it once, and the second answer is
-    /// the first one's: every read, and `TmkFetch` (it returns the key already delivered).
+    /// the first one's: every read, `TmkFetch` (it returns the key already delivered) and
+    /// `RenewSession` (any of the grants it gives is as good as the others).
     /// The client retries these when their outcome is unknown.
     pub idempotent: bool,
     /// Its deadline on the node.
@@ -716,7 +730,7 @@ impl Request {
             Self::ListTokens => S::new("list_tokens", Anyone),
             Self::ListObjects { .. } => S::new("list_objects", Operator),
             Self::InitToken { .. } => S::new("init_token", Application).write(),
-            Self::Login { .. } => S::new("login", Application),
+            Self::Login { .. } => S::new("login", Application).write(),
             Self::InitPin { .. } => S::new("init_pin", Application).write(),
             Self::SetPin { .. } => S::new("set_pin", Application).write(),
             Self::CreateObject { .. } => S::new("create_object", Application).write(),
@@ -765,6 +779,8 @@ impl Request {
                 .write()
                 .guarded(GuardedOp::TmkInject),
             Self::TmkFetch { .. } => S::new("tmk_fetch", Terminal).write().idempotent(),
+            Self::RenewSession { .. } => S::new("renew_session", Application).write().idempotent(),
+            Self::Logout { .. } => S::new("logout", Application).write(),
         }
     }
 
@@ -971,6 +987,8 @@ impl Request {
                 payload: String::new(),
                 admin: "a".into(),
             },
+            Self::RenewSession { auth: auth() },
+            Self::Logout { auth: auth() },
         ]
     }
 }
@@ -1141,7 +1159,7 @@ mod tests {
 
     /// Every request kind there is; [`Request::spec`]'s match is what makes adding one without
     /// a spec fail to compile, this counts that [`Request::one_of_each`] has them all.
-    const KINDS: usize = 43;
+    const KINDS: usize = 45;
 
     #[test]
     fn every_request_kind_has_a_spec_with_its_own_name() {
@@ -1151,7 +1169,11 @@ mod tests {
         assert_eq!(names.len(), KINDS, "two kinds share a name");
         for r in &all {
             let spec = r.spec();
-            assert!(!spec.idempotent || !spec.write || matches!(r, Request::TmkFetch { .. }));
+            assert!(
+                !spec.idempotent
+                    || !spec.write
+                    || matches!(r, Request::TmkFetch { .. } | Request::RenewSession { .. })
+            );
             assert!(spec.write || spec.idempotent, "{} is a read", spec.name);
             assert_eq!(
                 spec.deadline == Deadline::Membership,
@@ -1176,7 +1198,6 @@ mod tests {
             "status",
             "list_tokens",
             "list_objects",
-            "login",
             "get_attributes",
             "find_objects",
             "sign",
@@ -1199,7 +1220,7 @@ mod tests {
             .filter(|r| r.is_write() && r.is_idempotent())
             .map(Request::name)
             .collect();
-        assert_eq!(idempotent_writes, ["tmk_fetch"]);
+        assert_eq!(idempotent_writes, ["tmk_fetch", "renew_session"]);
     }
 
     #[test]

@@ -161,6 +161,8 @@ pub struct ClusterOptions {
     pub slots: u32,
     /// `security.max_login_failures`.
     pub max_login_failures: Option<u32>,
+    /// `security.session_ttl_s`.
+    pub session_ttl_s: Option<u64>,
     /// Raft timings.
     pub raft: RaftTimings,
     /// `[audit] interval_ms`: how often nodes summarise signature counts and the leader
@@ -177,6 +179,7 @@ impl ClusterOptions {
             chips: 2,
             slots: 64,
             max_login_failures: None,
+            session_ttl_s: None,
             // Fast failover, yet generous enough for a 2-core machine shared with the build:
             // a follower waits at least six heartbeats before it campaigns.
             raft: RaftTimings {
@@ -239,6 +242,7 @@ impl Cluster {
             slots: opts.slots,
             raft: Some(opts.raft),
             max_login_failures: opts.max_login_failures,
+            session_ttl_s: opts.session_ttl_s,
             cheap_pin_hash: true,
             sms_file: Some(root.path().join("sms.log")),
             audit_interval_ms: Some(opts.audit_interval_ms),

@@ -82,7 +82,9 @@ pub enum GovCommand {
         /// PIN hash.
         pin: PinHash,
     },
-    /// A wrong officer PIN. → `Failures`.
+    /// A wrong officer PIN, counted after the check. → `Failures`. Written by nodes before
+    /// attempts were counted first ([`GovCommand::OfficerAttempt`]); still applied when the
+    /// log holds it.
     OfficerFailed {
         /// Officer.
         name: String,
@@ -249,6 +251,12 @@ pub enum GovCommand {
         /// Period end.
         now_ms: u64,
     },
+    /// An officer PIN attempt, counted before the PIN is checked. → `Failures` (`locked`
+    /// when it was the last one allowed); refused `PinLocked`, uncounted, at the limit.
+    OfficerAttempt {
+        /// Officer.
+        name: String,
+    },
 }
 
 impl GovCommand {
@@ -274,6 +282,7 @@ impl GovCommand {
             Self::SetAuditKey(_) => "set_audit_key",
             Self::Checkpoint { .. } => "checkpoint",
             Self::Usage { .. } => "usage",
+            Self::OfficerAttempt { .. } => "officer_attempt",
         }
     }
 }
@@ -320,6 +329,7 @@ impl Governance {
             } => self.add_officer(name, identity, pin),
             GovCommand::OfficerFailed { name } => self.officer_failed(name, max_failures),
             GovCommand::OfficerSucceeded { name } => self.officer_succeeded(name),
+            GovCommand::OfficerAttempt { name } => self.officer_attempt(name, max_failures),
             GovCommand::SetPolicy { scope, rules } => self.set_policy(*scope, rules),
             GovCommand::Propose {
                 requester,

@@ -83,6 +83,25 @@ impl Governance {
         ))
     }
 
+    /// `OfficerAttempt`: counts an attempt before its PIN is checked; refused `PinLocked`,
+    /// uncounted, once the count has reached `max_failures`.
+    pub(super) fn officer_attempt(&mut self, name: &str, max_failures: u32) -> Outcome {
+        match self.officers.get(name) {
+            Some(o) if o.failures >= max_failures => {
+                return refuse(
+                    ErrorCode::PinLocked,
+                    format!("officer {name}'s PIN is locked"),
+                )
+            }
+            _ => {}
+        }
+        let (result, summary) = self.officer_failed(name, max_failures)?;
+        Ok((
+            result,
+            summary.replacen("officer_pin_failed", "officer_pin_attempt", 1),
+        ))
+    }
+
     /// `OfficerSucceeded`: clears the failure counter.
     pub(super) fn officer_succeeded(&mut self, name: &str) -> Outcome {
         let Some(o) = self.officers.get_mut(name) else {

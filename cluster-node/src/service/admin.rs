@@ -216,10 +216,8 @@ fn existing(ctx: &NodeCtx, id: TokenId) -> Result<()> {
 /// `TokenNotPresent`; Raft errors.
 pub fn delete_token(ctx: &NodeCtx, id: TokenId) -> Result<Plan<()>> {
     existing(ctx, id)?;
-    let failures = ctx.local_failures.clone();
     Ok(
         Plan::write(Command::DeleteToken(id), ()).on_commit(move || {
-            failures.clear_token(id);
             tracing::info!(token = %id, "token deleted");
         }),
     )
@@ -231,9 +229,7 @@ pub fn delete_token(ctx: &NodeCtx, id: TokenId) -> Result<Plan<()>> {
 /// `TokenNotPresent`; Raft errors.
 pub fn unlock_token(ctx: &NodeCtx, id: TokenId) -> Result<Plan<()>> {
     existing(ctx, id)?;
-    let failures = ctx.local_failures.clone();
     Ok(Plan::write(Command::Unlock(id), ()).on_commit(move || {
-        failures.clear_token(id);
         tracing::info!(token = %id, "token unlocked");
     }))
 }

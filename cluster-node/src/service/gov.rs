@@ -204,26 +204,32 @@ pub async fn officer(ctx: &NodeCtx, peer: &PeerIdentity, auth: &OfficerAuth) -> 
             format!("officer {}'s PIN is locked", o.name),
         ));
     }
-    if ctx.pins.verify(&auth.pin, &o.pin).await? {
-        if o.failures > 0 {
-            ctx.write(Command::Gov(GovCommand::OfficerSucceeded {
-                name: o.name.clone(),
-            }))
-            .await?;
+    // Counted before the check: parallel guesses get at most `max_failures` checks.
+    let attempt = Command::Gov(GovCommand::OfficerAttempt {
+        name: o.name.clone(),
+    });
+    let last = match ctx.write(attempt).await? {
+        (CommandResult::Failures { locked, .. }, _) => locked,
+        (other, _) => {
+            return Err(NodeError::Internal(format!(
+                "unexpected result of an officer PIN attempt: {other:?}"
+            )))
         }
-        return Ok(o.name);
-    }
-    let (result, _) = ctx
-        .write(Command::Gov(GovCommand::OfficerFailed {
+    };
+    if ctx.pins.verify(&auth.pin, &o.pin).await? {
+        ctx.write(Command::Gov(GovCommand::OfficerSucceeded {
             name: o.name.clone(),
         }))
         .await?;
-    match result {
-        CommandResult::Failures { locked: true, .. } => Err(refuse(
+        return Ok(o.name);
+    }
+    if last {
+        Err(refuse(
             ErrorCode::PinLocked,
             "wrong officer PIN; the PIN is now locked",
-        )),
-        _ => Err(refuse(ErrorCode::PinIncorrect, "wrong officer PIN")),
+        ))
+    } else {
+        Err(refuse(ErrorCode::PinIncorrect, "wrong officer PIN"))
     }
 }
 

@@ -3,34 +3,33 @@
 //! * PINs are stored as argon2id PHC strings ([`PinHasher`]). Hashing runs on the blocking
 //!   thread pool, at most `security.pin_hash_concurrency` at once, because each hash takes
 //!   `argon2_memory_kib` of memory and tens of milliseconds of CPU.
-//! * [`login`] checks a PIN on the node the client reached. A locked PIN is refused before the
-//!   PIN is even looked at; a wrong PIN is counted cluster-wide through Raft
-//!   (`Command::LoginFailed`), so the lockout holds whichever node an attacker tries.
-//! * A successful login yields a [`SessionGrant`]: `postcard(GrantBody) || HMAC-SHA-256 tag`
+//! * [`login`] checks a PIN on the node the client reached, after counting the attempt
+//!   cluster-wide through Raft (`Command::LoginAttempt`): an attempt that would go past
+//!   `max_failures` is refused `PinLocked` by the log itself, before its PIN is looked at, so
+//!   parallel guesses on any number of nodes get at most `max_failures` PIN checks. A right
+//!   PIN opens a login (`Command::LoginOpened`), which clears the counter. A node that cannot
+//!   commit the attempt (no quorum) checks no PIN: it answers with a retryable error and the
+//!   client tries another node.
+//! * An opened login yields a [`SessionGrant`]: `postcard(GrantBody) || HMAC-SHA-256 tag`
 //!   under the cluster's session MAC key, which every node derives inside its chips from the
-//!   replicated session secret blob (see [`crate::chips`]). Every node verifies a grant with
-//!   [`verify_grant`] without re-running the PIN hash. A grant names the token's generation, so
-//!   `C_InitToken` or deleting the token voids every earlier grant.
-//!
-//! # A node cut off from the leader
-//!
-//! A wrong PIN on a node that cannot reach the Raft leader cannot be counted cluster-wide. Such
-//! failures are counted on the node itself ([`LocalFailures`]) and added to the replicated count
-//! when deciding whether the PIN is locked, so a partitioned node allows at most `max_failures`
-//! guesses per [`LOCAL_FAILURE_TTL`]. The wrong PIN is still answered `PinIncorrect` (or
-//! `PinLocked`), never with an error that would tell a wrong PIN from a right one.
+//!   replicated session secret blob (see [`crate::chips`]). A grant names its login and a digest
+//!   of the certificate identity that logged in ([`holder_of`]). Every node verifies it with
+//!   [`verify_grant`] from its applied state, without a Raft round trip: the tag, the expiry,
+//!   the presenting certificate, and that the login is still live. `C_Logout`
+//!   ([`logout`]), a new PIN for that user, and re-initialising or deleting the token end the
+//!   login on every node; a grant lives `session_ttl` and [`renew`] extends a live one.
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use argon2::password_hash::phc::PasswordHash;
 use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use argon2::{Algorithm, Argon2, Params, Version};
-use aws_lc_rs::hmac;
+use aws_lc_rs::{digest, hmac};
 use cloudkey_protocol::msg::{Auth, Secret, SessionGrant, TokenId, UserType};
+use cloudkey_protocol::tls::PeerIdentity;
 use cloudkey_protocol::ErrorCode;
-use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
@@ -38,7 +37,7 @@ use crate::config::Security;
 use crate::error::{NodeError, Result};
 use crate::service::Session;
 use crate::service::{NodeCtx, Plan};
-use crate::state::{Command, CommandResult, PinHash, Token, MAX_LABEL_LEN};
+use crate::state::{Command, CommandResult, Holder, PinHash, Token, MAX_LABEL_LEN};
 
 /// Shortest PIN accepted (bytes).
 pub const MIN_PIN_LEN: usize = 4;
@@ -46,14 +45,14 @@ pub const MIN_PIN_LEN: usize = 4;
 pub const MAX_PIN_LEN: usize = 64;
 
 /// Version byte of the grants this node issues.
-const GRANT_VERSION: u8 = 1;
+const GRANT_VERSION: u8 = 2;
 /// Length of a grant's HMAC-SHA-256 tag.
 const TAG_LEN: usize = 32;
 /// Grants longer than this are refused before any work is done on them.
 const MAX_GRANT_LEN: usize = 128;
-/// Entries [`LocalFailures`] keeps at most; beyond it new entries are not recorded (the
-/// replicated counters still apply).
-const MAX_LOCAL_FAILURE_ENTRIES: usize = 65_536;
+/// How long a node waits to apply a login it has not applied yet, when a grant names one
+/// (the login was opened through another node a moment ago).
+const LOGIN_CATCH_UP: Duration = Duration::from_secs(1);
 
 /// Hashes and verifies PINs with argon2id, on the blocking pool, with bounded concurrency.
 pub struct PinHasher {
@@ -154,82 +153,30 @@ impl PinHasher {
     }
 }
 
-/// Wrong PINs this node could not count cluster-wide (see the [module docs](self)).
-///
-/// An entry is forgotten when the replicated counter is seen lower than when the entry was last
-/// bumped (an unlock, a successful login or a new PIN, through any node), when this node
-/// replicates a login outcome for that PIN, and [`LOCAL_FAILURE_TTL`] after its last failure,
-/// so a node that was cut off never keeps a PIN locked by itself for long.
-#[derive(Debug, Default)]
-pub struct LocalFailures {
-    counts: DashMap<(TokenId, bool), LocalEntry>,
-}
-
-/// How long a failure counted only on this node holds.
-pub const LOCAL_FAILURE_TTL: Duration = Duration::from_secs(15 * 60);
-
-#[derive(Debug, Clone, Copy)]
-struct LocalEntry {
-    count: u32,
-    /// The replicated counter when the entry was last bumped.
-    replicated: u32,
-    last: Instant,
-}
-
-impl LocalFailures {
-    fn key(token: TokenId, user: UserType) -> (TokenId, bool) {
-        (token, user == UserType::So)
-    }
-
-    /// The local failures still in force, given the replicated counter now.
-    fn get(&self, token: TokenId, user: UserType, replicated: u32) -> u32 {
-        let key = Self::key(token, user);
-        let Some(e) = self.counts.get(&key).map(|e| *e) else {
-            return 0;
-        };
-        if replicated < e.replicated || e.last.elapsed() > LOCAL_FAILURE_TTL {
-            self.counts.remove(&key);
-            return 0;
-        }
-        e.count
-    }
-
-    /// Counts one more local failure; returns the local count.
-    fn bump(&self, token: TokenId, user: UserType, replicated: u32) -> u32 {
-        let key = Self::key(token, user);
-        let current = self.get(token, user, replicated);
-        if self.counts.len() >= MAX_LOCAL_FAILURE_ENTRIES && current == 0 {
-            // Full: the replicated counters still apply.
-            return 0;
-        }
-        let entry = LocalEntry {
-            count: current.saturating_add(1),
-            replicated,
-            last: Instant::now(),
-        };
-        self.counts.insert(key, entry);
-        entry.count
-    }
-
-    fn clear(&self, token: TokenId, user: UserType) {
-        self.counts.remove(&Self::key(token, user));
-    }
-
-    /// Forgets every local failure of `token` (after an operator unlock).
-    pub fn clear_token(&self, token: TokenId) {
-        self.counts.retain(|(t, _), _| *t != token);
-    }
-}
-
 /// What a grant says, before its tag.
 #[derive(Serialize, Deserialize)]
 struct GrantBody {
     version: u8,
     token: u64,
     user: UserType,
-    generation: u64,
+    /// The login (its log index).
+    login: u64,
+    /// [`holder_of`] the certificate that logged in.
+    holder: Holder,
     expires_unix_ms: u64,
-    nonce: [u8; 16],
+}
+
+/// The digest a grant and its login keep of the certificate identity that logged in:
+/// SHA-256 of a domain label and the identity's URI, cut to 16 bytes.
+#[must_use]
+pub fn holder_of(peer: &PeerIdentity) -> Holder {
+    let mut h = digest::Context::new(&digest::SHA256);
+    h.update(b"cloudkey grant holder v1\0");
+    h.update(peer.uri().as_bytes());
+    let d = h.finish();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d.as_ref()[..16]);
+    out
 }
 
 fn now_unix_ms() -> u64 {
@@ -279,91 +226,59 @@ fn token_of(ctx: &NodeCtx, token: TokenId) -> Result<Arc<Token>> {
         .ok_or_else(|| refuse(ErrorCode::TokenNotPresent, "no such token"))
 }
 
-/// Checks `pin` against `user`'s PIN of `token`, counting a wrong PIN cluster-wide.
+/// Checks `pin` against `user`'s PIN of `token`, after counting the attempt cluster-wide, and
+/// returns the digest of the PIN hash it matched ([`PinHash::digest`]). A right PIN leaves the
+/// attempt counted: the command the caller commits next (the login, the new PIN, the
+/// re-initialisation) clears the counter.
 ///
 /// # Errors
-/// `PinLocked` (before the PIN is checked, or when this attempt locked it), `PinIncorrect`,
-/// `UserPinNotInitialized`; Raft errors only for a correct PIN's counter reset.
-async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -> Result<()> {
+/// `PinLocked` (before the PIN is checked, or when this attempt was the last one allowed),
+/// `PinIncorrect`, `UserPinNotInitialized`; Raft errors when the attempt could not be
+/// counted (then no PIN was checked).
+async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -> Result<[u8; 32]> {
     let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
-    let replicated = match user {
+    let counted = match user {
         UserType::So => token.so_failures,
         UserType::User => token.user_failures,
     };
-    let local = ctx.local_failures.get(token.id, user, replicated);
-    if replicated.saturating_add(local) >= cluster.max_failures {
+    if counted >= cluster.max_failures {
         return Err(refuse(ErrorCode::PinLocked, "the PIN is locked"));
     }
-    let hash = match user {
-        UserType::So => &token.so_pin,
-        UserType::User => token.user_pin.as_ref().ok_or_else(|| {
-            refuse(
-                ErrorCode::UserPinNotInitialized,
-                "the user PIN is not initialised",
-            )
-        })?,
-    };
-    // A PIN of impossible length is wrong, but still counted: it is a guess like any other.
-    let right = if (1..=MAX_PIN_LEN * 4).contains(&pin.expose().len()) {
-        ctx.pins.verify(pin, hash).await?
-    } else {
-        false
-    };
-    if right {
-        if replicated > 0 {
-            let cmd = Command::LoginSucceeded {
-                token: token.id,
-                user,
-            };
-            if let Err(e) = ctx.write(cmd).await {
-                // The login is right; only the counter reset waits for the leader.
-                tracing::warn!(token = %token.id, error = %e, "could not reset the failure counter");
-            } else {
-                ctx.local_failures.clear(token.id, user);
-            }
-        } else if local > 0 {
-            ctx.local_failures.clear(token.id, user);
-        }
-        return Ok(());
+    if user == UserType::User && token.user_pin.is_none() {
+        return Err(refuse(
+            ErrorCode::UserPinNotInitialized,
+            "the user PIN is not initialised",
+        ));
     }
-    // Counted here first, so that the failure holds even if the write below never completes
-    // (no leader, or the request's deadline ends it); cleared once the cluster has counted it.
-    let local = ctx.local_failures.bump(token.id, user, replicated);
-    let cmd = Command::LoginFailed {
+    let cmd = Command::LoginAttempt {
         token: token.id,
         user,
     };
-    // Leave time to answer within the request's deadline whatever Raft does.
-    let write = tokio::time::timeout(ctx.limits.request_deadline / 2, ctx.write(cmd)).await;
-    let locked = match write {
-        Ok(Ok((CommandResult::Failures { locked, count }, _))) => {
-            ctx.local_failures.clear(token.id, user);
-            tracing::info!(token = %token.id, ?user, count, locked, "wrong PIN");
-            locked
-        }
-        Ok(Ok((other, _))) => {
+    // The log refuses an attempt past the limit (`PinLocked`, the PIN unchecked).
+    let last = match ctx.write(cmd).await? {
+        (CommandResult::Failures { locked, .. }, _) => locked,
+        (other, _) => {
             return Err(NodeError::Internal(format!(
-                "unexpected result of a failed login: {other:?}"
+                "unexpected result of a login attempt: {other:?}"
             )))
         }
-        // The state refused the count (e.g. the token was deleted meanwhile).
-        Ok(Err(NodeError::Refused(w))) => return Err(NodeError::Refused(w)),
-        Ok(Err(e)) => {
-            tracing::warn!(
-                token = %token.id, ?user, error = %e,
-                "wrong PIN counted on this node only: the cluster could not count it"
-            );
-            replicated.saturating_add(local) >= cluster.max_failures
-        }
-        Err(_) => {
-            tracing::warn!(
-                token = %token.id, ?user,
-                "wrong PIN counted on this node only: the cluster did not count it in time"
-            );
-            replicated.saturating_add(local) >= cluster.max_failures
-        }
     };
-    if locked {
+    // The PIN as it is now that the attempt is applied (a change committed before the
+    // attempt is seen here; one committed after it voids the login, see `LoginOpened`).
+    let now = token_of(ctx, token.id)?;
+    let hash = match user {
+        UserType::So => Some(&now.so_pin),
+        UserType::User => now.user_pin.as_ref(),
+    };
+    // A PIN of impossible length is wrong, but still counted: it is a guess like any other.
+    if let Some(hash) = hash {
+        if (1..=MAX_PIN_LEN * 4).contains(&pin.expose().len()) && ctx.pins.verify(pin, hash).await?
+        {
+            return Ok(hash.digest());
+        }
+    }
+    tracing::info!(token = %token.id, ?user, locked = last, "wrong PIN");
+    if last {
         Err(refuse(
             ErrorCode::PinLocked,
             "wrong PIN; the PIN is now locked",
@@ -373,34 +288,63 @@ async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -
     }
 }
 
-/// `C_Login`: checks the PIN and issues a session grant.
+/// `C_Login`: checks the PIN, opens a login for `peer` and issues its session grant.
 ///
 /// Returns the grant and its expiry (milliseconds since the Unix epoch).
 ///
 /// # Errors
-/// `ClusterNotInitialized`, `TokenNotPresent`, the errors of the PIN check, and `Unavailable`
-/// when this node's chips cannot derive the session MAC key yet.
+/// `ClusterNotInitialized`, `TokenNotPresent`, the errors of the PIN check, `SessionCount`
+/// when the token has too many live logins, and `Unavailable` when this node's chips cannot
+/// derive the session MAC key yet.
 pub async fn login(
     ctx: &NodeCtx,
+    peer: &PeerIdentity,
     token: TokenId,
     user: UserType,
     pin: &Secret,
 ) -> Result<(SessionGrant, u64)> {
     let t = token_of(ctx, token)?;
-    check_pin(ctx, &t, user, pin).await?;
-    let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
+    let pin = check_pin(ctx, &t, user, pin).await?;
+    let holder = holder_of(peer);
+    let cmd = Command::LoginOpened {
+        token,
+        user,
+        holder,
+        pin,
+        now_ms: now_unix_ms(),
+    };
+    let (id, expires_ms) = opened(ctx.write(cmd).await?.0)?;
+    tracing::info!(%token, ?user, login = id, "login");
+    issue(ctx, token, user, id, holder, expires_ms).await
+}
+
+/// The login a `LoginOpened` or `LoginRenewed` gave.
+fn opened(result: CommandResult) -> Result<(u64, u64)> {
+    match result {
+        CommandResult::Login { id, expires_ms } => Ok((id, expires_ms)),
+        other => Err(NodeError::Internal(format!(
+            "unexpected result of a login: {other:?}"
+        ))),
+    }
+}
+
+/// The grant of login `id`.
+async fn issue(
+    ctx: &NodeCtx,
+    token: TokenId,
+    user: UserType,
+    login: u64,
+    holder: Holder,
+    expires_unix_ms: u64,
+) -> Result<(SessionGrant, u64)> {
     let key = ctx.domain.session_mac(&ctx.svc.state).await?;
-    let mut nonce = [0u8; 16];
-    aws_lc_rs::rand::fill(&mut nonce)
-        .map_err(|_| NodeError::Internal("random generator failed".into()))?;
-    let expires_unix_ms = now_unix_ms().saturating_add(cluster.session_ttl_ms);
     let body = GrantBody {
         version: GRANT_VERSION,
         token: token.0,
         user,
-        generation: t.generation,
+        login,
+        holder,
         expires_unix_ms,
-        nonce,
     };
     let mut grant = postcard::to_stdvec(&body).map_err(|source| NodeError::Encode {
         what: "a session grant",
@@ -408,25 +352,23 @@ pub async fn login(
     })?;
     let tag = hmac::sign(key.key(), &grant);
     grant.extend_from_slice(tag.as_ref());
-    tracing::info!(%token, ?user, "login");
     Ok((SessionGrant(grant), expires_unix_ms))
 }
 
-/// Turns a request's [`Auth`] into a [`Session`]: without a grant, a public session of the
-/// token; with one, the grant's user after checking its tag, expiry, token and generation.
-///
-/// # Errors
-/// `UserNotLoggedIn` for a forged, altered, expired or voided grant (and for a grant of another
-/// token); `TokenNotPresent` when the token does not exist; `ClusterNotInitialized`;
-/// `Unavailable` while this node cannot derive the session MAC key.
-pub async fn verify_grant(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
-    let token = token_of(ctx, auth.token)?;
-    let Some(grant) = &auth.grant else {
-        return Ok(Session {
-            token: auth.token,
-            user: None,
-        });
-    };
+/// A verified grant: the session it gives and the login it names.
+struct Verified {
+    session: Session,
+    login: u64,
+    holder: Holder,
+}
+
+/// Checks a grant presented by `peer` for `auth.token`.
+async fn verify(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    token: TokenId,
+    grant: &SessionGrant,
+) -> Result<Verified> {
     let not_logged_in = |why: &str| refuse(ErrorCode::UserNotLoggedIn, why);
     let bytes = grant.0.as_slice();
     if bytes.len() <= TAG_LEN || bytes.len() > MAX_GRANT_LEN {
@@ -436,34 +378,118 @@ pub async fn verify_grant(ctx: &NodeCtx, auth: &Auth) -> Result<Session> {
     let key = ctx.domain.session_mac(&ctx.svc.state).await?;
     // Constant-time comparison of the tag.
     hmac::verify(key.key(), body, tag).map_err(|_| not_logged_in("invalid session grant"))?;
-    let body: GrantBody =
-        postcard::from_bytes(body).map_err(|_| not_logged_in("malformed session grant"))?;
+    let body: GrantBody = postcard::from_bytes(body)
+        .map_err(|_| not_logged_in("session grant of an unknown version"))?;
     if body.version != GRANT_VERSION {
         return Err(not_logged_in("session grant of an unknown version"));
     }
-    if body.token != auth.token.0 {
+    if body.token != token.0 {
         return Err(not_logged_in("session grant of another token"));
+    }
+    if body.holder != holder_of(peer) {
+        return Err(not_logged_in(
+            "session grant of another certificate: a grant is honoured only from the certificate that logged in",
+        ));
     }
     if body.expires_unix_ms <= now_unix_ms() {
         return Err(not_logged_in("session grant expired"));
     }
-    if body.generation != token.generation {
-        return Err(not_logged_in(
-            "session grant voided: the token was re-initialised",
-        ));
+    let state = &ctx.svc.state;
+    let mut entry = state.login(token, body.login);
+    if entry.is_none() && body.login > state.applied() {
+        // Opened through another node a moment ago: this node has not applied it yet.
+        if state.wait_applied(body.login, LOGIN_CATCH_UP).await.is_ok() {
+            entry = state.login(token, body.login);
+        }
     }
-    Ok(Session {
+    match entry {
+        Some(e) if e.holder == body.holder && e.user == body.user => Ok(Verified {
+            session: Session {
+                token,
+                user: Some(body.user),
+            },
+            login: body.login,
+            holder: body.holder,
+        }),
+        _ => Err(not_logged_in(
+            "session grant of a login that has ended (logout, a new PIN, or the token was re-initialised)",
+        )),
+    }
+}
+
+/// Turns a request's [`Auth`] into a [`Session`]: without a grant, a public session of the
+/// token; with one, the grant's user after checking its tag, expiry, token, that `peer` is the
+/// certificate that logged in, and that the login is live.
+///
+/// # Errors
+/// `UserNotLoggedIn` for a forged, altered, expired or ended grant, a grant of another token,
+/// and a grant presented by another certificate; `TokenNotPresent` when the token does not
+/// exist; `ClusterNotInitialized`; `Unavailable` while this node cannot derive the session MAC
+/// key.
+pub async fn verify_grant(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Result<Session> {
+    token_of(ctx, auth.token)?;
+    match &auth.grant {
+        None => Ok(Session::public(auth.token)),
+        Some(grant) => Ok(verify(ctx, peer, auth.token, grant).await?.session),
+    }
+}
+
+/// The live login behind `auth`'s grant.
+async fn verified_login(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Result<Verified> {
+    token_of(ctx, auth.token)?;
+    let grant = auth
+        .grant
+        .as_ref()
+        .ok_or_else(|| refuse(ErrorCode::UserNotLoggedIn, "not logged in"))?;
+    verify(ctx, peer, auth.token, grant).await
+}
+
+/// Renews a live login: a fresh grant, good for another `session_ttl`, for the certificate
+/// that logged in. No PIN is checked again.
+///
+/// # Errors
+/// As [`verify_grant`], and `UserNotLoggedIn` without a grant.
+pub async fn renew(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Result<(SessionGrant, u64)> {
+    let v = verified_login(ctx, peer, auth).await?;
+    let cmd = Command::LoginRenewed {
         token: auth.token,
-        user: Some(body.user),
-    })
+        login: v.login,
+        holder: v.holder,
+        now_ms: now_unix_ms(),
+    };
+    let (id, expires_ms) = opened(ctx.write(cmd).await?.0)?;
+    let user = v.session.user.unwrap_or(UserType::User);
+    issue(ctx, auth.token, user, id, v.holder, expires_ms).await
+}
+
+/// `C_Logout`: ends the login behind `auth`'s grant on every node.
+///
+/// # Errors
+/// As [`verify_grant`] (a grant that no longer verifies has nothing left to end), Raft errors.
+pub async fn logout(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Result<Plan<()>> {
+    let v = verified_login(ctx, peer, auth).await?;
+    let (token, login) = (auth.token, v.login);
+    let cmd = Command::LoginClosed {
+        token,
+        login,
+        now_ms: now_unix_ms(),
+    };
+    Ok(Plan::write(cmd, ()).on_commit(move || {
+        tracing::info!(%token, login, "logout");
+    }))
 }
 
 /// `C_InitPIN`: the SO sets the user PIN.
 ///
 /// # Errors
 /// `UserNotLoggedIn` without an SO session; `PinLenRange`; Raft errors.
-pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<Plan<()>> {
-    let session = verify_grant(ctx, auth).await?;
+pub async fn init_pin(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+    pin: &Secret,
+) -> Result<Plan<()>> {
+    let session = verify_grant(ctx, peer, auth).await?;
     if session.user != Some(UserType::So) {
         return Err(refuse(
             ErrorCode::UserNotLoggedIn,
@@ -472,14 +498,13 @@ pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<Plan<(
     }
     check_pin_len(pin)?;
     let hash = ctx.pins.hash(pin).await?;
-    let (token, failures) = (auth.token, ctx.local_failures.clone());
+    let token = auth.token;
     let cmd = Command::SetPin {
         token,
         user: UserType::User,
         pin: hash,
     };
     Ok(Plan::write(cmd, ()).on_commit(move || {
-        failures.clear(token, UserType::User);
         tracing::info!(%token, "user PIN initialised");
     }))
 }
@@ -491,11 +516,12 @@ pub async fn init_pin(ctx: &NodeCtx, auth: &Auth, pin: &Secret) -> Result<Plan<(
 /// The errors of the PIN check for `old_pin`; `PinLenRange` for `new_pin`; Raft errors.
 pub async fn set_pin(
     ctx: &NodeCtx,
+    peer: &PeerIdentity,
     auth: &Auth,
     old_pin: &Secret,
     new_pin: &Secret,
 ) -> Result<Plan<()>> {
-    let session = verify_grant(ctx, auth).await?;
+    let session = verify_grant(ctx, peer, auth).await?;
     let user = session.user.unwrap_or(UserType::User);
     check_pin_len(new_pin)?;
     let token = token_of(ctx, auth.token)?;
@@ -534,13 +560,11 @@ pub async fn init_token(
         }
     }
     check_pin(ctx, &t, UserType::So, so_pin).await?;
-    let failures = ctx.local_failures.clone();
     let cmd = Command::InitToken {
         token,
         label: label.to_owned(),
     };
     Ok(Plan::write(cmd, ()).on_commit(move || {
-        failures.clear(token, UserType::User);
         tracing::info!(%token, "token initialised");
     }))
 }
@@ -620,22 +644,5 @@ mod tests {
         assert!(check_label(&"x".repeat(33)).is_err());
         assert!(check_label("tab\tlabel").is_err());
         assert!(check_label("payments").is_ok());
-    }
-
-    #[test]
-    fn local_failures_count_per_pin_until_the_replicated_counter_drops() {
-        let f = LocalFailures::default();
-        let (t, u) = (TokenId(1), UserType::User);
-        assert_eq!(f.bump(t, u, 2), 1);
-        assert_eq!(f.bump(t, u, 2), 2);
-        assert_eq!(f.get(t, u, 2), 2);
-        assert_eq!(f.get(t, UserType::So, 2), 0);
-        // The replicated counter went up meanwhile (failures elsewhere): still in force.
-        assert_eq!(f.get(t, u, 3), 2);
-        // It dropped (an unlock or a successful login somewhere): forgotten.
-        assert_eq!(f.get(t, u, 0), 0);
-        assert_eq!(f.bump(t, u, 0), 1);
-        f.clear_token(t);
-        assert_eq!(f.get(t, u, 0), 0);
     }
 }

@@ -54,7 +54,7 @@ use crate::config::{Config, Limits, Security};
 use crate::raft::RaftNode;
 use crate::state::{Command, CommandResult, State};
 use crate::{NodeError, Result};
-use login::{LocalFailures, PinHasher};
+use login::PinHasher;
 
 /// The write path: commits a [`Command`] to the replicated log and applies it.
 ///
@@ -109,8 +109,6 @@ pub struct NodeCtx {
     pub domain: Arc<ChipDomain>,
     /// PIN hashing.
     pub pins: PinHasher,
-    /// Wrong PINs not yet counted cluster-wide.
-    pub local_failures: Arc<LocalFailures>,
     /// Limits and deadlines.
     pub limits: Limits,
     /// Login settings.
@@ -163,7 +161,6 @@ impl NodeCtx {
             svc,
             domain,
             pins: PinHasher::new(&config.security)?,
-            local_failures: Arc::default(),
             limits: config.limits,
             security: config.security,
             init_running: AtomicBool::new(false),

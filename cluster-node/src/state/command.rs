@@ -4,7 +4,7 @@ use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
 use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterInfo, ObjectRecord, PinHash};
+use super::{ClusterInfo, Holder, ObjectRecord, PinHash};
 use crate::governance::GovCommand;
 
 /// A replicated change.
@@ -40,14 +40,17 @@ pub enum Command {
         /// New hash.
         pin: PinHash,
     },
-    /// A failed login. → [`CommandResult::Failures`].
+    /// A failed login, counted after its PIN was checked. → [`CommandResult::Failures`].
+    /// Written by nodes before login attempts were counted first ([`Command::LoginAttempt`]);
+    /// still applied when the log holds it.
     LoginFailed {
         /// The token.
         token: TokenId,
         /// Who.
         user: UserType,
     },
-    /// A successful login after failures: clear the counter. (Not written when it is zero.)
+    /// A successful login after failures: clear the counter. Written by nodes before logins
+    /// were recorded ([`Command::LoginOpened`]); still applied when the log holds it.
     LoginSucceeded {
         /// The token.
         token: TokenId,
@@ -83,6 +86,51 @@ pub enum Command {
         /// The change.
         inner: Box<Command>,
     },
+    /// A login attempt, counted before its PIN is checked. → [`CommandResult::Failures`]
+    /// (`locked` when this was the last attempt allowed); refused `PinLocked`, uncounted, once
+    /// the count has reached `max_failures`.
+    LoginAttempt {
+        /// The token.
+        token: TokenId,
+        /// Who.
+        user: UserType,
+    },
+    /// A PIN checked right: clears its counter and opens a login. → [`CommandResult::Login`];
+    /// refused `SessionCount` when the token has too many live logins.
+    LoginOpened {
+        /// The token.
+        token: TokenId,
+        /// Who.
+        user: UserType,
+        /// The certificate identity that logged in.
+        holder: Holder,
+        /// [`PinHash::digest`] of the PIN hash the PIN was checked against: refused
+        /// `PinIncorrect` when the PIN changed since.
+        pin: [u8; 32],
+        /// The proposing node's clock.
+        now_ms: u64,
+    },
+    /// Extends a live login. → [`CommandResult::Login`]; refused `UserNotLoggedIn` once it
+    /// has ended or for another holder.
+    LoginRenewed {
+        /// The token.
+        token: TokenId,
+        /// The login's id.
+        login: u64,
+        /// The certificate identity asking.
+        holder: Holder,
+        /// The proposing node's clock.
+        now_ms: u64,
+    },
+    /// Ends a login (`C_Logout`).
+    LoginClosed {
+        /// The token.
+        token: TokenId,
+        /// The login's id.
+        login: u64,
+        /// The proposing node's clock.
+        now_ms: u64,
+    },
 }
 
 impl Command {
@@ -103,6 +151,10 @@ impl Command {
             Self::DestroyObject(_) => "destroy_object",
             Self::Gov(g) => g.kind(),
             Self::Guarded { .. } => "guarded",
+            Self::LoginAttempt { .. } => "login_attempt",
+            Self::LoginOpened { .. } => "login_opened",
+            Self::LoginRenewed { .. } => "login_renewed",
+            Self::LoginClosed { .. } => "login_closed",
         }
     }
 }
@@ -135,6 +187,13 @@ pub enum CommandResult {
     },
     /// Not applied (the state did not allow it); the state is unchanged.
     Refused(Refusal),
+    /// A login opened or renewed: its id and when it expires.
+    Login {
+        /// The login's id (the log index that opened it).
+        id: u64,
+        /// Milliseconds since the Unix epoch.
+        expires_ms: u64,
+    },
 }
 
 /// A refusal: a command (or a request checked against the state) does not fit the state, and

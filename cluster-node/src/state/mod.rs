@@ -10,7 +10,8 @@
 //!
 //! One file per concern, each with the `impl State` of its commands: [`cluster`] (bootstrap and
 //! membership), [`tokens`] (tokens, PINs, login counters), [`objects`] (object records),
-//! [`gov`] (governance changes and quorum-guarded changes), [`audit`] (the hash chain),
+//! [`gov`] (governance changes and quorum-guarded changes), [`logins`] (attempts counted before
+//! the PIN check, live logins that session grants name), [`audit`] (the hash chain),
 //! [`snapshot`] (encoding and restore), [`command`] (what is replicated and what applying gives).
 //! [`State::apply`] dispatches each command to one function.
 
@@ -18,6 +19,7 @@ mod audit;
 mod cluster;
 mod command;
 mod gov;
+mod logins;
 mod objects;
 mod snapshot;
 mod tokens;
@@ -35,6 +37,7 @@ use cloudkey_protocol::ErrorCode;
 pub use cluster::ClusterInfo;
 pub use command::{Command, CommandResult, Refusal};
 use dashmap::DashMap;
+pub use logins::{Holder, LoginEntry, MAX_LOGINS_PER_TOKEN};
 pub use objects::{Object, ObjectRecord};
 pub use tokens::{PinHash, Token, MAX_LABEL_LEN};
 use tokio::sync::watch;
@@ -61,6 +64,8 @@ pub struct State {
     /// The id the next token gets. Monotonic and replicated, so a deleted token's id is never
     /// handed out again (a stale session grant can never name a newer token).
     pub(crate) next_token: AtomicU64,
+    /// The live logins of each token ([`logins`]).
+    pub(crate) logins: DashMap<TokenId, Arc<logins::TokenLogins>>,
 }
 
 impl Default for State {
@@ -75,6 +80,7 @@ impl Default for State {
             applied: AtomicU64::new(0),
             applied_tx: watch::Sender::new(0),
             next_token: AtomicU64::new(FIRST_TOKEN_ID),
+            logins: DashMap::new(),
         }
     }
 }
@@ -155,7 +161,8 @@ impl State {
     pub fn apply(&self, index: u64, cmd: &Command) -> CommandResult {
         let result = match self.try_apply(index, cmd) {
             Ok(Applied { result, summary }) => {
-                // Only a barrier has nothing to say; every change has a summary.
+                // A renewal has nothing to say (only an expiry moved); every other change has
+                // a summary.
                 if !summary.is_empty() {
                     self.append_audit(index, summary);
                 }
@@ -245,6 +252,27 @@ impl State {
                 now_ms,
                 inner,
             } => self.apply_guarded(index, *approval, requester, params_hash, *now_ms, inner),
+            Command::LoginAttempt { token, user } => {
+                self.apply_login_attempt(&cluster, *token, *user)
+            }
+            Command::LoginOpened {
+                token,
+                user,
+                holder,
+                pin,
+                now_ms,
+            } => self.apply_login_opened(&cluster, index, *token, *user, (*holder, pin), *now_ms),
+            Command::LoginRenewed {
+                token,
+                login,
+                holder,
+                now_ms,
+            } => self.apply_login_renewed(&cluster, *token, *login, *holder, *now_ms),
+            Command::LoginClosed {
+                token,
+                login,
+                now_ms,
+            } => self.apply_login_closed(*token, *login, *now_ms),
         }
     }
 }

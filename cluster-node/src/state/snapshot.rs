@@ -7,20 +7,33 @@ use std::sync::Arc;
 use cloudkey_protocol::msg::TokenId;
 use serde::{Deserialize, Serialize};
 
+use super::logins::TokenLogins;
 use super::{
-    verify_chain, AuditRecord, ClusterInfo, Object, ObjectRecord, State, Token, FIRST_TOKEN_ID,
+    verify_chain, AuditRecord, ClusterInfo, LoginEntry, Object, ObjectRecord, State, Token,
+    FIRST_TOKEN_ID,
 };
 use crate::error::{NodeError, Result};
 use crate::governance::Governance;
 
 /// Version of the [`State::snapshot_bytes`] encoding.
-const SNAPSHOT_VERSION: u32 = 2;
+const SNAPSHOT_VERSION: u32 = 3;
 
 /// The [`State::snapshot_bytes`] encoding: the version-1 fields, then (since version 2) the
-/// governance state. postcard writes a nested struct's fields in place, so a version-1 snapshot
-/// is exactly the bytes of its [`SnapshotBase`].
+/// governance state, then (since version 3) the live logins. postcard writes a nested struct's
+/// fields in place, so a version-1 snapshot is exactly the bytes of its [`SnapshotBase`] and a
+/// version-2 one those of a [`SnapshotV2`].
 #[derive(Serialize, Deserialize)]
 pub(super) struct StateSnapshot {
+    pub(super) base: SnapshotBase,
+    pub(super) gov: Governance,
+    /// Live logins: token, login id, entry.
+    pub(super) logins: Vec<(TokenId, u64, LoginEntry)>,
+}
+
+/// A version-2 snapshot: no logins (every grant of that time is of an older version, which
+/// nodes refuse, so nothing is lost).
+#[derive(Serialize, Deserialize)]
+pub(super) struct SnapshotV2 {
     pub(super) base: SnapshotBase,
     pub(super) gov: Governance,
 }
@@ -62,6 +75,7 @@ impl State {
                 applied: self.applied(),
             },
             gov: self.with_gov(Clone::clone),
+            logins: self.all_logins(),
         };
         // Serialising plain data into a Vec cannot fail.
         postcard::to_stdvec(&snap).unwrap_or_default()
@@ -76,22 +90,25 @@ impl State {
     /// [`NodeError::Decode`] when the bytes do not decode, [`NodeError::Storage`] when they do
     /// not hold a consistent state.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
-        let (snap, gov) = match postcard::from_bytes::<StateSnapshot>(bytes) {
-            Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov),
-            _ => match postcard::from_bytes::<SnapshotBase>(bytes) {
-                Ok(v1) if v1.version == 1 => (v1, Governance::default()),
-                Ok(other) => {
-                    return Err(NodeError::Storage(format!(
-                        "state snapshot version {} (expected {SNAPSHOT_VERSION})",
-                        other.version
-                    )))
-                }
-                Err(e) => {
-                    return Err(NodeError::Decode {
-                        what: "state snapshot".into(),
-                        source: Box::new(e),
-                    })
-                }
+        let (snap, gov, logins) = match postcard::from_bytes::<StateSnapshot>(bytes) {
+            Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov, s.logins),
+            _ => match postcard::from_bytes::<SnapshotV2>(bytes) {
+                Ok(v2) if v2.base.version == 2 => (v2.base, v2.gov, Vec::new()),
+                _ => match postcard::from_bytes::<SnapshotBase>(bytes) {
+                    Ok(v1) if v1.version == 1 => (v1, Governance::default(), Vec::new()),
+                    Ok(other) => {
+                        return Err(NodeError::Storage(format!(
+                            "state snapshot version {} (expected {SNAPSHOT_VERSION})",
+                            other.version
+                        )))
+                    }
+                    Err(e) => {
+                        return Err(NodeError::Decode {
+                            what: "state snapshot".into(),
+                            source: Box::new(e),
+                        })
+                    }
+                },
             },
         };
         if let Err(pos) = verify_chain(&snap.audit) {
@@ -123,6 +140,15 @@ impl State {
                 ));
             }
         }
+        let mut by_token: BTreeMap<TokenId, TokenLogins> = BTreeMap::new();
+        for (token, id, entry) in logins {
+            if !tokens.contains_key(&token) {
+                return Err(NodeError::Storage(format!(
+                    "state snapshot: login {id} of unknown token {token}"
+                )));
+            }
+            by_token.entry(token).or_default().insert(id, entry);
+        }
 
         if let Ok(mut c) = self.cluster.write() {
             *c = snap.cluster;
@@ -139,6 +165,10 @@ impl State {
             *a = snap.audit;
         }
         self.update_gov(|g| *g = gov);
+        self.logins.clear();
+        for (token, l) in by_token {
+            self.logins.insert(token, Arc::new(l));
+        }
         self.next_token
             .store(snap.next_token.max(FIRST_TOKEN_ID), Ordering::Release);
         self.set_applied(snap.applied);

@@ -788,3 +788,242 @@ fn has_policies_follows_the_policies_without_taking_the_governance_lock() {
         "has_policies waited for the governance lock"
     );
 }
+
+fn attempt(s: &State, i: u64, t: TokenId, user: UserType) -> CommandResult {
+    s.apply(i, &Command::LoginAttempt { token: t, user })
+}
+
+fn open(s: &State, i: u64, t: TokenId, user: UserType, holder: u8, now_ms: u64) -> CommandResult {
+    let tok = s.token(t).expect("token");
+    let hash = match user {
+        UserType::So => tok.so_pin.clone(),
+        UserType::User => tok.user_pin.clone().unwrap_or_else(|| pin("none")),
+    };
+    s.apply(
+        i,
+        &Command::LoginOpened {
+            token: t,
+            user,
+            holder: [holder; 16],
+            pin: hash.digest(),
+            now_ms,
+        },
+    )
+}
+
+#[test]
+fn a_login_checked_against_a_pin_that_changed_meanwhile_does_not_open() {
+    let (s, t) = with_token();
+    let old = s
+        .token(t)
+        .and_then(|t| t.user_pin.clone())
+        .expect("user PIN");
+    s.apply(
+        3,
+        &Command::SetPin {
+            token: t,
+            user: UserType::User,
+            pin: pin("changed"),
+        },
+    );
+    let r = s.apply(
+        4,
+        &Command::LoginOpened {
+            token: t,
+            user: UserType::User,
+            holder: [1; 16],
+            pin: old.digest(),
+            now_ms: 1_000,
+        },
+    );
+    assert_eq!(refused_code(&r), ErrorCode::PinIncorrect);
+    assert_eq!(s.login_count(t), 0);
+}
+
+#[test]
+fn attempts_are_counted_first_and_refused_unchecked_at_the_limit() {
+    let (s, t) = with_token();
+    let counts: Vec<_> = (3..6).map(|i| attempt(&s, i, t, UserType::User)).collect();
+    assert_eq!(
+        counts,
+        [
+            CommandResult::Failures {
+                count: 1,
+                locked: false
+            },
+            CommandResult::Failures {
+                count: 2,
+                locked: false
+            },
+            // The last attempt allowed says so.
+            CommandResult::Failures {
+                count: 3,
+                locked: true
+            },
+        ]
+    );
+    // Past the limit: refused, and the count stays where it was.
+    assert_eq!(
+        refused_code(&attempt(&s, 6, t, UserType::User)),
+        ErrorCode::PinLocked
+    );
+    assert_eq!(s.token(t).map(|t| t.user_failures), Some(3));
+    // The SO has a counter of its own.
+    assert!(matches!(
+        attempt(&s, 7, t, UserType::So),
+        CommandResult::Failures { count: 1, .. }
+    ));
+    // A login that opens clears its user's counter.
+    assert!(matches!(
+        open(&s, 8, t, UserType::So, 1, 1_000),
+        CommandResult::Login { id: 8, .. }
+    ));
+    assert_eq!(s.token(t).map(|t| t.so_failures), Some(0));
+    assert_eq!(
+        refused_code(&attempt(&s, 9, t, UserType::User)),
+        ErrorCode::PinLocked
+    );
+}
+
+#[test]
+fn logins_live_until_logout_a_new_pin_reinit_or_expiry() {
+    let (s, t) = with_token();
+    let ttl = info().session_ttl_ms;
+    assert_eq!(
+        open(&s, 3, t, UserType::User, 1, 1_000),
+        CommandResult::Login {
+            id: 3,
+            expires_ms: 1_000 + ttl
+        }
+    );
+    open(&s, 4, t, UserType::User, 2, 1_000);
+    open(&s, 5, t, UserType::So, 1, 1_000);
+    assert_eq!(s.login_count(t), 3);
+    let entry = s.login(t, 3).expect("live");
+    assert_eq!((entry.user, entry.holder), (UserType::User, [1; 16]));
+
+    // Renewal: only by the holder, and it moves the expiry.
+    let renew = |i, login, holder: u8, now_ms| {
+        s.apply(
+            i,
+            &Command::LoginRenewed {
+                token: t,
+                login,
+                holder: [holder; 16],
+                now_ms,
+            },
+        )
+    };
+    assert_eq!(
+        refused_code(&renew(6, 3, 9, 2_000)),
+        ErrorCode::UserNotLoggedIn
+    );
+    assert_eq!(
+        renew(7, 3, 1, 2_000),
+        CommandResult::Login {
+            id: 3,
+            expires_ms: 2_000 + ttl
+        }
+    );
+    // Logout ends one login; ending it again is no error.
+    let close = |i, login| {
+        s.apply(
+            i,
+            &Command::LoginClosed {
+                token: t,
+                login,
+                now_ms: 2_000,
+            },
+        )
+    };
+    assert_eq!(close(8, 4), CommandResult::Done);
+    assert_eq!(close(9, 4), CommandResult::Done);
+    assert!(s.login(t, 4).is_none());
+    assert_eq!(
+        refused_code(&renew(10, 4, 2, 2_000)),
+        ErrorCode::UserNotLoggedIn
+    );
+
+    // A new user PIN ends the user's logins, not the SO's.
+    s.apply(
+        11,
+        &Command::SetPin {
+            token: t,
+            user: UserType::User,
+            pin: pin("new"),
+        },
+    );
+    assert!(s.login(t, 3).is_none());
+    assert!(s.login(t, 5).is_some());
+
+    // Expired logins are pruned when the token's logins change, and cannot be renewed.
+    let late = 1_000 + ttl + 1;
+    assert_eq!(
+        refused_code(&renew(12, 5, 1, late)),
+        ErrorCode::UserNotLoggedIn
+    );
+    open(&s, 13, t, UserType::User, 3, late);
+    assert_eq!(s.login_count(t), 1);
+
+    // Re-initialising the token ends every login; so does deleting it.
+    s.apply(
+        14,
+        &Command::InitToken {
+            token: t,
+            label: "again".into(),
+        },
+    );
+    assert_eq!(s.login_count(t), 0);
+    open(&s, 15, t, UserType::So, 3, late);
+    s.apply(16, &Command::DeleteToken(t));
+    assert_eq!(s.login_count(t), 0);
+}
+
+#[test]
+fn a_token_has_a_bounded_number_of_live_logins() {
+    let (s, t) = with_token();
+    let first = 3;
+    for i in 0..MAX_LOGINS_PER_TOKEN as u64 {
+        assert!(matches!(
+            open(&s, first + i, t, UserType::User, 1, 1_000),
+            CommandResult::Login { .. }
+        ));
+    }
+    let next = first + MAX_LOGINS_PER_TOKEN as u64;
+    assert_eq!(
+        refused_code(&open(&s, next, t, UserType::User, 1, 1_000)),
+        ErrorCode::SessionCount
+    );
+    // Once they expire there is room again.
+    let late = 1_000 + info().session_ttl_ms;
+    assert!(matches!(
+        open(&s, next + 1, t, UserType::User, 1, late),
+        CommandResult::Login { .. }
+    ));
+    assert_eq!(s.login_count(t), 1);
+}
+
+#[test]
+fn live_logins_survive_a_snapshot_and_a_version_2_snapshot_restores_without_them() {
+    let (s, t) = with_token();
+    open(&s, 3, t, UserType::User, 1, 1_000);
+    let bytes = s.snapshot_bytes();
+    let other = State::new();
+    other.restore(&bytes).expect("restore");
+    assert_eq!(other.login(t, 3), s.login(t, 3));
+    assert_eq!(other.snapshot_bytes(), bytes);
+
+    let snap: StateSnapshot = postcard::from_bytes(&bytes).expect("decode");
+    let mut base = snap.base;
+    base.version = 2;
+    let v2 = super::snapshot::SnapshotV2 {
+        base,
+        gov: snap.gov,
+    };
+    let older = State::new();
+    older
+        .restore(&postcard::to_stdvec(&v2).expect("encode"))
+        .expect("restore version 2");
+    assert_eq!(older.tokens().len(), 1);
+    assert_eq!(older.login_count(t), 0);
+}

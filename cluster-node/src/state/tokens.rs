@@ -13,6 +13,18 @@ use super::{refuse, Applied, ClusterInfo, CommandResult, Refusal, State};
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinHash(pub String);
 
+impl PinHash {
+    /// SHA-256 of the PHC string: names this exact hash (and so this PIN and salt) in a
+    /// command without repeating it.
+    #[must_use]
+    pub fn digest(&self) -> [u8; 32] {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.0.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+}
+
 impl std::fmt::Debug for PinHash {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("PinHash(..)")
@@ -45,7 +57,7 @@ pub struct Token {
 /// The longest token label (`CK_TOKEN_INFO.label` is 32 bytes).
 pub const MAX_LABEL_LEN: usize = 32;
 
-fn user_name(user: UserType) -> &'static str {
+pub(super) fn user_name(user: UserType) -> &'static str {
     match user {
         UserType::So => "so",
         UserType::User => "user",
@@ -104,18 +116,20 @@ impl State {
         })
     }
 
-    /// `DeleteToken`: the token and its objects.
+    /// `DeleteToken`: the token, its objects and its logins.
     pub(super) fn apply_delete_token(&self, id: TokenId) -> Result<Applied, Refusal> {
         self.token_or_refuse(id)?;
         self.tokens.remove(&id);
         let removed = self.remove_objects_of(id);
+        let ended = self.end_logins(id, None);
         Ok(Applied {
             result: CommandResult::Done,
-            summary: format!("delete_token id={id} objects={removed}"),
+            summary: format!("delete_token id={id} objects={removed} logins_ended={ended}"),
         })
     }
 
-    /// `InitToken` (`C_InitToken`): relabel, drop the user PIN and every object, clear counters.
+    /// `InitToken` (`C_InitToken`): relabel, drop the user PIN and every object, clear counters,
+    /// end every login.
     pub(super) fn apply_init_token(
         &self,
         index: u64,
@@ -131,13 +145,17 @@ impl State {
         t.user_failures = 0;
         t.generation = index;
         self.update_token(&t);
+        let ended = self.end_logins(token, None);
         Ok(Applied {
             result: CommandResult::Done,
-            summary: format!("init_token id={token} label={label:?} objects={removed}"),
+            summary: format!(
+                "init_token id={token} label={label:?} objects={removed} logins_ended={ended}"
+            ),
         })
     }
 
-    /// `SetPin` (`C_InitPIN`, `C_SetPIN`): a new PIN hash; clears its failure counter.
+    /// `SetPin` (`C_InitPIN`, `C_SetPIN`): a new PIN hash; clears its failure counter and ends
+    /// every login of that user.
     pub(super) fn apply_set_pin(
         &self,
         token: TokenId,
@@ -156,9 +174,13 @@ impl State {
             }
         }
         self.update_token(&t);
+        let ended = self.end_logins(token, Some(user));
         Ok(Applied {
             result: CommandResult::Done,
-            summary: format!("set_pin token={token} user={}", user_name(user)),
+            summary: format!(
+                "set_pin token={token} user={} logins_ended={ended}",
+                user_name(user)
+            ),
         })
     }
 

@@ -6,6 +6,8 @@
 //! * `restart`: every node stopped and started again keeps every object and blob.
 //! * `mtls`: connections without a client certificate, or with one of another CA, are refused.
 //! * `tokens`: PIN lockout holds on every node; one token cannot see or use another's keys.
+//! * `security`: the security review's attacks (parallel PIN guesses on every node, session
+//!   grants replayed from another certificate or after logout, a PIN change or re-init).
 //! * `at_rest`: no key material in clear in any node's data directory or log.
 //! * `malformed`: hostile frames get error codes and the node stays up.
 //! * `dev_cli`: `cloudkey dev up`, `status`, `dev down` end to end.
@@ -49,6 +51,7 @@ mod pkcs11_gnutls;
 mod pkcs11_openssl;
 mod pkcs11_tool;
 mod restart;
+mod security;
 mod tokens;
 mod util;
 mod wire;
