@@ -218,7 +218,10 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
         } => Response::Token(admin::create_token(ctx, &label, &so_pin, user_pin.as_ref()).await?),
         Request::DeleteToken(id) => done(admin::delete_token(ctx, id)?.commit(svc, None).await)?,
         Request::UnlockToken(id) => done(admin::unlock_token(ctx, id)?.commit(svc, None).await)?,
-        Request::ListTokens => Response::Tokens(admin::list_tokens(ctx)),
+        Request::ListTokens => Response::Tokens(admin::list_tokens(
+            ctx,
+            admin::Listing::for_role(&peer.role),
+        )),
         Request::ListObjects { token } => Response::Objects(admin::list_objects(ctx, token)?),
         Request::InitToken {
             token,

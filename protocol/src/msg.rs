@@ -613,7 +613,8 @@ pub enum Request {
 /// never use the client protocol; they have their own ALPN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Sender {
-    /// Any client or operator certificate: status and listings of what is not secret.
+    /// Any client or operator certificate: the node's status and the token list (whose
+    /// failure counters only operators see).
     Anyone,
     /// An application (PKCS#11 module, gateway, load tester) or an operator: token requests,
     /// whose session grant the node checks.
@@ -760,19 +761,19 @@ impl Request {
             Self::AddOfficer { .. } => S::new("add_officer", Operator)
                 .write()
                 .guarded(GuardedOp::Govern),
-            Self::ListOfficers => S::new("list_officers", Anyone),
+            Self::ListOfficers => S::new("list_officers", Operator),
             Self::SetPolicy { .. } => S::new("set_policy", Operator)
                 .write()
                 .guarded(GuardedOp::Govern),
-            Self::ListPolicies => S::new("list_policies", Anyone),
-            Self::ListApprovals { .. } => S::new("list_approvals", Anyone),
+            Self::ListPolicies => S::new("list_policies", Operator),
+            Self::ListApprovals { .. } => S::new("list_approvals", Operator),
             Self::Approve { .. } => S::new("approve", Officer).write(),
             Self::Reject { .. } => S::new("reject", Officer).write(),
             Self::AuditExport { .. } => S::new("audit_export", Operator),
             Self::AddTerminal { .. } => S::new("add_terminal", Operator)
                 .write()
                 .guarded(GuardedOp::Govern),
-            Self::ListTerminals => S::new("list_terminals", Anyone),
+            Self::ListTerminals => S::new("list_terminals", Operator),
             Self::TmkRequest { .. } => S::new("tmk_request", Terminal).write(),
             Self::TmkSmsCode { .. } => S::new("tmk_sms_code", Officer).write(),
             Self::TmkApply { .. } => S::new("tmk_apply", Officer)

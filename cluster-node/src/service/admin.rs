@@ -10,6 +10,7 @@ use cloudkey_protocol::ck;
 use cloudkey_protocol::msg::{
     ChipLoad, Member, NodeStatus, ObjectSummary, Secret, TokenId, TokenInfo,
 };
+use cloudkey_protocol::tls::Role;
 use cloudkey_protocol::ErrorCode;
 
 use crate::error::{NodeError, Result};
@@ -199,7 +200,7 @@ pub async fn create_token(
         ctx.svc.state.token(id).ok_or_else(|| {
             NodeError::Internal("the new token is not in the applied state".into())
         })?;
-    Ok(token_info(ctx, &token, cluster.max_failures))
+    Ok(token_info(ctx, &token, cluster.max_failures, Listing::Full))
 }
 
 fn existing(ctx: &NodeCtx, id: TokenId) -> Result<()> {
@@ -234,23 +235,50 @@ pub fn unlock_token(ctx: &NodeCtx, id: TokenId) -> Result<Plan<()>> {
     }))
 }
 
-fn token_info(ctx: &NodeCtx, t: &Token, max_failures: u32) -> TokenInfo {
+/// What a token listing shows: everything to operators; to other certificates what
+/// `C_GetTokenInfo` shows any application (label, whether the PINs are set or locked), not the
+/// failure counters or how many objects a token holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// An operator's listing.
+    Full,
+    /// An application's listing.
+    Public,
+}
+
+impl Listing {
+    /// The listing a certificate of `role` gets.
+    #[must_use]
+    pub fn for_role(role: &Role) -> Self {
+        match role {
+            Role::Operator => Self::Full,
+            Role::Client | Role::Node(_) => Self::Public,
+        }
+    }
+}
+
+fn token_info(ctx: &NodeCtx, t: &Token, max_failures: u32, listing: Listing) -> TokenInfo {
+    let full = listing == Listing::Full;
     TokenInfo {
         id: t.id,
         label: t.label.clone(),
         user_pin_initialized: t.user_pin.is_some(),
-        user_failures: t.user_failures,
+        user_failures: if full { t.user_failures } else { 0 },
         user_locked: t.user_failures >= max_failures,
-        so_failures: t.so_failures,
+        so_failures: if full { t.so_failures } else { 0 },
         so_locked: t.so_failures >= max_failures,
         max_failures,
-        objects: ctx.svc.state.objects_of(t.id).len() as u64,
+        objects: if full {
+            ctx.svc.state.objects_of(t.id).len() as u64
+        } else {
+            0
+        },
     }
 }
 
-/// Every token (none before init).
+/// Every token (none before init), as `listing` shows them.
 #[must_use]
-pub fn list_tokens(ctx: &NodeCtx) -> Vec<TokenInfo> {
+pub fn list_tokens(ctx: &NodeCtx, listing: Listing) -> Vec<TokenInfo> {
     let Some(cluster) = ctx.svc.state.cluster() else {
         return Vec::new();
     };
@@ -258,7 +286,7 @@ pub fn list_tokens(ctx: &NodeCtx) -> Vec<TokenInfo> {
         .state
         .tokens()
         .iter()
-        .map(|t| token_info(ctx, t, cluster.max_failures))
+        .map(|t| token_info(ctx, t, cluster.max_failures, listing))
         .collect()
 }
 

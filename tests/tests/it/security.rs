@@ -321,3 +321,127 @@ async fn a_grant_is_bound_to_its_certificate_and_ends_with_its_login_everywhere(
     }
     Ok(())
 }
+
+/// Runs the `cloudkey` CLI with `args` and `stdin`, without PIN variables in its environment.
+async fn cli(args: Vec<String>, stdin: &'static str) -> Result<std::process::Output> {
+    let bin = cloudkey_tests::cli_binary()?;
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new(bin)
+            .args(&args)
+            .env_remove("CLOUDKEY_SO_PIN")
+            .env_remove("CLOUDKEY_USER_PIN")
+            .env_remove("CLOUDKEY_OFFICER_PIN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut input) = child.stdin.take() {
+            input.write_all(stdin.as_bytes())?;
+        }
+        child.wait_with_output()
+    })
+    .await??;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_see_no_counters_or_governance_and_the_cli_takes_no_pin_arguments(
+) -> Result<()> {
+    let cluster = Cluster::start_init(1).await?;
+    let token = util::create_token(cluster.admin(), "listed").await?;
+    let app = cluster.client(Role::Client)?;
+    let r = app.call(util::login_req(token, "wrong-pin-1")).await;
+    expect_code("a wrong PIN", r, &[ErrorCode::PinIncorrect])?;
+    let auth = util::login(&app, token).await?;
+    util::generate_ec(&app, &auth, "listed-key").await?;
+    let r = app.call(util::login_req(token, "wrong-pin-2")).await;
+    expect_code("another wrong PIN", r, &[ErrorCode::PinIncorrect])?;
+
+    let listed = |r: Response| -> Result<cloudkey_protocol::msg::TokenInfo> {
+        match r {
+            Response::Tokens(t) => t
+                .into_iter()
+                .find(|t| t.id == token)
+                .ok_or_else(|| anyhow::anyhow!("token not listed")),
+            r => bail!("list tokens: {r:?}"),
+        }
+    };
+    let full = listed(util::call(cluster.admin(), Request::ListTokens).await?)?;
+    ensure!(
+        full.user_failures == 1 && full.objects == 2,
+        "the operator sees the counter and the objects: {full:?}"
+    );
+    let public = listed(util::call(&app, Request::ListTokens).await?)?;
+    ensure!(
+        public.user_failures == 0 && public.so_failures == 0 && public.objects == 0,
+        "an application sees no counters: {public:?}"
+    );
+    ensure!(
+        public.label == full.label && public.user_pin_initialized && !public.user_locked,
+        "an application still sees what C_GetTokenInfo shows: {public:?}"
+    );
+    for req in [
+        Request::ListOfficers,
+        Request::ListPolicies,
+        Request::ListApprovals { all: true },
+        Request::ListTerminals,
+    ] {
+        let name = req.name();
+        util::call(cluster.admin(), req.clone()).await?;
+        expect_code(
+            &format!("{name} with an application certificate"),
+            app.call(req).await,
+            &[ErrorCode::Forbidden],
+        )?;
+    }
+
+    // The CLI: a PIN on its command line is refused; standard input with --pin-stdin works;
+    // without either (and not at a terminal) it says where a PIN may come from.
+    let settings = cluster.settings_as(&Identity::Operator("cli".into()))?;
+    let config = settings.to_string_lossy().into_owned();
+    let args = |extra: &[&str]| -> Vec<String> {
+        ["--config", config.as_str()]
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
+    };
+    let out = cli(
+        args(&["token", "create", "by-cli", "--so-pin", "so-pin-1234"]),
+        "",
+    )
+    .await?;
+    ensure!(
+        !out.status.success(),
+        "a PIN as an argument is refused: {out:?}"
+    );
+    let out = cli(args(&["token", "create", "by-cli"]), "").await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && stderr.contains("--pin-stdin"),
+        "no PIN from anywhere: {stderr}"
+    );
+    let out = cli(
+        args(&["--pin-stdin", "token", "create", "by-cli"]),
+        "so-pin-1234\nuser-pin-5678\n",
+    )
+    .await?;
+    ensure!(
+        out.status.success(),
+        "token create --pin-stdin: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let made = match util::call(cluster.admin(), Request::ListTokens).await? {
+        Response::Tokens(t) => t.into_iter().find(|t| t.label == "by-cli"),
+        r => bail!("list tokens: {r:?}"),
+    };
+    let made = made
+        .ok_or_else(|| anyhow::anyhow!("by-cli not created"))?
+        .id;
+    cluster.settle(cluster.admin()).await?;
+    login_as(&app, made, UserType::User, "user-pin-5678").await?;
+    login_as(&app, made, UserType::So, "so-pin-1234").await?;
+    Ok(())
+}

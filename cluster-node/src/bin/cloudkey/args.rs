@@ -24,6 +24,11 @@ pub struct Cli {
     /// .cloudkey-dev/operator.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Read PINs from standard input, one per line, in the order the command asks for them.
+    /// Without it a PIN comes from the command's environment variable, else from a prompt.
+    /// PINs are never taken on the command line.
+    #[arg(long, global = true)]
+    pub pin_stdin: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -140,15 +145,12 @@ pub enum NodeCommand {
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
     /// Creates a token.
+    /// The SO PIN, then the user PIN, come from standard input (`--pin-stdin`), from
+    /// $CLOUDKEY_SO_PIN and $CLOUDKEY_USER_PIN, or from prompts; without a user PIN, C_InitPIN
+    /// sets it later.
     Create {
         /// Label (at most 32 bytes).
         label: String,
-        /// SO PIN (default: $CLOUDKEY_SO_PIN).
-        #[arg(long)]
-        so_pin: Option<String>,
-        /// User PIN (default: $CLOUDKEY_USER_PIN; if neither, C_InitPIN sets it later).
-        #[arg(long)]
-        user_pin: Option<String>,
     },
     /// Lists tokens.
     List,
@@ -530,12 +532,14 @@ mod tests {
         .unwrap();
         assert!(matches!(cli.command, Command::Init { ref members } if members.len() == 2));
         assert!(parse(&["cloudkey", "init"]).is_err(), "init needs members");
-        let cli = parse(&["cloudkey", "token", "create", "t", "--so-pin", "12345678"]).unwrap();
+        let cli = parse(&["cloudkey", "--pin-stdin", "token", "create", "t"]).unwrap();
+        assert!(cli.pin_stdin);
         assert!(matches!(
             cli.command,
-            Command::Token(TokenCommand::Create { ref so_pin, user_pin: None, .. })
-                if so_pin.as_deref() == Some("12345678")
+            Command::Token(TokenCommand::Create { ref label }) if label == "t"
         ));
+        // A PIN is never an argument.
+        assert!(parse(&["cloudkey", "token", "create", "t", "--so-pin", "12345678"]).is_err());
         let cli = parse(&["cloudkey", "pki", "issue", "--dir", "p", "client", "app"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -8,27 +8,24 @@ use cloudkey_protocol::gov::{
     ApprovalInfo, ApprovalStatus, GuardedOp, OfficerAuth, PolicyScope, Rule,
 };
 use cloudkey_protocol::msg::{Request, Response, Secret, TokenInfo};
-use zeroize::Zeroizing;
 
 use crate::args::{ApprovalCommand, KeyTypeArg, OfficerCommand, PolicyCommand, ScopeArgs};
 use crate::output::{
     describe_approval, describe_rule, format_approvals, format_officers, format_policies, now_ms,
     scope_name,
 };
+use crate::pins::{self, Need};
 use crate::token::resolve_token;
 use crate::{call, unexpected};
 
 /// Environment variable with an officer's own PIN (`officer add`, `approval approve|reject`,
-/// `tmk sms|apply`).
+/// `tmk sms|apply`); see [`crate::pins`] for the other sources.
 pub const OFFICER_PIN_ENV: &str = "CLOUDKEY_OFFICER_PIN";
 
 pub(crate) fn officer_pin() -> anyhow::Result<Secret> {
-    match std::env::var(OFFICER_PIN_ENV) {
-        Ok(pin) if !pin.is_empty() => {
-            let pin = Zeroizing::new(pin);
-            Ok(Secret::from(pin.as_str()))
-        }
-        _ => bail!("no officer PIN: set ${OFFICER_PIN_ENV}"),
+    match pins::read("officer PIN", OFFICER_PIN_ENV, Need::Required)? {
+        Some(pin) => Ok(Secret::from(pin.as_str())),
+        None => bail!("no officer PIN"),
     }
 }
 

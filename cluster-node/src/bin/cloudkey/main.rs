@@ -21,6 +21,7 @@ mod audit;
 mod cluster;
 mod gov;
 mod output;
+mod pins;
 mod terminal;
 mod tmk;
 mod token;
@@ -66,6 +67,7 @@ fn init_tracing() {
 /// # Errors
 /// Whatever the command fails with, with context.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    pins::from_stdin(cli.pin_stdin);
     // Commands without the network need no runtime (nor client settings).
     let done = |()| ExitCode::SUCCESS;
     let command = match cli.command {

@@ -1,15 +1,16 @@
 //! `cloudkey token|key ...`: tokens (PKCS#11 slots) and the objects in them; a token is named
 //! by id or label.
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use cloudkey_protocol::client::Client;
 use cloudkey_protocol::msg::{Request, Response, Secret, TokenId, TokenInfo};
 
 use crate::args::{KeyCommand, TokenCommand};
 use crate::output::{format_objects, format_tokens};
+use crate::pins::{self, Need};
 use crate::{call, unexpected};
 
-/// Environment variable with the SO PIN for `token create` (keeps it out of `ps`).
+/// Environment variable with the SO PIN for `token create` (see [`crate::pins`]).
 pub const SO_PIN_ENV: &str = "CLOUDKEY_SO_PIN";
 /// Environment variable with the user PIN for `token create`.
 pub const USER_PIN_ENV: &str = "CLOUDKEY_USER_PIN";
@@ -20,31 +21,20 @@ pub const USER_PIN_ENV: &str = "CLOUDKEY_USER_PIN";
 /// No SO PIN for `create`; no such token; refusals of the cluster.
 pub(crate) async fn token_command(client: &Client, cmd: TokenCommand) -> anyhow::Result<()> {
     match cmd {
-        TokenCommand::Create {
-            label,
-            so_pin,
-            user_pin,
-        } => create(client, label, so_pin, user_pin).await,
+        TokenCommand::Create { label } => create(client, label).await,
         TokenCommand::List => list(client).await,
         TokenCommand::Delete { token } => delete(client, &token).await,
         TokenCommand::Unlock { token } => unlock(client, &token).await,
     }
 }
 
-async fn create(
-    client: &Client,
-    label: String,
-    so_pin: Option<String>,
-    user_pin: Option<String>,
-) -> anyhow::Result<()> {
-    let so_pin = so_pin
-        .or_else(|| std::env::var(SO_PIN_ENV).ok())
-        .ok_or_else(|| anyhow!("no SO PIN: pass --so-pin or set ${SO_PIN_ENV}"))?;
-    let user_pin = user_pin.or_else(|| std::env::var(USER_PIN_ENV).ok());
+async fn create(client: &Client, label: String) -> anyhow::Result<()> {
+    let so_pin = pins::read("SO PIN", SO_PIN_ENV, Need::Required)?;
+    let user_pin = pins::read("user PIN", USER_PIN_ENV, Need::Optional)?;
     let req = Request::CreateToken {
         label,
-        so_pin: Secret::from(so_pin.as_str()),
-        user_pin: user_pin.as_deref().map(Secret::from),
+        so_pin: Secret::from(so_pin.as_deref().map_or("", String::as_str)),
+        user_pin: user_pin.as_deref().map(|p| Secret::from(p.as_str())),
     };
     match call(client, req).await? {
         Response::Token(t) => println!("token {} created: {:?}", t.id, t.label),
