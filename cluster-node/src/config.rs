@@ -177,6 +177,9 @@ pub struct RaftSettings {
     pub election_max: Duration,
     /// Log entries between snapshots.
     pub snapshot_logs: u64,
+    /// How long after its last confirmation with a quorum this node still serves key use
+    /// (`crate::raft::freshness`).
+    pub staleness_bound: Duration,
 }
 
 impl Default for RaftSettings {
@@ -185,6 +188,7 @@ impl Default for RaftSettings {
             heartbeat: Duration::from_millis(100),
             election_min: Duration::from_millis(400),
             election_max: Duration::from_millis(800),
+            staleness_bound: crate::raft::freshness::DEFAULT_BOUND,
             snapshot_logs: 5000,
         }
     }
@@ -399,6 +403,7 @@ struct RawRaft {
     election_min_ms: Option<u64>,
     election_max_ms: Option<u64>,
     snapshot_logs: Option<u64>,
+    staleness_bound_ms: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
@@ -798,10 +803,24 @@ fn parse_raft(r: RawRaft) -> Result<RaftSettings> {
         ("raft.election_min_ms", election_min),
         election_max > election_min,
     )?;
+    let staleness_bound = setting_ms(
+        "raft.staleness_bound_ms",
+        r.staleness_bound_ms,
+        d.staleness_bound,
+        50..=60_000,
+    )?;
+    // A confirmation takes a heartbeat round; the bound must leave room for several.
+    ordered(
+        ("raft.staleness_bound_ms", staleness_bound),
+        "at least twice",
+        ("raft.heartbeat_ms", heartbeat),
+        staleness_bound >= heartbeat * 2,
+    )?;
     Ok(RaftSettings {
         heartbeat,
         election_min,
         election_max,
+        staleness_bound,
         snapshot_logs: setting(
             "raft.snapshot_logs",
             r.snapshot_logs,

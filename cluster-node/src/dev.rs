@@ -1054,6 +1054,7 @@ mod tests {
             members: vec![],
             chips: vec![chip(d)],
             domain_kcv: String::new(),
+            confirmed_ms_ago: None,
         };
         assert!(cluster_ready(&[
             Some(st(1, Some(1), true)),

@@ -95,6 +95,9 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
         ));
     }
     admit(&peer.role, &req.request)?;
+    if req.request.spec().current {
+        current(ctx)?;
+    }
     if ctx.svc.state.applied() < req.min_applied {
         ctx.svc
             .state
@@ -121,6 +124,34 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
             "the request did not complete within {deadline:?}"
         ))),
     }
+}
+
+/// Refuses key use on a node that has not confirmed its state with a quorum within the
+/// staleness bound (`raft::freshness`): `Stale`, which the client answers by asking another
+/// node.
+fn current(ctx: &NodeCtx) -> Result<()> {
+    // Before init there is nothing to be current about.
+    ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
+    let freshness = ctx.raft.freshness();
+    freshness.check().map_err(|age| {
+        let since = age.map_or_else(
+            || "never confirmed its state with a quorum".to_owned(),
+            |a| {
+                format!(
+                    "last confirmed its state with a quorum {} ms ago",
+                    a.as_millis()
+                )
+            },
+        );
+        NodeError::refuse(
+            ErrorCode::Stale,
+            format!(
+                "this node {since} (bound {} ms): it may be cut off from the cluster; \
+                 another node will answer",
+                freshness.bound().as_millis()
+            ),
+        )
+    })
 }
 
 async fn session(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Result<Session> {
@@ -610,7 +641,7 @@ mod tests {
     use super::*;
 
     /// The requests that needed an operator certificate before the request specs.
-    const OPERATOR_ONLY: [&str; 11] = [
+    const OPERATOR_ONLY: [&str; 15] = [
         "init",
         "add_node",
         "remove_node",
@@ -619,9 +650,13 @@ mod tests {
         "unlock_token",
         "list_objects",
         "add_officer",
+        "list_officers",
         "set_policy",
+        "list_policies",
+        "list_approvals",
         "audit_export",
         "add_terminal",
+        "list_terminals",
     ];
 
     fn code(r: Result<()>) -> Option<ErrorCode> {

@@ -317,14 +317,22 @@ async fn single_node_cluster_end_to_end() {
         code(admin.call(Request::Init { members }).await),
         ErrorCode::ActionProhibited
     );
-    let status = wait_for("both chips in the domain", WAIT, || async {
-        match admin.call(Request::Status).await {
-            Ok(Response::Status(s)) if s.initialized && s.chips.iter().all(|c| c.has_domain) => {
-                Some(s)
+    let status = wait_for(
+        "both chips in the domain, a confirmed leader",
+        WAIT,
+        || async {
+            match admin.call(Request::Status).await {
+                Ok(Response::Status(s))
+                    if s.initialized
+                        && s.leader.is_some()
+                        && s.chips.iter().all(|c| c.has_domain) =>
+                {
+                    Some(s)
+                }
+                _ => None,
             }
-            _ => None,
-        }
-    })
+        },
+    )
     .await
     .unwrap();
     assert_eq!(status.leader, Some(1));

@@ -124,6 +124,7 @@ impl Cluster {
             Arc::new(State::new()),
             network,
             self.config.clone(),
+            cloudkey_node::raft::freshness::DEFAULT_BOUND,
         )
         .await
         .expect("raft start");

@@ -675,6 +675,11 @@ pub struct RequestSpec {
     pub deadline: Deadline,
     /// The quorum-guarded operation a policy can put it under, if any.
     pub guard: Option<GuardedOp>,
+    /// True for key use and logins: served only by a node that confirmed its state with a
+    /// quorum within the staleness bound, else refused `Stale` (the client asks another
+    /// node), so a key destroyed or a PIN changed through the majority is never used on a
+    /// node cut off from it.
+    pub current: bool,
 }
 
 impl RequestSpec {
@@ -686,7 +691,14 @@ impl RequestSpec {
             idempotent: true,
             deadline: Deadline::Request,
             guard: None,
+            current: false,
         }
+    }
+
+    /// Served only by a node that knows it is current.
+    const fn current(mut self) -> Self {
+        self.current = true;
+        self
     }
 
     /// A write that must not be sent again when its outcome is unknown.
@@ -731,7 +743,7 @@ impl Request {
             Self::ListTokens => S::new("list_tokens", Anyone),
             Self::ListObjects { .. } => S::new("list_objects", Operator),
             Self::InitToken { .. } => S::new("init_token", Application).write(),
-            Self::Login { .. } => S::new("login", Application).write(),
+            Self::Login { .. } => S::new("login", Application).write().current(),
             Self::InitPin { .. } => S::new("init_pin", Application).write(),
             Self::SetPin { .. } => S::new("set_pin", Application).write(),
             Self::CreateObject { .. } => S::new("create_object", Application).write(),
@@ -750,13 +762,17 @@ impl Request {
             Self::GenerateKeyPair { .. } => S::new("generate_key_pair", Application)
                 .write()
                 .guarded(GuardedOp::Generate),
-            Self::Sign { .. } => S::new("sign", Application).guarded(GuardedOp::Sign),
+            Self::Sign { .. } => S::new("sign", Application)
+                .guarded(GuardedOp::Sign)
+                .current(),
             Self::Verify { .. } => S::new("verify", Application),
             Self::Encrypt { .. } => S::new("encrypt", Application),
-            Self::Decrypt { .. } => S::new("decrypt", Application),
-            Self::WrapKey { .. } => S::new("wrap_key", Application).guarded(GuardedOp::Wrap),
-            Self::UnwrapKey { .. } => S::new("unwrap_key", Application).write(),
-            Self::DeriveKey { .. } => S::new("derive_key", Application).write(),
+            Self::Decrypt { .. } => S::new("decrypt", Application).current(),
+            Self::WrapKey { .. } => S::new("wrap_key", Application)
+                .guarded(GuardedOp::Wrap)
+                .current(),
+            Self::UnwrapKey { .. } => S::new("unwrap_key", Application).write().current(),
+            Self::DeriveKey { .. } => S::new("derive_key", Application).write().current(),
             Self::GenerateRandom { .. } => S::new("generate_random", Application),
             Self::AddOfficer { .. } => S::new("add_officer", Operator)
                 .write()
@@ -1074,6 +1090,9 @@ pub struct NodeStatus {
     pub chips: Vec<ChipLoad>,
     /// Key check value of the cluster's domain key, hex (empty before init).
     pub domain_kcv: String,
+    /// How long ago this node last confirmed its state with a quorum, milliseconds (`None`:
+    /// never). Past the node's staleness bound it serves no key use, and reports no leader.
+    pub confirmed_ms_ago: Option<u64>,
 }
 
 /// A response. The `Result` around it is in [`ClientResponse`].

@@ -376,6 +376,7 @@ fn node_status() -> BoxedStrategy<NodeStatus> {
                     members,
                     chips,
                     domain_kcv,
+                    confirmed_ms_ago: Some(term),
                 }
             },
         )

@@ -167,6 +167,7 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
         election_min_ms: millis(config.raft.election_min),
         election_max_ms: millis(config.raft.election_max),
         snapshot_logs: config.raft.snapshot_logs,
+        staleness_bound_ms: millis(config.raft.staleness_bound),
     };
     let raft =
         RaftNode::start(config.id, &config.data_dir, state.clone(), network, timings).await?;

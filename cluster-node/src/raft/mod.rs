@@ -9,6 +9,7 @@
 //! Writes go to the leader: a follower forwards them ([`PeerRequest::Forward`]) and then waits
 //! until it has applied the entry itself, so a response from any node covers its own write.
 
+pub mod freshness;
 pub mod log_store;
 pub mod network;
 pub mod state_machine;
@@ -18,7 +19,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Config, RaftMetrics, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
 
@@ -29,6 +30,7 @@ pub use self::network::{
 pub use self::state_machine::StateMachine;
 use crate::error::{NodeError, Result};
 use crate::state::{Command, CommandResult, State};
+pub use freshness::Freshness;
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of cloudkey: commands in, command results out, u64 node
@@ -77,6 +79,9 @@ pub struct RaftTimings {
     pub election_max_ms: u64,
     /// Log entries since the last snapshot that trigger a new one.
     pub snapshot_logs: u64,
+    /// How long after its last confirmation with a quorum the node serves key use
+    /// ([`freshness`]), milliseconds.
+    pub staleness_bound_ms: u64,
 }
 
 impl Default for RaftTimings {
@@ -86,6 +91,7 @@ impl Default for RaftTimings {
             election_min_ms: 400,
             election_max_ms: 800,
             snapshot_logs: 2000,
+            staleness_bound_ms: 1000,
         }
     }
 }
@@ -155,6 +161,7 @@ struct Inner {
     state: Arc<State>,
     network: PeerNetwork,
     metrics: watch::Receiver<RaftMetrics<u64, BasicNode>>,
+    freshness: Arc<Freshness>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -196,7 +203,8 @@ impl RaftNode {
         network: PeerNetwork,
         timings: RaftTimings,
     ) -> Result<RaftNode> {
-        Self::start_with_config(id, data_dir, state, network, timings.config()?).await
+        let bound = Duration::from_millis(timings.staleness_bound_ms);
+        Self::start_with_config(id, data_dir, state, network, timings.config()?, bound).await
     }
 
     /// [`RaftNode::start`] with a full openraft configuration (snapshot and log retention
@@ -210,6 +218,7 @@ impl RaftNode {
         state: Arc<State>,
         network: PeerNetwork,
         config: Config,
+        staleness_bound: Duration,
     ) -> Result<RaftNode> {
         let config = Arc::new(
             config
@@ -233,15 +242,44 @@ impl RaftNode {
             .map_err(raft_err("start"))?;
         let metrics = raft.metrics();
         tracing::info!(node = id, applied = state.applied(), "raft started");
-        Ok(RaftNode {
+        let node = RaftNode {
             inner: Arc::new(Inner {
                 id,
                 raft,
                 state,
                 network,
                 metrics,
+                freshness: Arc::new(Freshness::new(staleness_bound)),
             }),
-        })
+        };
+        tokio::spawn(freshness::keep_fresh(node.clone()));
+        Ok(node)
+    }
+
+    /// When this node last confirmed its state with a quorum ([`freshness`]).
+    #[must_use]
+    pub fn freshness(&self) -> &Arc<Freshness> {
+        &self.inner.freshness
+    }
+
+    /// Serves a follower's `ReadIndex`: as the leader, the index a quorum confirms as current.
+    pub(crate) async fn serve_read_index(&self) -> PeerResponse {
+        if !self.is_leader() {
+            return PeerResponse::Error(PeerError::NotLeader {
+                leader: self.leader_addr(),
+            });
+        }
+        match self.inner.raft.ensure_linearizable().await {
+            Ok(read) => PeerResponse::ReadIndex(read.map_or(0, |id| id.index)),
+            Err(e) => PeerResponse::Error(PeerError::NotLeader {
+                leader: match e {
+                    RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f)) => {
+                        f.leader_node.map(|n| n.addr)
+                    }
+                    _ => None,
+                },
+            }),
+        }
     }
 
     /// This node's id.
@@ -446,7 +484,7 @@ impl RaftNode {
     }
 
     /// The leader's node id and address from the metrics, if this node knows them.
-    fn leader_target(&self) -> Option<(u64, Option<String>)> {
+    pub(crate) fn leader_target(&self) -> Option<(u64, Option<String>)> {
         let m = self.inner.metrics.borrow();
         let leader = m.current_leader?;
         let addr = m

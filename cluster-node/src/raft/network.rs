@@ -85,6 +85,9 @@ pub enum PeerRequest {
         #[serde(with = "serde_bytes")]
         recipient_identity: Vec<u8>,
     },
+    /// The index a quorum confirms as current (leader only; `crate::raft::freshness`).
+    /// → [`PeerResponse::ReadIndex`].
+    ReadIndex,
 }
 
 impl PeerRequest {
@@ -99,6 +102,7 @@ impl PeerRequest {
             Self::AddNode { .. } => "add_node",
             Self::RemoveNode { .. } => "remove_node",
             Self::DomainExport { .. } => "domain_export",
+            Self::ReadIndex => "read_index",
         }
     }
 }
@@ -127,6 +131,8 @@ pub enum PeerResponse {
     DomainPackage(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request failed.
     Error(PeerError),
+    /// To [`PeerRequest::ReadIndex`]: the confirmed index.
+    ReadIndex(u64),
 }
 
 impl PeerResponse {
@@ -141,6 +147,7 @@ impl PeerResponse {
             Self::Done => "done",
             Self::DomainPackage(_) => "domain_package",
             Self::Error(_) => "error",
+            Self::ReadIndex(_) => "read_index",
         }
     }
 }
@@ -720,7 +727,8 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
         req @ (PeerRequest::Forward(_)
         | PeerRequest::AddNode { .. }
         | PeerRequest::RemoveNode { .. }
-        | PeerRequest::DomainExport { .. })
+        | PeerRequest::DomainExport { .. }
+        | PeerRequest::ReadIndex)
             if !ctx.raft.is_member(peer) =>
         {
             tracing::warn!(
@@ -735,6 +743,7 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
         req @ (PeerRequest::Forward(_)
         | PeerRequest::AddNode { .. }
         | PeerRequest::RemoveNode { .. }) => ctx.raft.serve_forwarded(req).await,
+        PeerRequest::ReadIndex => ctx.raft.serve_read_index().await,
         PeerRequest::DomainExport { recipient_identity } => {
             tracing::info!(peer, "domain export requested");
             let call = ctx

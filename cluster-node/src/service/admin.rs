@@ -358,7 +358,12 @@ pub fn status(ctx: &NodeCtx) -> NodeStatus {
         addr: ctx.addr.clone(),
         initialized: cluster.is_some(),
         term: ctx.raft.term(),
-        leader: ctx.raft.leader(),
+        // A node cut off from its quorum does not know who leads, whatever it last heard
+        // (an old leader keeps believing it leads).
+        leader: ctx
+            .raft
+            .leader()
+            .filter(|_| ctx.raft.freshness().check().is_ok()),
         applied: ctx.svc.state.applied(),
         members: ctx
             .raft
@@ -368,5 +373,10 @@ pub fn status(ctx: &NodeCtx) -> NodeStatus {
             .collect(),
         chips,
         domain_kcv: kcv.map(hex::encode).unwrap_or_default(),
+        confirmed_ms_ago: ctx
+            .raft
+            .freshness()
+            .age()
+            .map(|a| u64::try_from(a.as_millis()).unwrap_or(u64::MAX)),
     }
 }

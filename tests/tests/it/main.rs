@@ -6,6 +6,8 @@
 //! * `restart`: every node stopped and started again keeps every object and blob.
 //! * `mtls`: connections without a client certificate, or with one of another CA, are refused.
 //! * `tokens`: PIN lockout holds on every node; one token cannot see or use another's keys.
+//! * `partition`: a real partition (iptables on loopback): the cut-off leader stops using keys
+//!   within the staleness bound, the majority destroys a key and goes on; healed, it catches up.
 //! * `security`: the security review's attacks (parallel PIN guesses on every node, session
 //!   grants replayed from another certificate or after logout, a PIN change or re-init).
 //! * `at_rest`: no key material in clear in any node's data directory or log.
@@ -43,6 +45,7 @@ mod malformed;
 mod mtls;
 mod p11;
 mod p11_raw;
+mod partition;
 mod pkcs11_cmac;
 mod pkcs11_cryptoki;
 mod pkcs11_failover;

@@ -465,6 +465,7 @@ mod tests {
             }],
             chips: vec![],
             domain_kcv: "00".into(),
+            confirmed_ms_ago: Some(12),
         };
         let r = render_status(
             &["127.0.0.1:1".into(), "127.0.0.1:2".into()],
