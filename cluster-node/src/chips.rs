@@ -91,9 +91,9 @@ pub async fn build_pool(config: &Config, nvram_key: Option<&SecretBytes>) -> Res
                     soft_index,
                     slots,
                     latency,
-                    nvram_key_file,
+                    nvram_key: source,
                 } => {
-                    let nvram = match (&nvram_key_file, &nvram_key) {
+                    let nvram = match (&source, &nvram_key) {
                         (Some(_), Some(key)) => Some(SoftNvram {
                             path: nvram_path(&data_dir, soft_index),
                             key: key.clone(),

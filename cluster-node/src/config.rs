@@ -6,7 +6,8 @@
 //! reads the file and parses it; relative paths in the file are taken relative to the directory
 //! of the file, so a configuration means the same whatever the working directory of the node.
 //! What needs the file system (reading the TLS material and checking that the certificate names
-//! this node, reading the chips' nvram key) is done by [`Config::prepare`], still before binding.
+//! this node, finding and reading the chips' NVRAM key, see [below](#the-soft-chips-nvram-key))
+//! is done by [`Config::prepare`], still before binding.
 //!
 //! ```toml
 //! id = 1
@@ -24,7 +25,8 @@
 //! count = 2
 //! slots = 64
 //! latency_us = 0
-//! nvram_key_file = "/etc/cloudkey/node-1.nvram-key"   # optional
+//! nvram_key_credential = "nvram-key"   # optional, one of: a systemd credential (below)
+//! # nvram_key_file = "/etc/cloudkey/node-1.nvram-key"   # or a file outside data_dir
 //!
 //! [[chips]]
 //! kind = "serial"
@@ -65,6 +67,36 @@
 //! argon2_parallelism = 1
 //! pin_hash_concurrency = 4
 //! ```
+//!
+//! # The soft chips' NVRAM key
+//!
+//! A software chip keeps its identity and the domain key in a file of `data_dir`
+//! (`chip-soft-<n>.nvram`), sealed under a 32-byte NVRAM key (32 raw bytes, or 64 hex digits).
+//! For a software chip that key is the trust boundary: whoever holds it and a copy of the data
+//! directory holds the domain key, and with it every key blob of the cluster. It comes from one
+//! of (at most one; one key for all of the node's soft chips):
+//!
+//! * `nvram_key_credential = NAME`: the systemd credential `NAME`, read from
+//!   `$CREDENTIALS_DIRECTORY/NAME` (`LoadCredential=NAME:/path` or `LoadCredentialEncrypted=`
+//!   in the unit). The node refuses to start when `CREDENTIALS_DIRECTORY` is not set.
+//! * `nvram_key_file = PATH`: a file (relative paths are taken from the configuration's
+//!   directory), readable only by the node's user.
+//!
+//! Without either, soft chips keep nothing across restarts: they come back blank and get the
+//! domain again from a peer (or a sibling chip).
+//!
+//! **The rule** ([`Config::prepare`]): the key's file, its path made absolute with every
+//! symbolic link followed, must not be `data_dir` nor lie anywhere under it (`data_dir`
+//! resolved the same way; a part that does not exist yet is taken as written). A key in the
+//! data directory travels with every copy of it (backups, snapshots, a disk image), and then
+//! the directory alone unseals the chips. A node whose key breaks the rule exits at once with
+//! one line naming the setting and both paths, unless it is started with
+//! `cloudkey-node --insecure-dev-keys`, which accepts it and logs one warning. A key *next to*
+//! `data_dir` (in the same parent, as `cloudkey dev up` writes it) passes the rule; production
+//! nodes keep it in a separate custody (a credential, or a file under `/etc` that is not
+//! backed up with the data). The rule is on paths: a hard link to the key inside `data_dir` is
+//! a file of its own name there and is not detected (a key file with more than one link gets a
+//! warning), nor is a bind mount.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -149,9 +181,10 @@ pub enum ChipSpec {
         slots: u32,
         /// Simulated per-operation latency.
         latency: Option<Duration>,
-        /// Key sealing the chip's nvram file (`data_dir/chip-soft-<soft_index>.nvram`); without
-        /// it the chip forgets its identity and domain when the node stops.
-        nvram_key_file: Option<PathBuf>,
+        /// Where the key sealing the chip's nvram file (`data_dir/chip-soft-<soft_index>.nvram`)
+        /// comes from; without one the chip forgets its identity and domain when the node
+        /// stops.
+        nvram_key: Option<NvramKeySource>,
     },
     /// A chip on a serial line.
     Serial {
@@ -164,6 +197,68 @@ pub enum ChipSpec {
         /// Transmissions of an idempotent command, the first included.
         retries: u32,
     },
+}
+
+/// Where the soft chips' NVRAM key is read from (see the [module docs](self#the-soft-chips-nvram-key)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NvramKeySource {
+    /// `nvram_key_file = PATH`: a file (resolved against the configuration's directory).
+    File(PathBuf),
+    /// `nvram_key_credential = NAME`: the systemd credential `NAME`, the file
+    /// `$CREDENTIALS_DIRECTORY/NAME`.
+    Credential(String),
+}
+
+/// The environment variable systemd sets to the directory of a unit's credentials.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
+impl NvramKeySource {
+    /// The configuration setting this source was given by.
+    #[must_use]
+    pub fn setting(&self) -> &'static str {
+        match self {
+            Self::File(_) => "nvram_key_file",
+            Self::Credential(_) => "nvram_key_credential",
+        }
+    }
+
+    /// The setting as written, for messages: `nvram_key_file /p` or `nvram_key_credential "n"`.
+    fn describe(&self) -> String {
+        match self {
+            Self::File(p) => format!("nvram_key_file {}", p.display()),
+            Self::Credential(n) => format!("nvram_key_credential {n:?}"),
+        }
+    }
+
+    /// The file holding the key: the configured path, or `credentials_dir/NAME` (the value of
+    /// [`CREDENTIALS_DIRECTORY`]; unset or empty is an error for a credential).
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] for a credential without a credentials directory.
+    pub fn file(&self, credentials_dir: Option<&std::ffi::OsStr>) -> Result<PathBuf> {
+        match self {
+            Self::File(p) => Ok(p.clone()),
+            Self::Credential(name) => match credentials_dir.filter(|d| !d.is_empty()) {
+                Some(dir) => Ok(Path::new(dir).join(name)),
+                None => Err(bad(format!(
+                    "nvram_key_credential = {name:?} needs ${CREDENTIALS_DIRECTORY}, which is not \
+                     set (systemd sets it for a unit with LoadCredential={name}:/path/to/key or \
+                     LoadCredentialEncrypted={name}:/path/to/key.cred)"
+                ))),
+            },
+        }
+    }
+}
+
+/// Whether [`Config::prepare`] accepts an NVRAM key inside `data_dir` (the
+/// [rule](self#the-soft-chips-nvram-key)).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DevKeys {
+    /// Refused: the production rule.
+    #[default]
+    Refuse,
+    /// Accepted, with a warning in the log: `cloudkey-node --insecure-dev-keys`.
+    AllowInsecure,
 }
 
 /// Raft timings.
@@ -390,6 +485,7 @@ struct RawChip {
     slots: Option<u32>,
     latency_us: Option<u64>,
     nvram_key_file: Option<PathBuf>,
+    nvram_key_credential: Option<String>,
     path: Option<String>,
     baud: Option<u32>,
     timeout_ms: Option<u64>,
@@ -609,12 +705,14 @@ impl Config {
     }
 
     /// Loads what the configuration names on disk and checks it: the TLS material (the
-    /// certificate must be a node certificate of this node's id) and the nvram key.
+    /// certificate must be a node certificate of this node's id) and the NVRAM key, found with
+    /// [`Config::nvram_key_file`] (`$CREDENTIALS_DIRECTORY` for a credential) and held to the
+    /// [rule](self#the-soft-chips-nvram-key) unless `dev_keys` allows it.
     ///
     /// # Errors
     /// [`NodeError::Config`] or [`NodeError::Setting`] (the TLS files, the NVRAM key file),
     /// with one line.
-    pub fn prepare(&self) -> Result<Prepared> {
+    pub fn prepare(&self, dev_keys: DevKeys) -> Result<Prepared> {
         use cloudkey_protocol::tls::{Role, TlsFiles, TlsMaterial};
 
         let files = TlsFiles {
@@ -643,20 +741,122 @@ impl Config {
             },
             Err(e) => return Err(refused(format!("tls.cert {}", self.tls.cert.display()))(e)),
         }
+        let credentials = std::env::var_os(CREDENTIALS_DIRECTORY);
         let nvram_key = self
-            .chips
-            .iter()
-            .find_map(|c| match c {
-                ChipSpec::Soft {
-                    nvram_key_file: Some(f),
-                    ..
-                } => Some(f),
-                _ => None,
-            })
-            .map(|f| read_nvram_key(f))
+            .nvram_key_file(credentials.as_deref(), dev_keys)?
+            .map(|(source, file)| read_nvram_key(source.setting(), &file))
             .transpose()?;
         Ok(Prepared { tls, nvram_key })
     }
+
+    /// The NVRAM key's source, the first one of a soft chip (they are all the same).
+    #[must_use]
+    pub fn nvram_key_source(&self) -> Option<&NvramKeySource> {
+        self.chips.iter().find_map(|c| match c {
+            ChipSpec::Soft {
+                nvram_key: Some(k), ..
+            } => Some(k),
+            _ => None,
+        })
+    }
+
+    /// The file the soft chips' NVRAM key is read from, held to the
+    /// [rule](self#the-soft-chips-nvram-key): its real path (absolute, every symbolic link
+    /// followed) with its source, or `None` when no soft chip has a key. `credentials_dir` is
+    /// the value of `$CREDENTIALS_DIRECTORY`. A key inside `data_dir` is refused, or with
+    /// [`DevKeys::AllowInsecure`] accepted with one warning in the log.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] for a key inside `data_dir` (one line naming the setting, the
+    /// key's path and `data_dir`) or a credential without a credentials directory;
+    /// [`NodeError::Setting`] when the key's file cannot be resolved (it does not exist).
+    pub fn nvram_key_file(
+        &self,
+        credentials_dir: Option<&std::ffi::OsStr>,
+        dev_keys: DevKeys,
+    ) -> Result<Option<(&NvramKeySource, PathBuf)>> {
+        let Some(source) = self.nvram_key_source() else {
+            return Ok(None);
+        };
+        let file = source.file(credentials_dir)?;
+        let real = std::fs::canonicalize(&file).map_err(|e| NodeError::Setting {
+            what: source.setting().into(),
+            source: Box::new(std::io::Error::new(
+                e.kind(),
+                format!("cannot read NVRAM key file {}: {e}", file.display()),
+            )),
+        })?;
+        let data_dir = real_path(&self.data_dir).map_err(refused(format!(
+            "data_dir {}: cannot resolve it",
+            self.data_dir.display()
+        )))?;
+        if !real.starts_with(&data_dir) {
+            return Ok(Some((source, real)));
+        }
+        let shown = |given: &Path, real: &Path| {
+            if given == real {
+                given.display().to_string()
+            } else {
+                format!("{} (resolved: {})", given.display(), real.display())
+            }
+        };
+        let key = match source {
+            NvramKeySource::File(_) => format!("nvram_key_file {}", shown(&file, &real)),
+            NvramKeySource::Credential(_) => {
+                format!("{} at {}", source.describe(), shown(&file, &real))
+            }
+        };
+        let dir = shown(&self.data_dir, &data_dir);
+        match dev_keys {
+            DevKeys::Refuse => Err(bad(format!(
+                "{key} is inside data_dir {dir}: a copy of the data directory would carry the key \
+                 that unseals the soft chips; keep the key outside data_dir (a file elsewhere, or \
+                 nvram_key_credential), or start with --insecure-dev-keys (development only)"
+            ))),
+            DevKeys::AllowInsecure => {
+                tracing::warn!(
+                    "--insecure-dev-keys: {key} is inside data_dir {dir}; whoever has a copy \
+                     of the data directory can unseal the soft chips' NVRAM (development only)"
+                );
+                Ok(Some((source, real)))
+            }
+        }
+    }
+}
+
+/// `p` made absolute with every symbolic link followed, like [`std::fs::canonicalize`], but
+/// also for a path that does not exist (yet): components are resolved from the root one by
+/// one, and one that does not exist is kept as written (a `..` after it returns to its real
+/// parent).
+///
+/// # Errors
+/// When the working directory is unknown, or a component cannot be resolved for another
+/// reason than its absence (a permission, a loop of links).
+pub fn real_path(p: &Path) -> std::io::Result<PathBuf> {
+    use std::path::Component;
+    let mut real = PathBuf::new();
+    for c in std::path::absolute(p)?.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => real.push(c.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                real.pop();
+            }
+            Component::Normal(name) => {
+                real.push(name);
+                match std::fs::canonicalize(&real) {
+                    Ok(r) => real = r,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                        ) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(real)
 }
 
 fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
@@ -665,7 +865,7 @@ fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
     }
     let mut chips = Vec::new();
     let mut soft_index = 0usize;
-    let mut nvram_key: Option<PathBuf> = None;
+    let mut nvram_key: Option<NvramKeySource> = None;
     for (i, c) in raw.into_iter().enumerate() {
         let at = format!("chips[{i}]");
         let kind = c
@@ -698,20 +898,15 @@ fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
                     c.latency_us.unwrap_or(0),
                     0..=1_000_000,
                 )?;
-                let nvram_key_file = match c.nvram_key_file {
-                    Some(p) if p.as_os_str().is_empty() => {
-                        return Err(bad(format!("{at}.nvram_key_file must not be empty")))
-                    }
-                    Some(p) => Some(resolve(base, p)),
-                    None => None,
-                };
-                // One key seals every soft chip of the node: the node reads one key file.
-                if let Some(f) = &nvram_key_file {
+                let source = nvram_key_source(&at, c.nvram_key_file, c.nvram_key_credential, base)?;
+                // One key seals every soft chip of the node: the node reads one key.
+                if let Some(f) = &source {
                     match &nvram_key {
                         Some(first) if first != f => {
                             return Err(bad(format!(
-                                "{at}.nvram_key_file differs from an earlier entry's; use one \
-                                 key file for all soft chips"
+                                "{at}.{} differs from an earlier entry's NVRAM key; use one \
+                                 key for all soft chips",
+                                f.setting()
                             )))
                         }
                         _ => nvram_key = Some(f.clone()),
@@ -722,7 +917,7 @@ fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
                         soft_index,
                         slots,
                         latency: (latency_us > 0).then(|| Duration::from_micros(latency_us)),
-                        nvram_key_file: nvram_key_file.clone(),
+                        nvram_key: source.clone(),
                     });
                     soft_index += 1;
                 }
@@ -732,6 +927,7 @@ fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
                 reject("slots", c.slots.is_some())?;
                 reject("latency_us", c.latency_us.is_some())?;
                 reject("nvram_key_file", c.nvram_key_file.is_some())?;
+                reject("nvram_key_credential", c.nvram_key_credential.is_some())?;
                 let path = c
                     .path
                     .filter(|p| !p.is_empty())
@@ -768,6 +964,43 @@ fn parse_chips(raw: Vec<RawChip>, base: &Path) -> Result<Vec<ChipSpec>> {
         }
     }
     Ok(chips)
+}
+
+/// A soft chip entry's NVRAM key source: at most one of `nvram_key_file` and
+/// `nvram_key_credential`.
+fn nvram_key_source(
+    at: &str,
+    file: Option<PathBuf>,
+    credential: Option<String>,
+    base: &Path,
+) -> Result<Option<NvramKeySource>> {
+    match (file, credential) {
+        (Some(_), Some(_)) => Err(bad(format!(
+            "{at}.nvram_key_file and {at}.nvram_key_credential exclude each other: choose one"
+        ))),
+        (Some(p), None) if p.as_os_str().is_empty() => {
+            Err(bad(format!("{at}.nvram_key_file must not be empty")))
+        }
+        (Some(p), None) => Ok(Some(NvramKeySource::File(resolve(base, p)))),
+        (None, Some(name)) => {
+            // systemd's rule for credential names: a file name of printable ASCII without ':'.
+            let valid = (1..=255).contains(&name.len())
+                && name != "."
+                && name != ".."
+                && name
+                    .bytes()
+                    .all(|b| (b' '..=b'~').contains(&b) && b != b'/' && b != b':');
+            if valid {
+                Ok(Some(NvramKeySource::Credential(name)))
+            } else {
+                Err(bad(format!(
+                    "{at}.nvram_key_credential = {name:?} is not a credential name (1 to 255 \
+                     printable ASCII characters, no '/' or ':', not \".\" or \"..\")"
+                )))
+            }
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 fn parse_raft(r: RawRaft) -> Result<RaftSettings> {
@@ -955,17 +1188,18 @@ fn parse_security(r: RawSecurity) -> Result<Security> {
     })
 }
 
-/// Reads the nvram key: exactly 32 raw bytes, or 64 hex digits (surrounding whitespace
-/// ignored).
-fn read_nvram_key(path: &Path) -> Result<SecretBytes> {
+/// Reads the nvram key given by `setting`: exactly 32 raw bytes, or 64 hex digits
+/// (surrounding whitespace ignored).
+fn read_nvram_key(setting: &str, path: &Path) -> Result<SecretBytes> {
     warn_if_exposed(path);
-    cloudkey_chip::nvram::read_key_file(path).map_err(refused("nvram_key_file"))
+    cloudkey_chip::nvram::read_key_file(path).map_err(refused(setting))
 }
 
 /// A key file others can read is a configuration mistake worth a warning (not a refusal: the
-/// operator may protect the directory instead).
+/// operator may protect the directory instead); so is one with other names (hard links), which
+/// the data_dir rule does not see.
 fn warn_if_exposed(path: &Path) {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     if let Ok(meta) = std::fs::metadata(path) {
         let mode = meta.permissions().mode();
         if mode & 0o077 != 0 {
@@ -973,6 +1207,13 @@ fn warn_if_exposed(path: &Path) {
                 path = %path.display(),
                 mode = format!("{:o}", mode & 0o777),
                 "nvram key file is readable by group or others; chmod 600 it"
+            );
+        }
+        if meta.nlink() > 1 {
+            tracing::warn!(
+                path = %path.display(),
+                links = meta.nlink(),
+                "nvram key file has other names (hard links); make sure none is in a data directory"
             );
         }
     }
@@ -1010,7 +1251,7 @@ mod tests {
     #[test]
     fn unloadable_tls_files_are_refused_with_their_cause() {
         let c = parse(MINIMAL).expect("minimal");
-        let e = match c.prepare() {
+        let e = match c.prepare(DevKeys::Refuse) {
             Ok(_) => panic!("missing TLS files accepted"),
             Err(e) => e,
         };
@@ -1039,7 +1280,7 @@ mod tests {
                 soft_index: 0,
                 slots: 64,
                 latency: None,
-                nvram_key_file: None
+                nvram_key: None
             }]
         );
         assert_eq!(c.raft, RaftSettings::default());
@@ -1138,7 +1379,7 @@ mod tests {
                 soft_index: 1,
                 slots: 8,
                 latency: Some(Duration::from_micros(250)),
-                nvram_key_file: Some("/p/nv.key".into())
+                nvram_key: Some(NvramKeySource::File("/p/nv.key".into()))
             }
         );
         assert_eq!(
@@ -1154,6 +1395,201 @@ mod tests {
         assert_eq!(c.raft.heartbeat, Duration::from_millis(50));
         assert_eq!(c.limits.max_inflight, 32);
         assert_eq!(c.security.session_ttl, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn nvram_key_sources() {
+        let soft = |extra: &str| format!("{MINIMAL}count = 2\n{extra}");
+        let c = parse(&soft("nvram_key_credential = \"cloudkey-nvram\"")).unwrap();
+        let want = Some(NvramKeySource::Credential("cloudkey-nvram".into()));
+        assert!(c
+            .chips
+            .iter()
+            .all(|chip| matches!(chip, ChipSpec::Soft { nvram_key, .. } if *nvram_key == want)));
+        assert_eq!(c.nvram_key_source(), want.as_ref());
+        let c = parse(&soft("nvram_key_file = \"keys/nv.key\"")).unwrap();
+        assert_eq!(
+            c.nvram_key_source(),
+            Some(&NvramKeySource::File("/etc/ck/keys/nv.key".into()))
+        );
+        assert_eq!(parse(MINIMAL).unwrap().nvram_key_source(), None);
+        for (extra, want) in [
+            (
+                "nvram_key_file = \"k\"\nnvram_key_credential = \"k\"",
+                "chips[0].nvram_key_file and chips[0].nvram_key_credential exclude each other",
+            ),
+            ("nvram_key_credential = \"\"", "is not a credential name"),
+            ("nvram_key_credential = \"a/b\"", "is not a credential name"),
+            ("nvram_key_credential = \"..\"", "is not a credential name"),
+            ("nvram_key_credential = \"a:b\"", "is not a credential name"),
+            (
+                "nvram_key_credential = \"tab\\t\"",
+                "is not a credential name",
+            ),
+            ("nvram_key_file = \"\"", "nvram_key_file must not be empty"),
+        ] {
+            let e = err(&soft(extra));
+            assert!(e.contains(want), "{e:?} should mention {want:?}");
+            assert!(!e.contains('\n'), "{e:?} is one line");
+        }
+        let two = format!(
+            "{MINIMAL}nvram_key_file = \"k\"\n[[chips]]\nkind = \"soft\"\n\
+             nvram_key_credential = \"k\""
+        );
+        assert!(err(&two).contains("chips[1].nvram_key_credential differs"));
+        let serial = MINIMAL.replace(
+            "kind = \"soft\"",
+            "kind = \"serial\"\npath = \"/dev/x\"\nnvram_key_credential = \"k\"",
+        );
+        assert!(err(&serial).contains("chips[0].nvram_key_credential does not apply"));
+    }
+
+    /// The rule: the key's real path must not be in data_dir's real path. Inside, through a
+    /// symlink (of the key or of data_dir), with `..` in a relative path: refused naming the
+    /// setting and both paths, accepted with `DevKeys::AllowInsecure`. Next to data_dir, in a
+    /// sibling whose name extends data_dir's, or before data_dir exists: accepted.
+    #[test]
+    fn nvram_key_inside_data_dir_is_refused_unless_insecure_dev_keys() {
+        use std::os::unix::fs::symlink;
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::create_dir_all(root.join("data2")).unwrap();
+        std::fs::create_dir_all(root.join("other")).unwrap();
+        for f in ["nvram.key", "data/nvram.key", "data2/nvram.key"] {
+            std::fs::write(root.join(f), [7u8; 32]).unwrap();
+        }
+        symlink(root.join("data/nvram.key"), root.join("link.key")).unwrap();
+        symlink(root.join("data"), root.join("data-link")).unwrap();
+        let config = |data_dir: &str, key: &str| {
+            let text = MINIMAL
+                .replace("data_dir = \"data\"", &format!("data_dir = {data_dir:?}"))
+                .replace(
+                    "kind = \"soft\"",
+                    &format!("kind = \"soft\"\nnvram_key_file = {key:?}"),
+                );
+            Config::parse(&text, &root).unwrap()
+        };
+        let check = |data_dir: &str, key: &str, dev: DevKeys| {
+            config(data_dir, key)
+                .nvram_key_file(None, dev)
+                .map(|k| k.map(|(_, path)| path))
+        };
+        // Outside: next to data_dir, a sibling named like it, data_dir not there yet.
+        for (data_dir, key) in [
+            ("data", "nvram.key"),
+            ("data", "data/../nvram.key"),
+            ("data", "data2/nvram.key"),
+            ("new/data", "data/nvram.key"),
+        ] {
+            let got = check(data_dir, key, DevKeys::Refuse);
+            let want = std::fs::canonicalize(root.join(key)).unwrap();
+            assert_eq!(got.unwrap(), Some(want), "{data_dir} {key}");
+        }
+        // Inside: directly, by a relative path with `..`, through a link to the key, through
+        // a link to data_dir, and data_dir given with `..` and a part not yet created.
+        let real_key = root.join("data/nvram.key");
+        for (data_dir, key, shown) in [
+            ("data", "data/nvram.key", "nvram_key_file /R/data/nvram.key is inside data_dir /R/data:"),
+            (
+                "data",
+                "other/../data/nvram.key",
+                "nvram_key_file /R/other/../data/nvram.key (resolved: /R/data/nvram.key) is inside",
+            ),
+            (
+                "data",
+                "link.key",
+                "nvram_key_file /R/link.key (resolved: /R/data/nvram.key) is inside data_dir /R/data:",
+            ),
+            (
+                "data-link",
+                "data/nvram.key",
+                "is inside data_dir /R/data-link (resolved: /R/data):",
+            ),
+            ("other/../data", "data/nvram.key", "(resolved: /R/data):"),
+            (".", "data/nvram.key", "is inside data_dir /R/.:"),
+        ] {
+            let e = match check(data_dir, key, DevKeys::Refuse) {
+                Ok(k) => panic!("{data_dir} {key}: accepted as {k:?}"),
+                Err(e) => e.to_string(),
+            };
+            let shown = shown.replace("/R", &root.display().to_string());
+            assert!(e.contains(&shown), "{e:?} should say {shown:?}");
+            assert!(e.contains("--insecure-dev-keys"), "{e:?}");
+            assert!(!e.contains('\n'), "{e:?} is one line");
+            let allowed = check(data_dir, key, DevKeys::AllowInsecure).unwrap();
+            assert_eq!(allowed, Some(real_key.clone()), "{data_dir} {key}");
+        }
+        // A key file that does not exist: the read error, naming the setting.
+        let e = check("data", "missing.key", DevKeys::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("nvram_key_file: cannot read NVRAM key file"),
+            "{e}"
+        );
+    }
+
+    /// `nvram_key_credential` reads `$CREDENTIALS_DIRECTORY/NAME`, is refused without the
+    /// variable, and is held to the same rule.
+    #[test]
+    fn nvram_key_credential_needs_credentials_directory_outside_data_dir() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        for dir in ["creds", "data/creds"] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("nv"), hex::encode([3u8; 32])).unwrap();
+        }
+        let text = MINIMAL.replace(
+            "kind = \"soft\"",
+            "kind = \"soft\"\nnvram_key_credential = \"nv\"",
+        );
+        let c = Config::parse(&text, &root).unwrap();
+        let creds = root.join("creds");
+        let (source, path) = c
+            .nvram_key_file(Some(creds.as_os_str()), DevKeys::Refuse)
+            .unwrap()
+            .unwrap();
+        assert_eq!(source.setting(), "nvram_key_credential");
+        assert_eq!(path, creds.join("nv"));
+        for unset in [None, Some(std::ffi::OsStr::new(""))] {
+            let e = c
+                .nvram_key_file(unset, DevKeys::Refuse)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(
+                    "nvram_key_credential = \"nv\" needs $CREDENTIALS_DIRECTORY, which is not \
+                     set (systemd sets it for a unit with LoadCredential=nv:"
+                ),
+                "{e}"
+            );
+        }
+        let inside = root.join("data/creds");
+        let e = c
+            .nvram_key_file(Some(inside.as_os_str()), DevKeys::Refuse)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!(
+                "nvram_key_credential \"nv\" at {} is inside data_dir",
+                inside.join("nv").display()
+            )),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn real_path_resolves_the_existing_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::create_dir(root.join("a")).unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("l")).unwrap();
+        assert_eq!(real_path(&root.join("l")).unwrap(), root.join("a"));
+        assert_eq!(real_path(&root.join("l/x/y")).unwrap(), root.join("a/x/y"));
+        assert_eq!(real_path(&root.join("l/x/../y")).unwrap(), root.join("a/y"));
+        assert_eq!(real_path(&root.join("x/../l/z")).unwrap(), root.join("a/z"));
+        assert_eq!(real_path(&root.join("a/./b/..")).unwrap(), root.join("a"));
     }
 
     #[test]

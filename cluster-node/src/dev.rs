@@ -8,8 +8,10 @@
 //! ```text
 //! pki/                 ca.pem ca.key node-<i>.pem/.key operator-admin.* client-app.*
 //! node-<i>/node.toml   the node's configuration
-//! node-<i>/nvram.key   32 random bytes (0600) sealing the node's soft chips' nvram; outside
-//!                      data/ on purpose: it stands for the chips' own protected storage
+//! node-<i>/nvram.key   32 random bytes (0600) sealing the node's soft chips' nvram: a
+//!                      development key, a plain file next to data/ (outside it, so the node
+//!                      accepts it without --insecure-dev-keys), yet in the node's directory,
+//!                      which therefore unseals the chips on its own; `dev up` says so
 //! node-<i>/data/       the node's data_dir (Raft log and state, listen.addr, sealed nvram)
 //! node-<i>.log         the node's stdout and stderr
 //! pids                 `<id> <pid> <addr>` per running node
@@ -62,6 +64,8 @@ pub const DEV_TOKEN: &str = "dev";
 pub const DEV_USER_PIN: &str = "1234";
 /// Its SO PIN.
 pub const DEV_SO_PIN: &str = "12345678";
+/// How the line of `dev up`'s output that names the development keys begins.
+pub const DEV_KEYS_NOTICE: &str = "development keys:";
 /// Bound on a node's start (until it prints `LISTENING`).
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the cluster becoming ready after `Init`.
@@ -494,6 +498,17 @@ impl DevCluster {
         self.dir.join("pkcs11.toml")
     }
 
+    /// The line of [`DevCluster::summary`] that says the nodes use development keys.
+    #[must_use]
+    pub fn dev_keys_line(&self) -> String {
+        format!(
+            "{DEV_KEYS_NOTICE} each node's NVRAM key is a plain file next to its data ({}), so \
+             a node's directory alone unseals its soft chips; production nodes take it from \
+             outside the node's directory (see docs/security.md)",
+            self.dir.join("node-<i>").join("nvram.key").display()
+        )
+    }
+
     /// What `cloudkey dev up` prints.
     #[must_use]
     pub fn summary(&self) -> String {
@@ -516,6 +531,7 @@ impl DevCluster {
                 NodeFiles::new(&self.dir, n.id).log.display()
             );
         }
+        let _ = writeln!(s, "{}", self.dev_keys_line());
         let _ = writeln!(
             s,
             "token {DEV_TOKEN:?}: user PIN {DEV_USER_PIN}, SO PIN {DEV_SO_PIN}\n"
@@ -1000,7 +1016,7 @@ fn purge(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ChipSpec, Config};
+    use crate::config::{ChipSpec, Config, NvramKeySource};
 
     #[test]
     fn written_config_parses() {
@@ -1026,7 +1042,7 @@ mod tests {
         assert_eq!(c.chips.len(), 3);
         assert!(matches!(
             &c.chips[2],
-            ChipSpec::Soft { nvram_key_file: Some(f), .. } if *f == files.nvram_key
+            ChipSpec::Soft { nvram_key: Some(NvramKeySource::File(f)), .. } if *f == files.nvram_key
         ));
         assert_eq!(c.security.max_login_failures, 3);
         assert_eq!(c.raft.heartbeat, Duration::from_millis(50));

@@ -1,4 +1,8 @@
-//! `cloudkey-node --config FILE`: a cloudkey cluster node.
+//! `cloudkey-node --config FILE [--insecure-dev-keys]`: a cloudkey cluster node.
+//!
+//! `--insecure-dev-keys` lets a development node start with its soft chips' NVRAM key inside
+//! its `data_dir` (one warning is logged); without it such a node exits 64 at once (the rule
+//! is in the docs of `cloudkey_node::config`).
 //!
 //! Contract with whoever starts it:
 //! * stdout: exactly one line, `LISTENING <ip:port>`, once the node accepts connections.
@@ -8,7 +12,7 @@
 //!   configuration (nothing was bound or opened yet); 1 for any other failure.
 //!
 //! Start-up order: configuration (parsed, validated, TLS material and nvram key loaded and
-//! checked) → data directory (mode 0700) → chips → endpoint bound → Raft (restored from the
+//! checked, the key found outside `data_dir`) → data directory (mode 0700) → chips → endpoint bound → Raft (restored from the
 //! data directory: a restarted node rejoins and catches up) → accept loop → `LISTENING` →
 //! domain sync in the background → wait for a signal. Shutdown: stop accepting, drain the
 //! requests in progress (bounded), write the signature counts not yet in the audit chain
@@ -22,7 +26,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use cloudkey_node::chips::{self, ChipDomain, PeerDonor};
-use cloudkey_node::config::{Config, Prepared};
+use cloudkey_node::config::{Config, DevKeys, Prepared};
 use cloudkey_node::handler::NodeCtx;
 use cloudkey_node::raft::{PeerContext, PeerNetwork, RaftNode, RaftTimings};
 use cloudkey_node::server::{self, Server};
@@ -45,6 +49,10 @@ struct Args {
     /// The node's TOML configuration file.
     #[arg(long, value_name = "FILE")]
     config: PathBuf,
+    /// Accept a soft-chip NVRAM key inside data_dir, with a warning. Development only: a copy
+    /// of such a data directory unseals the soft chips.
+    #[arg(long)]
+    insecure_dev_keys: bool,
 }
 
 fn fail(code: u8, msg: impl std::fmt::Display) -> ExitCode {
@@ -80,7 +88,12 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_CONFIG, config_error(e)),
     };
-    let prepared = match config.prepare() {
+    let dev_keys = if args.insecure_dev_keys {
+        DevKeys::AllowInsecure
+    } else {
+        DevKeys::Refuse
+    };
+    let prepared = match config.prepare(dev_keys) {
         Ok(p) => p,
         Err(e) => {
             return fail(

@@ -31,6 +31,7 @@ pub struct Launch {
     program: PathBuf,
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    env_removes: Vec<OsString>,
     name: String,
     announce: String,
     stdout: Option<PathBuf>,
@@ -49,6 +50,7 @@ impl Launch {
             program,
             args: Vec::new(),
             envs: Vec::new(),
+            env_removes: Vec::new(),
             name,
             announce: announce.into(),
             stdout: None,
@@ -75,6 +77,13 @@ impl Launch {
     #[must_use]
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
         self.envs.push((key.into(), value.into()));
+        self
+    }
+
+    /// An environment variable of this process that the child does not inherit.
+    #[must_use]
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env_removes.push(key.into());
         self
     }
 
@@ -192,7 +201,11 @@ impl Process {
             open(&self.stderr)?
         };
         let l = &self.launch;
-        let child = Command::new(&l.program)
+        let mut command = Command::new(&l.program);
+        for key in &l.env_removes {
+            command.env_remove(key);
+        }
+        let child = command
             .args(&l.args)
             .envs(l.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())

@@ -1,22 +1,34 @@
-//! No key material in clear at rest: after importing an AES key and an EC private key whose
-//! values the test knows, and deriving an ECDH secret the test can compute too, no node's data
-//! directory (Raft log, state, sealed chip nvram, everything) and no node log holds those bytes,
-//! raw or hex, nor the PINs. Each secret is first shown to be the one the cluster really uses,
-//! and the public key of a generated key pair is found in every data directory, so the scan is
-//! known to read the real store.
+//! Keys at rest.
+//!
+//! * No key material in clear: after importing an AES key and an EC private key whose values
+//!   the test knows, and deriving an ECDH secret the test can compute too, no node's data
+//!   directory (Raft log, state, sealed chip nvram, everything) and no node log holds those
+//!   bytes, raw or hex, nor the PINs. Each secret is first shown to be the one the cluster
+//!   really uses, and the public key of a generated key pair is found in every data directory,
+//!   so the scan is known to read the real store.
+//! * The soft chips' NVRAM key (issue 11, item 7): a real `cloudkey-node` whose key lies inside
+//!   its data directory (directly or through a symlink) exits 64 with one line naming the
+//!   setting and the paths, and serves nothing; with `--insecure-dev-keys` it starts, warns
+//!   once and serves. A key from a systemd credential (`nvram_key_credential`) is read from
+//!   `$CREDENTIALS_DIRECTORY` and seals the chips; without the variable the node refuses to
+//!   start.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::agreement::{self, UnparsedPublicKey};
 use aws_lc_rs::encoding::AsBigEndian;
 use aws_lc_rs::hmac;
 use aws_lc_rs::rand::{SecureRandom, SystemRandom};
 use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair as _, ECDSA_P256_SHA256_FIXED_SIGNING};
+use cloudkey_node::dev::{self, NodeFiles, NodeOptions};
+use cloudkey_node::pki::Identity;
 use cloudkey_protocol::ck;
+use cloudkey_protocol::client::{Client, ClientSettings};
 use cloudkey_protocol::msg::{Attribute, MechParam, Mechanism, Request, Response, SignInput};
-use cloudkey_tests::{wait_for, Cluster, Role};
+use cloudkey_test_support::NodeProcess;
+use cloudkey_tests::{wait_for, Cluster, Pki, Role, OPERATOR, START_TIMEOUT, STOP_TIMEOUT};
 
 use crate::util::{self, bytes_of, P256_PARAMS};
 
@@ -284,5 +296,262 @@ async fn no_key_material_or_pin_is_stored_or_logged_in_clear() -> Result<()> {
         needles.len()
     );
     ensure!(found.is_empty(), "secrets in clear: {found:#?}");
+    Ok(())
+}
+
+// ---- the soft chips' NVRAM key -------------------------------------------------------------
+
+/// The start-up refusal's marker, and the flag that lifts it.
+const INSECURE: &str = "--insecure-dev-keys";
+
+/// One node (node 1 of a one-node PKI) in a directory of its own, configured as `cloudkey dev`
+/// and the harness configure nodes, except for the line naming the NVRAM key, which a test
+/// sets.
+struct LoneNode {
+    pki: Pki,
+    _root: tempfile::TempDir,
+    root: PathBuf,
+    files: NodeFiles,
+    config: String,
+}
+
+impl LoneNode {
+    fn new() -> Result<Self> {
+        let pki = Pki::new(1)?;
+        let tmp = tempfile::Builder::new()
+            .prefix("cloudkey-nvram-")
+            .tempdir()?;
+        let root = tmp.path().canonicalize()?;
+        let files = NodeFiles::new(&root, 1);
+        let opts = NodeOptions {
+            chips: 1,
+            cheap_pin_hash: true,
+            ..NodeOptions::default()
+        };
+        dev::write_node_files(&files, pki.dir(), &opts)?;
+        let config = std::fs::read_to_string(&files.config)?;
+        ensure!(
+            config.contains("\nnvram_key_file = "),
+            "the written configuration names its key file: {config}"
+        );
+        Ok(Self {
+            pki,
+            _root: tmp,
+            root,
+            files,
+            config,
+        })
+    }
+
+    /// Writes the configuration with `line` (`nvram_key_file = "..."`, or a credential) in
+    /// place of the written `nvram_key_file` line.
+    fn set_key_line(&self, line: &str) -> Result<()> {
+        let text: String = self
+            .config
+            .lines()
+            .map(|l| {
+                if l.starts_with("nvram_key_file = ") {
+                    line
+                } else {
+                    l
+                }
+            })
+            .flat_map(|l| [l, "\n"])
+            .collect();
+        std::fs::write(&self.files.config, text)?;
+        Ok(())
+    }
+
+    fn set_key_file(&self, path: &Path) -> Result<()> {
+        let path = path.to_str().context("a UTF-8 path")?;
+        self.set_key_line(&format!("nvram_key_file = {path:?}"))
+    }
+
+    /// Starts the node with `args` after `--config`, `env` set and `CREDENTIALS_DIRECTORY`
+    /// removed unless `env` sets it.
+    fn spawn(&self, args: &[&str], env: &[(&str, &Path)]) -> Result<NodeProcess> {
+        let bin = cloudkey_tests::node_binary()?;
+        let mut launch = NodeProcess::launch(&bin, &self.files.config)
+            .args(args.iter().copied())
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .env("RUST_LOG", "info")
+            .log_to(&self.files.log)
+            .name("node 1");
+        for (k, v) in env {
+            launch = launch.env(k, v);
+        }
+        Ok(NodeProcess::spawn(launch)?)
+    }
+
+    /// Starts the node and expects it to exit with status 64 before serving; its last line.
+    async fn refused(&self, args: &[&str], env: &[(&str, &Path)]) -> Result<String> {
+        let mut node = self.spawn(args, env)?;
+        if let Ok(addr) = node.listening(START_TIMEOUT).await {
+            bail!(
+                "the node started and serves on {addr}; it should have refused to start. Its \
+                 log:\n{}",
+                node.log_tail()
+            );
+        }
+        let status = node.try_exit().context("the node exited")?;
+        ensure!(status.code() == Some(64), "exit status 64, not {status}");
+        let log = node.log();
+        ensure!(!log.contains("LISTENING"), "nothing served: {log}");
+        let last = log.trim_end().lines().last().unwrap_or_default().to_owned();
+        ensure!(last.starts_with("cloudkey-node: "), "one last line: {log}");
+        Ok(last)
+    }
+
+    /// Starts the node and waits until it serves: a status request answered.
+    async fn serving(&self, args: &[&str], env: &[(&str, &Path)]) -> Result<NodeProcess> {
+        let mut node = self.spawn(args, env)?;
+        let addr = node.listening(START_TIMEOUT).await?;
+        let settings = self.root.join("operator.toml");
+        let text = dev::client_settings_toml(
+            &[addr.to_string()],
+            self.pki.dir(),
+            &Identity::Operator(OPERATOR.into()),
+        );
+        std::fs::write(&settings, text)?;
+        let settings = ClientSettings::from_file(&settings).map_err(|e| anyhow!("{e}"))?;
+        let client = Client::new(&settings).map_err(|e| anyhow!("{e}"))?;
+        match client.call(Request::Status).await {
+            Ok(Response::Status(s)) => ensure!(s.id == 1, "status of node 1: {s:?}"),
+            other => bail!("status: {other:?}"),
+        }
+        Ok(node)
+    }
+
+    /// The node's log, every run.
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.files.log).unwrap_or_default()
+    }
+
+    /// The entries of the data directory.
+    fn data_entries(&self) -> Result<Vec<String>> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.files.data_dir)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        names.sort();
+        Ok(names)
+    }
+}
+
+async fn stop(mut node: NodeProcess) -> Result<()> {
+    let status = node.stop(STOP_TIMEOUT).await?;
+    ensure!(status.success(), "exit 0 after SIGTERM: {status}");
+    Ok(())
+}
+
+/// Issue 11, item 7: a node whose NVRAM key lies in its data directory refuses to start,
+/// whether the configuration names the file there or a symlink to it, unless it is started
+/// with `--insecure-dev-keys`, which it then warns about once. The key next to the data
+/// directory (the layout of `cloudkey dev up`) is accepted without a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refuses_an_nvram_key_inside_its_data_dir_unless_insecure_dev_keys() -> Result<()> {
+    let n = LoneNode::new()?;
+    let data_dir = &n.files.data_dir;
+    let inside = data_dir.join("nvram.key");
+    std::fs::rename(&n.files.nvram_key, &inside)?;
+    let link = n.root.join("nvram-link.key");
+    std::os::unix::fs::symlink(&inside, &link)?;
+
+    // Named inside data_dir, and named by a link from outside it: refused, one line naming the
+    // setting, the key's path and data_dir, nothing served and nothing written.
+    n.set_key_file(&inside)?;
+    let line = n.refused(&[], &[]).await?;
+    for want in [
+        format!(
+            "nvram_key_file {} is inside data_dir {}",
+            inside.display(),
+            data_dir.display()
+        ),
+        INSECURE.to_owned(),
+    ] {
+        ensure!(line.contains(&want), "{line:?} should say {want:?}");
+    }
+    ensure!(
+        n.data_entries()? == ["nvram.key"],
+        "the refused node wrote nothing in its data directory: {:?}",
+        n.data_entries()?
+    );
+    n.set_key_file(&link)?;
+    let line = n.refused(&[], &[]).await?;
+    let want = format!(
+        "nvram_key_file {} (resolved: {}) is inside data_dir {}",
+        link.display(),
+        inside.display(),
+        data_dir.display()
+    );
+    ensure!(line.contains(&want), "{line:?} should say {want:?}");
+
+    // With --insecure-dev-keys: it starts, serves, and says why it should not, once.
+    let node = n.serving(&[INSECURE], &[]).await?;
+    let warnings = node
+        .log()
+        .matches(&format!("{INSECURE}: nvram_key_file"))
+        .count();
+    ensure!(warnings == 1, "one warning, not {warnings}: {}", node.log());
+    stop(node).await?;
+
+    // Next to data_dir, as `cloudkey dev up` has it: accepted without the flag or a warning.
+    std::fs::remove_file(&link)?;
+    std::fs::rename(&inside, &n.files.nvram_key)?;
+    n.set_key_file(&n.files.nvram_key)?;
+    let before = n.log().len();
+    let node = n.serving(&[], &[]).await?;
+    ensure!(
+        !node.log()[before..].contains(INSECURE),
+        "no warning for a key outside data_dir: {}",
+        node.log()
+    );
+    stop(node).await
+}
+
+/// `nvram_key_credential`: a node without `$CREDENTIALS_DIRECTORY` refuses to start, naming
+/// the variable; with it, the node reads `$CREDENTIALS_DIRECTORY/NAME` and seals its chip's
+/// NVRAM under that key (a restart with another key in the credential cannot open it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_takes_its_nvram_key_from_a_systemd_credential() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let n = LoneNode::new()?;
+    let creds = n.root.join("credentials");
+    std::fs::create_dir(&creds)?;
+    let write_key = |key: [u8; 32]| -> Result<()> {
+        let path = creds.join("cloudkey-nvram");
+        std::fs::write(&path, hex::encode(key))?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
+    };
+    write_key(random())?;
+    std::fs::remove_file(&n.files.nvram_key)?;
+    n.set_key_line("nvram_key_credential = \"cloudkey-nvram\"")?;
+
+    let line = n.refused(&[], &[]).await?;
+    let want = "nvram_key_credential = \"cloudkey-nvram\" needs $CREDENTIALS_DIRECTORY";
+    ensure!(line.contains(want), "{line:?} should say {want:?}");
+
+    let env: &[(&str, &Path)] = &[("CREDENTIALS_DIRECTORY", &creds)];
+    let node = n.serving(&[], env).await?;
+    stop(node).await?;
+    let sealed = n.data_entries()?;
+    ensure!(
+        sealed.iter().any(|f| f == "chip-soft-0.nvram"),
+        "the chip's NVRAM is sealed in the data directory: {sealed:?}"
+    );
+
+    // Another key in the credential: the sealed NVRAM does not open, the node does not start.
+    write_key(random())?;
+    let before = n.log().len();
+    let mut node = n.spawn(&[], env)?;
+    ensure!(
+        node.listening(START_TIMEOUT).await.is_err(),
+        "a node started with another NVRAM key than the one that sealed its chip"
+    );
+    let log = &node.log()[before..];
+    ensure!(
+        log.contains("authentication failed (wrong NVRAM key"),
+        "the chip names the wrong key: {log}"
+    );
     Ok(())
 }

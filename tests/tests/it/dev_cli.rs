@@ -111,6 +111,32 @@ async fn dev_up_status_and_down_end_to_end() -> Result<()> {
     ensure!(pkcs11.is_file(), "pkcs11.toml written");
     let pids = reaper.pids();
     ensure!(pids.len() == 3, "three nodes recorded: {pids:?}");
+    // Issue 11, item 7: each node's directory holds the key that unseals its soft chips (next
+    // to data/, which the node accepts), and `dev up` says so.
+    let keys_line = format!(
+        "{} each node's NVRAM key is a plain file next to its data ({})",
+        dev::DEV_KEYS_NOTICE,
+        dir.canonicalize()?
+            .join("node-<i>")
+            .join("nvram.key")
+            .display()
+    );
+    ensure!(
+        out.lines().filter(|l| l.starts_with(&keys_line)).count() == 1,
+        "one line {keys_line:?}: {out}"
+    );
+    ensure!(
+        out.contains("production nodes take it from outside the node's directory"),
+        "the development-keys line points at production: {out}"
+    );
+    for (id, _) in &pids {
+        let files = NodeFiles::new(&dir, *id);
+        ensure!(
+            files.nvram_key.is_file() && files.nvram_key.parent() == files.data_dir.parent(),
+            "node {id}'s key is a file next to its data: {}",
+            files.nvram_key.display()
+        );
+    }
 
     let operator = dir.join("operator.toml");
     let op = operator.to_str().context("utf-8 path")?;
@@ -133,10 +159,15 @@ async fn dev_up_status_and_down_end_to_end() -> Result<()> {
     );
 
     let again = cloudkey(&["dev", "up", "--dir", dir_arg], tmp.path()).await?;
+    let again_out = String::from_utf8_lossy(&again.stdout).into_owned();
     ensure!(
-        again.status.success() && String::from_utf8_lossy(&again.stdout).contains("already up"),
+        again.status.success() && again_out.contains("already up"),
         "second dev up: {}",
         text(&again)
+    );
+    ensure!(
+        again_out.contains(&keys_line),
+        "a running cluster's summary names its development keys too: {again_out}"
     );
 
     let down = cloudkey(&["dev", "down"], tmp.path()).await?;

@@ -10,7 +10,9 @@
 //!   within the staleness bound, the majority destroys a key and goes on; healed, it catches up.
 //! * `security`: the security review's attacks (parallel PIN guesses on every node, session
 //!   grants replayed from another certificate or after logout, a PIN change or re-init).
-//! * `at_rest`: no key material in clear in any node's data directory or log.
+//! * `at_rest`: no key material in clear in any node's data directory or log; a node refuses
+//!   to start with its soft chips' NVRAM key inside its data directory unless given
+//!   `--insecure-dev-keys`, and reads it from a systemd credential.
 //! * `malformed`: hostile frames get error codes and the node stays up.
 //! * `dev_cli`: `cloudkey dev up`, `status`, `dev down` end to end.
 //! * `governance`: officers and quorum approvals, terminal master-key injection (RSA and SM2
