@@ -49,6 +49,10 @@ use crate::state::State;
 
 /// The label whose HMAC under the session secret is the session MAC key.
 pub const SESSION_MAC_LABEL: &[u8] = b"cloudkey session mac v1";
+/// The prefix of what a PIN's pepper is the HMAC of, under the session secret:
+/// `PIN_PEPPER_LABEL || pin` ([`ChipDomain::pin_pepper`]). Not a prefix of
+/// [`SESSION_MAC_LABEL`] nor it of this, so neither HMAC can stand for the other.
+pub const PIN_PEPPER_LABEL: &[u8] = b"cloudkey pin pepper v1\0";
 /// Size of the session secret generated at `cloudkey init`.
 pub const SESSION_SECRET_BYTES: u32 = 32;
 /// How long one peer may take to export the domain.
@@ -430,21 +434,28 @@ impl ChipDomain {
         Ok(())
     }
 
-    /// The session MAC key, derived in a chip on first use and then kept in memory.
+    /// The pepper of `pin`: `HMAC-SHA-256(session secret, PIN_PEPPER_LABEL || pin)`, computed
+    /// in a chip of the domain each time and never kept. The node hashes this, not the PIN,
+    /// with argon2id, so a stolen data directory alone cannot test a PIN guess: the session
+    /// secret is a chip blob under the domain key, which only the chips hold.
     ///
     /// # Errors
-    /// [`NodeError::NotInitialized`] before `cloudkey init`; the chip's error when no chip of
-    /// this node holds the domain yet.
-    pub async fn session_mac(&self, state: &State) -> Result<Arc<SessionMacKey>> {
-        if let Some(k) = self.mac_cached() {
-            return Ok(k);
-        }
+    /// As [`ChipDomain::session_mac`].
+    pub async fn pin_pepper(&self, state: &State, pin: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let mut data = Vec::with_capacity(PIN_PEPPER_LABEL.len() + pin.len());
+        data.extend_from_slice(PIN_PEPPER_LABEL);
+        data.extend_from_slice(pin);
+        self.secret_hmac(state, data).await
+    }
+
+    /// `HMAC-SHA-256(session secret, data)` in a chip that holds the domain.
+    async fn secret_hmac(&self, state: &State, data: Vec<u8>) -> Result<Zeroizing<Vec<u8>>> {
         let cluster = state.cluster().ok_or(NodeError::NotInitialized)?;
         let key = PoolKey::new(KeyBlob(cluster.session_secret_blob.clone()))?;
         let request = ChipRequest::Sign {
             key: key.id(),
             mech: SignMech::Hmac(HashAlg::Sha256),
-            data: SESSION_MAC_LABEL.to_vec(),
+            data,
         };
         let keys = std::slice::from_ref(&key);
         let chip = (0..self.pool.len()).find(|&i| self.has_domain(i, Some(cluster.domain_kcv)));
@@ -458,7 +469,19 @@ impl ChipDomain {
             }
             other => NodeError::Chip(other),
         })?;
-        let bytes = Zeroizing::new(response.into_bytes()?);
+        Ok(Zeroizing::new(response.into_bytes()?))
+    }
+
+    /// The session MAC key, derived in a chip on first use and then kept in memory.
+    ///
+    /// # Errors
+    /// [`NodeError::NotInitialized`] before `cloudkey init`; the chip's error when no chip of
+    /// this node holds the domain yet.
+    pub async fn session_mac(&self, state: &State) -> Result<Arc<SessionMacKey>> {
+        if let Some(k) = self.mac_cached() {
+            return Ok(k);
+        }
+        let bytes = self.secret_hmac(state, SESSION_MAC_LABEL.to_vec()).await?;
         let mac = Arc::new(SessionMacKey::new(&bytes));
         *self.mac.write().unwrap_or_else(PoisonError::into_inner) = Some(mac.clone());
         tracing::info!("session MAC key derived");

@@ -14,7 +14,7 @@ use cloudkey_protocol::tls::Role;
 use cloudkey_protocol::ErrorCode;
 
 use crate::error::{NodeError, Result};
-use crate::service::login::{check_label, check_pin_len};
+use crate::service::login::{self, check_label, check_pin_len};
 use crate::service::{NodeCtx, Plan};
 use crate::state::{ClusterInfo, Command, CommandResult, Object, Token};
 
@@ -178,9 +178,9 @@ pub async fn create_token(
     if let Some(p) = user_pin {
         check_pin_len(p)?;
     }
-    let so_hash = ctx.pins.hash(so_pin).await?;
+    let so_hash = login::hash_pin(ctx, so_pin).await?;
     let user_hash = match user_pin {
-        Some(p) => Some(ctx.pins.hash(p).await?),
+        Some(p) => Some(login::hash_pin(ctx, p).await?),
         None => None,
     };
     let (result, _) = ctx

@@ -216,7 +216,7 @@ pub async fn officer(ctx: &NodeCtx, peer: &PeerIdentity, auth: &OfficerAuth) -> 
             )))
         }
     };
-    if ctx.pins.verify(&auth.pin, &o.pin).await? {
+    if login::verify_pin(ctx, &auth.pin, &o.pin).await? != login::PinMatch::No {
         ctx.write(Command::Gov(GovCommand::OfficerSucceeded {
             name: o.name.clone(),
         }))
@@ -258,7 +258,7 @@ pub async fn add_officer(
         format!("add officer {name} with certificate {identity}")
     })
     .await?;
-    let pin = ctx.pins.hash(pin).await?;
+    let pin = login::hash_pin(ctx, pin).await?;
     Ok(governed(
         g,
         GovCommand::AddOfficer {

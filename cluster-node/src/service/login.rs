@@ -1,8 +1,15 @@
 //! Logins, PINs and session grants.
 //!
-//! * PINs are stored as argon2id PHC strings ([`PinHasher`]). Hashing runs on the blocking
-//!   thread pool, at most `security.pin_hash_concurrency` at once, because each hash takes
-//!   `argon2_memory_kib` of memory and tens of milliseconds of CPU.
+//! * PINs are stored as argon2id PHC strings ([`PinHasher`]) of the PIN's *pepper*, not of the
+//!   PIN: `HMAC-SHA-256(session secret, label || PIN)`, computed in a chip for every hash and
+//!   check ([`hash_pin`], [`verify_pin`]; `ChipDomain::pin_pepper`). The session secret is a
+//!   chip blob under the domain key, so a stolen data directory alone cannot test a PIN guess:
+//!   each guess needs a chip of the domain. Such hashes start with `$cloudkey-pepper-v1`.
+//!   Hashes written before (plain argon2id of the PIN) still verify; a token's PIN is re-hashed
+//!   with its pepper at its next successful login (`LoginOpened { upgrade }`), or when it is
+//!   set again. Hashing runs on the blocking thread pool, at most
+//!   `security.pin_hash_concurrency` at once, because each hash takes `argon2_memory_kib` of
+//!   memory and tens of milliseconds of CPU.
 //! * [`login`] checks a PIN on the node the client reached, after counting the attempt
 //!   cluster-wide through Raft (`Command::LoginAttempt`): an attempt that would go past
 //!   `max_failures` is refused `PinLocked` by the log itself, before its PIN is looked at, so
@@ -153,6 +160,69 @@ impl PinHasher {
     }
 }
 
+/// The prefix of a peppered PIN hash; the argon2id PHC string of the pepper follows.
+const PEPPERED: &str = "$cloudkey-pepper-v1";
+
+/// A PIN hash for storage: argon2id over the PIN's pepper, computed in a chip.
+///
+/// # Errors
+/// The chip's (`Unavailable` while this node's chips do not hold the domain), hashing errors.
+pub async fn hash_pin(ctx: &NodeCtx, pin: &Secret) -> Result<PinHash> {
+    let pepper = Secret(
+        ctx.domain
+            .pin_pepper(&ctx.svc.state, pin.expose())
+            .await?
+            .to_vec(),
+    );
+    let phc = ctx.pins.hash(&pepper).await?;
+    Ok(PinHash(format!("{PEPPERED}{}", phc.0)))
+}
+
+/// How a PIN compares with a stored hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinMatch {
+    /// Wrong PIN.
+    No,
+    /// Right, against a peppered hash.
+    Yes,
+    /// Right, against a hash from before peppering: re-hash it ([`hash_pin`]).
+    Legacy,
+}
+
+/// Checks `pin` against `hash` (peppered, or from before).
+///
+/// # Errors
+/// As [`hash_pin`]; a stored hash that does not parse.
+pub async fn verify_pin(ctx: &NodeCtx, pin: &Secret, hash: &PinHash) -> Result<PinMatch> {
+    match hash.0.strip_prefix(PEPPERED) {
+        Some(phc) => {
+            let pepper = Secret(
+                ctx.domain
+                    .pin_pepper(&ctx.svc.state, pin.expose())
+                    .await?
+                    .to_vec(),
+            );
+            let right = ctx.pins.verify(&pepper, &PinHash(phc.to_owned())).await?;
+            Ok(if right { PinMatch::Yes } else { PinMatch::No })
+        }
+        None => {
+            let right = ctx.pins.verify(pin, hash).await?;
+            Ok(if right {
+                PinMatch::Legacy
+            } else {
+                PinMatch::No
+            })
+        }
+    }
+}
+
+/// What a right PIN gave [`check_pin`]: the digest of the hash it matched, and a peppered
+/// hash to replace it with when it was from before peppering.
+struct Checked {
+    digest: [u8; 32],
+    upgrade: Option<PinHash>,
+}
+
 /// What a grant says, before its tag.
 #[derive(Serialize, Deserialize)]
 struct GrantBody {
@@ -235,7 +305,7 @@ fn token_of(ctx: &NodeCtx, token: TokenId) -> Result<Arc<Token>> {
 /// `PinLocked` (before the PIN is checked, or when this attempt was the last one allowed),
 /// `PinIncorrect`, `UserPinNotInitialized`; Raft errors when the attempt could not be
 /// counted (then no PIN was checked).
-async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -> Result<[u8; 32]> {
+async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -> Result<Checked> {
     let cluster = ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
     let counted = match user {
         UserType::So => token.so_failures,
@@ -271,10 +341,22 @@ async fn check_pin(ctx: &NodeCtx, token: &Token, user: UserType, pin: &Secret) -
         UserType::User => now.user_pin.as_ref(),
     };
     // A PIN of impossible length is wrong, but still counted: it is a guess like any other.
-    if let Some(hash) = hash {
-        if (1..=MAX_PIN_LEN * 4).contains(&pin.expose().len()) && ctx.pins.verify(pin, hash).await?
-        {
-            return Ok(hash.digest());
+    if let Some(hash) = hash.filter(|_| (1..=MAX_PIN_LEN * 4).contains(&pin.expose().len())) {
+        let digest = hash.digest();
+        match verify_pin(ctx, pin, hash).await? {
+            PinMatch::Yes => {
+                return Ok(Checked {
+                    digest,
+                    upgrade: None,
+                })
+            }
+            PinMatch::Legacy => {
+                return Ok(Checked {
+                    digest,
+                    upgrade: Some(hash_pin(ctx, pin).await?),
+                })
+            }
+            PinMatch::No => {}
         }
     }
     tracing::info!(token = %token.id, ?user, locked = last, "wrong PIN");
@@ -304,13 +386,14 @@ pub async fn login(
     pin: &Secret,
 ) -> Result<(SessionGrant, u64)> {
     let t = token_of(ctx, token)?;
-    let pin = check_pin(ctx, &t, user, pin).await?;
+    let checked = check_pin(ctx, &t, user, pin).await?;
     let holder = holder_of(peer);
     let cmd = Command::LoginOpened {
         token,
         user,
         holder,
-        pin,
+        pin: checked.digest,
+        upgrade: checked.upgrade,
         now_ms: now_unix_ms(),
     };
     let (id, expires_ms) = opened(ctx.write(cmd).await?.0)?;
@@ -497,7 +580,7 @@ pub async fn init_pin(
         ));
     }
     check_pin_len(pin)?;
-    let hash = ctx.pins.hash(pin).await?;
+    let hash = hash_pin(ctx, pin).await?;
     let token = auth.token;
     let cmd = Command::SetPin {
         token,
@@ -526,7 +609,7 @@ pub async fn set_pin(
     check_pin_len(new_pin)?;
     let token = token_of(ctx, auth.token)?;
     check_pin(ctx, &token, user, old_pin).await?;
-    let hash = ctx.pins.hash(new_pin).await?;
+    let hash = hash_pin(ctx, new_pin).await?;
     let token = auth.token;
     let cmd = Command::SetPin {
         token,

@@ -107,6 +107,8 @@ pub enum Command {
         /// [`PinHash::digest`] of the PIN hash the PIN was checked against: refused
         /// `PinIncorrect` when the PIN changed since.
         pin: [u8; 32],
+        /// A peppered hash of the same PIN, to replace one from before peppering.
+        upgrade: Option<PinHash>,
         /// The proposing node's clock.
         now_ms: u64,
     },

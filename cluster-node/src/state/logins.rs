@@ -87,9 +87,8 @@ impl State {
         &self,
         cluster: &ClusterInfo,
         index: u64,
-        token: TokenId,
-        user: UserType,
-        (holder, pin): (Holder, &[u8; 32]),
+        (token, user): (TokenId, UserType),
+        (holder, pin, upgrade): (Holder, &[u8; 32], Option<&PinHash>),
         now_ms: u64,
     ) -> Result<Applied, Refusal> {
         let t = self.token_or_refuse(token)?;
@@ -111,6 +110,10 @@ impl State {
             );
         }
         self.apply_login_succeeded(token, user)?;
+        if let Some(new) = upgrade {
+            // The same PIN, hashed with its pepper: no login of it ends.
+            self.replace_pin_hash(token, user, new)?;
+        }
         let expires_ms = now_ms.saturating_add(cluster.session_ttl_ms);
         logins.insert(
             index,
@@ -127,8 +130,13 @@ impl State {
                 expires_ms,
             },
             summary: format!(
-                "login_opened token={token} user={} login={index}",
-                user_name(user)
+                "login_opened token={token} user={} login={index}{}",
+                user_name(user),
+                if upgrade.is_some() {
+                    " pin_rehashed=peppered"
+                } else {
+                    ""
+                }
             ),
         })
     }

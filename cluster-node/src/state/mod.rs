@@ -260,8 +260,15 @@ impl State {
                 user,
                 holder,
                 pin,
+                upgrade,
                 now_ms,
-            } => self.apply_login_opened(&cluster, index, *token, *user, (*holder, pin), *now_ms),
+            } => self.apply_login_opened(
+                &cluster,
+                index,
+                (*token, *user),
+                (*holder, pin, upgrade.as_ref()),
+                *now_ms,
+            ),
             Command::LoginRenewed {
                 token,
                 login,

@@ -806,6 +806,7 @@ fn open(s: &State, i: u64, t: TokenId, user: UserType, holder: u8, now_ms: u64) 
             user,
             holder: [holder; 16],
             pin: hash.digest(),
+            upgrade: None,
             now_ms,
         },
     )
@@ -833,6 +834,7 @@ fn a_login_checked_against_a_pin_that_changed_meanwhile_does_not_open() {
             user: UserType::User,
             holder: [1; 16],
             pin: old.digest(),
+            upgrade: None,
             now_ms: 1_000,
         },
     );
@@ -1026,4 +1028,33 @@ fn live_logins_survive_a_snapshot_and_a_version_2_snapshot_restores_without_them
         .expect("restore version 2");
     assert_eq!(older.tokens().len(), 1);
     assert_eq!(older.login_count(t), 0);
+}
+
+#[test]
+fn a_login_can_replace_a_hash_from_before_peppering_with_a_peppered_one() {
+    let (s, t) = with_token();
+    let old = s
+        .token(t)
+        .and_then(|t| t.user_pin.clone())
+        .expect("user PIN");
+    let peppered = PinHash("$cloudkey-pepper-v1$argon2id$v=19$m=8,t=1,p=1$c2FsdA$x".into());
+    let r = s.apply(
+        3,
+        &Command::LoginOpened {
+            token: t,
+            user: UserType::User,
+            holder: [1; 16],
+            pin: old.digest(),
+            upgrade: Some(peppered.clone()),
+            now_ms: 1_000,
+        },
+    );
+    assert!(matches!(r, CommandResult::Login { id: 3, .. }), "{r:?}");
+    assert_eq!(s.token(t).and_then(|t| t.user_pin.clone()), Some(peppered));
+    // The re-hash is the same PIN: the login it came with stays open.
+    assert!(s.login(t, 3).is_some());
+    assert!(s
+        .audit()
+        .iter()
+        .any(|a| a.summary.contains("pin_rehashed=peppered")));
 }

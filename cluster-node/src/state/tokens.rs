@@ -184,6 +184,23 @@ impl State {
         })
     }
 
+    /// Replaces `user`'s PIN hash with another hash of the same PIN (a re-hash), keeping its
+    /// logins and counter.
+    pub(super) fn replace_pin_hash(
+        &self,
+        token: TokenId,
+        user: UserType,
+        hash: &PinHash,
+    ) -> Result<(), Refusal> {
+        let mut t = (*self.token_or_refuse(token)?).clone();
+        match user {
+            UserType::So => t.so_pin = hash.clone(),
+            UserType::User => t.user_pin = Some(hash.clone()),
+        }
+        self.update_token(&t);
+        Ok(())
+    }
+
     /// `LoginFailed`: counts the failure; locked at the cluster's `max_failures`.
     pub(super) fn apply_login_failed(
         &self,

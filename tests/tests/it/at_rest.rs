@@ -12,6 +12,10 @@
 //!   once and serves. A key from a systemd credential (`nvram_key_credential`) is read from
 //!   `$CREDENTIALS_DIRECTORY` and seals the chips; without the variable the node refuses to
 //!   start.
+//! * PIN hashes (issue 11, item 2): every argon2id hash in a stopped node's data directory is
+//!   found and attacked offline with the right PIN, as one would with a stolen disk. The PIN
+//!   does not verify against any of them: they are hashes of the PIN's pepper, which only a
+//!   chip of the domain computes.
 
 use std::path::{Path, PathBuf};
 
@@ -553,5 +557,58 @@ async fn a_node_takes_its_nvram_key_from_a_systemd_credential() -> Result<()> {
         log.contains("authentication failed (wrong NVRAM key"),
         "the chip names the wrong key: {log}"
     );
+    Ok(())
+}
+
+/// Every argon2id PHC string (`$argon2id$v=19$m=…$salt$hash`) in `bytes`.
+fn phc_strings(bytes: &[u8]) -> Vec<String> {
+    const START: &[u8] = b"$argon2id$v=19$";
+    let mut out = Vec::new();
+    let mut at = 0;
+    while let Some(pos) = bytes[at..].windows(START.len()).position(|w| w == START) {
+        let begin = at + pos;
+        let end = bytes[begin..]
+            .iter()
+            .position(|b| !(b.is_ascii_alphanumeric() || b"$=,+/".contains(b)))
+            .map_or(bytes.len(), |n| begin + n);
+        out.push(String::from_utf8_lossy(&bytes[begin..end]).into_owned());
+        at = end;
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stolen_data_directory_alone_cannot_test_a_pin_guess() -> Result<()> {
+    use argon2::password_hash::phc::PasswordHash;
+    use argon2::password_hash::PasswordVerifier as _;
+
+    let mut cluster = Cluster::start_init(1).await?;
+    let token = util::create_token(cluster.admin(), "stolen").await?;
+    let app = cluster.client(Role::Client)?;
+    util::login(&app, token).await?;
+    cluster.stop(1).await?;
+
+    let mut hashes = Vec::new();
+    for f in files_under(cluster.data_dir(1))? {
+        let bytes = std::fs::read(&f).with_context(|| f.display().to_string())?;
+        hashes.extend(phc_strings(&bytes));
+    }
+    hashes.sort();
+    hashes.dedup();
+    // The SO and the user PIN hashes at least: the scan reads the real store.
+    ensure!(hashes.len() >= 2, "PIN hashes found on disk: {hashes:?}");
+    for (pin, what) in [(util::USER_PIN, "user"), (util::SO_PIN, "SO")] {
+        for h in &hashes {
+            let Ok(parsed) = PasswordHash::new(h) else {
+                continue;
+            };
+            ensure!(
+                argon2::Argon2::default()
+                    .verify_password(pin.as_bytes(), &parsed)
+                    .is_err(),
+                "the {what} PIN verifies offline against a hash from the data directory: {h}"
+            );
+        }
+    }
     Ok(())
 }
