@@ -812,13 +812,37 @@ fn open(s: &State, i: u64, t: TokenId, user: UserType, holder: u8, now_ms: u64) 
     )
 }
 
+/// `LoginOpened` for the user of `t` at index `i`, checked against `checked`.
+fn open_user(
+    s: &State,
+    i: u64,
+    t: TokenId,
+    checked: &PinHash,
+    upgrade: Option<PinHash>,
+) -> CommandResult {
+    s.apply(
+        i,
+        &Command::LoginOpened {
+            token: t,
+            user: UserType::User,
+            holder: [1; 16],
+            pin: checked.digest(),
+            upgrade,
+            now_ms: 1_000,
+        },
+    )
+}
+
+fn user_pin(s: &State, t: TokenId) -> PinHash {
+    s.token(t)
+        .and_then(|t| t.user_pin.clone())
+        .expect("user PIN")
+}
+
 #[test]
 fn a_login_checked_against_a_pin_that_changed_meanwhile_does_not_open() {
     let (s, t) = with_token();
-    let old = s
-        .token(t)
-        .and_then(|t| t.user_pin.clone())
-        .expect("user PIN");
+    let old = user_pin(&s, t);
     s.apply(
         3,
         &Command::SetPin {
@@ -827,17 +851,7 @@ fn a_login_checked_against_a_pin_that_changed_meanwhile_does_not_open() {
             pin: pin("changed"),
         },
     );
-    let r = s.apply(
-        4,
-        &Command::LoginOpened {
-            token: t,
-            user: UserType::User,
-            holder: [1; 16],
-            pin: old.digest(),
-            upgrade: None,
-            now_ms: 1_000,
-        },
-    );
+    let r = open_user(&s, 4, t, &old, None);
     assert_eq!(refused_code(&r), ErrorCode::PinIncorrect);
     assert_eq!(s.login_count(t), 0);
 }
@@ -1033,22 +1047,9 @@ fn live_logins_survive_a_snapshot_and_a_version_2_snapshot_restores_without_them
 #[test]
 fn a_login_can_replace_a_hash_from_before_peppering_with_a_peppered_one() {
     let (s, t) = with_token();
-    let old = s
-        .token(t)
-        .and_then(|t| t.user_pin.clone())
-        .expect("user PIN");
+    let old = user_pin(&s, t);
     let peppered = PinHash("$cloudkey-pepper-v1$argon2id$v=19$m=8,t=1,p=1$c2FsdA$x".into());
-    let r = s.apply(
-        3,
-        &Command::LoginOpened {
-            token: t,
-            user: UserType::User,
-            holder: [1; 16],
-            pin: old.digest(),
-            upgrade: Some(peppered.clone()),
-            now_ms: 1_000,
-        },
-    );
+    let r = open_user(&s, 3, t, &old, Some(peppered.clone()));
     assert!(matches!(r, CommandResult::Login { id: 3, .. }), "{r:?}");
     assert_eq!(s.token(t).and_then(|t| t.user_pin.clone()), Some(peppered));
     // The re-hash is the same PIN: the login it came with stays open.
