@@ -6,7 +6,9 @@ use cloudkey_protocol::vendor;
 use super::*;
 use crate::service::mechanism::P256_OID_DER;
 use crate::service::objects::get_attributes;
-use crate::service::objects::tests::{at, at_bool, at_ulong, code, rsa_parts};
+use crate::service::objects::tests::{
+    at, at_bool, at_ulong, check_attrs, check_refusals, code, rsa_parts, val, Use,
+};
 use crate::service::testkit::committed::{
     create_object, derive_key, generate_key, generate_key_pair, set_attributes, unwrap_key,
 };
@@ -14,6 +16,10 @@ use crate::service::testkit::{fixture, Fixture};
 
 fn mech(ckm: u64) -> Mechanism {
     Mechanism::new(ckm)
+}
+
+fn input(data: &[u8]) -> SignInput {
+    SignInput::Data(data.to_vec())
 }
 
 async fn attr(ctx: &Ctx, s: Session, id: ObjectId, ty: u64) -> AttrValue {
@@ -28,6 +34,48 @@ async fn bytes(ctx: &Ctx, s: Session, id: ObjectId, ty: u64) -> Vec<u8> {
         AttrValue::Value(v) => v,
         other => panic!("attribute 0x{ty:x}: {other:?}"),
     }
+}
+
+/// Signs, or fails naming the mechanism.
+async fn sign_ok(ctx: &Ctx, s: Session, key: ObjectId, m: &Mechanism, i: SignInput) -> Vec<u8> {
+    let ckm = m.ckm;
+    sign(ctx, s, key, m, i)
+        .await
+        .unwrap_or_else(|e| panic!("sign 0x{ckm:x}: {e:?}"))
+}
+
+/// Verifies at the node, or fails naming the mechanism and `what`.
+async fn verify_ok(
+    ctx: &Ctx,
+    (s, key): (Session, ObjectId),
+    m: &Mechanism,
+    i: SignInput,
+    sig: Vec<u8>,
+    what: &str,
+) {
+    let ckm = m.ckm;
+    verify(ctx, s, key, m, i, sig)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: verify 0x{ckm:x}: {e:?}"));
+}
+
+/// Encrypts `plain` under `enc`, checks that `dec` decrypts it back; the ciphertext.
+async fn check_round_trip(
+    ctx: &Ctx,
+    s: Session,
+    (enc, dec): (ObjectId, ObjectId),
+    m: &Mechanism,
+    plain: &[u8],
+) -> Vec<u8> {
+    let ckm = m.ckm;
+    let ct = encrypt(ctx, s, enc, m, plain.to_vec())
+        .await
+        .unwrap_or_else(|e| panic!("encrypt 0x{ckm:x}: {e:?}"));
+    let back = decrypt(ctx, s, dec, m, ct.clone())
+        .await
+        .unwrap_or_else(|e| panic!("decrypt 0x{ckm:x}: {e:?}"));
+    assert_eq!(back, plain, "0x{ckm:x} round trip");
+    ct
 }
 
 async fn ec_pair(ctx: &Ctx, s: Session, extra_priv: Vec<Attribute>) -> (ObjectId, ObjectId) {
@@ -66,9 +114,17 @@ fn gcm(iv: u8) -> Mechanism {
     }
 }
 
+fn iv_mech(ckm: u64, iv: u8) -> Mechanism {
+    Mechanism {
+        ckm,
+        param: MechParam::Iv(vec![iv; 16]),
+    }
+}
+
 #[tokio::test]
 async fn ec_key_pair_signs_and_verifies() {
     use p256::ecdsa::signature::hazmat::PrehashVerifier;
+    use ErrorCode::*;
     let Fixture { ctx, t1, t2 } = fixture();
     let user = Session::user(t1);
     let (public, private) = ec_pair(&ctx, user, vec![]).await;
@@ -78,174 +134,100 @@ async fn ec_key_pair_signs_and_verifies() {
     assert_eq!(point.len(), 67);
     assert_eq!(&point[..3], &[0x04, 0x41, 0x04]);
     for id in [public, private] {
-        assert_eq!(bytes(&ctx, user, id, ck::CKA_EC_POINT).await, point);
-        assert_eq!(bytes(&ctx, user, id, ck::CKA_ID).await, b"\x01\x02");
-        assert_eq!(bytes(&ctx, user, id, ck::CKA_LABEL).await, b"ec");
-        assert_eq!(bytes(&ctx, user, id, ck::CKA_EC_PARAMS).await, P256_OID_DER);
-        assert_eq!(bytes(&ctx, user, id, ck::CKA_LOCAL).await, [1]);
-        assert_eq!(
-            bytes(&ctx, user, id, ck::CKA_KEY_GEN_MECHANISM).await,
-            ulong_value(ck::CKM_EC_KEY_PAIR_GEN)
-        );
+        #[rustfmt::skip]
+        check_attrs(&ctx, user, id, &[
+            (ck::CKA_EC_POINT, val(&point)),
+            (ck::CKA_ID, val(b"\x01\x02")),
+            (ck::CKA_LABEL, val(b"ec")),
+            (ck::CKA_EC_PARAMS, val(P256_OID_DER)),
+            (ck::CKA_LOCAL, val([1])),
+            (ck::CKA_KEY_GEN_MECHANISM, val(ulong_value(ck::CKM_EC_KEY_PAIR_GEN))),
+        ]).await;
     }
-    for (ty, want) in [
-        (ck::CKA_SENSITIVE, 1),
-        (ck::CKA_EXTRACTABLE, 0),
-        (ck::CKA_ALWAYS_SENSITIVE, 1),
-        (ck::CKA_NEVER_EXTRACTABLE, 1),
-        (ck::CKA_PRIVATE, 1),
-        (ck::CKA_SIGN, 1),
-        (ck::CKA_DERIVE, 0),
-    ] {
-        assert_eq!(bytes(&ctx, user, private, ty).await, [want], "0x{ty:x}");
-    }
-    assert_eq!(bytes(&ctx, user, public, ck::CKA_PRIVATE).await, [0]);
-    assert_eq!(
-        attr(&ctx, user, private, ck::CKA_VALUE).await,
-        AttrValue::Sensitive
-    );
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, private, &[
+        (ck::CKA_SENSITIVE, val([1])),
+        (ck::CKA_EXTRACTABLE, val([0])),
+        (ck::CKA_ALWAYS_SENSITIVE, val([1])),
+        (ck::CKA_NEVER_EXTRACTABLE, val([1])),
+        (ck::CKA_PRIVATE, val([1])),
+        (ck::CKA_SIGN, val([1])),
+        (ck::CKA_DERIVE, val([0])),
+        (ck::CKA_VALUE, AttrValue::Sensitive),
+    ]).await;
+    check_attrs(&ctx, user, public, &[(ck::CKA_PRIVATE, val([0]))]).await;
 
     let vk = p256::ecdsa::VerifyingKey::from_sec1_bytes(&point[2..]).expect("point");
     // CKM_ECDSA over a digest, CKM_ECDSA_SHA256 over the message or a digest.
     let digest = mechanism::digest(cloudkey_chip::HashAlg::Sha256, b"pay 100").expect("d");
-    for (m, input) in [
+    for (ckm, i) in [
         (ck::CKM_ECDSA, SignInput::Data(digest.clone())),
-        (ck::CKM_ECDSA_SHA256, SignInput::Data(b"pay 100".to_vec())),
+        (ck::CKM_ECDSA_SHA256, input(b"pay 100")),
         (ck::CKM_ECDSA_SHA256, SignInput::Digest(digest.clone())),
     ] {
-        let sig = sign(&ctx, user, private, &mech(m), input.clone())
-            .await
-            .expect("sign");
-        assert_eq!(sig.len(), 64);
+        let m = mech(ckm);
+        let sig = sign_ok(&ctx, user, private, &m, i.clone()).await;
+        assert_eq!(sig.len(), 64, "0x{ckm:x}");
         let parsed = p256::ecdsa::Signature::from_slice(&sig).expect("sig");
         vk.verify_prehash(&digest, &parsed).expect("p256 verifies");
-        verify(&ctx, user, public, &mech(m), input.clone(), sig.clone())
-            .await
-            .expect("node verifies");
+        verify_ok(&ctx, (user, public), &m, i.clone(), sig.clone(), "node").await;
         // The public key is public: a session without login verifies too.
-        verify(
-            &ctx,
-            Session::public(t1),
-            public,
-            &mech(m),
-            input.clone(),
-            sig.clone(),
-        )
-        .await
-        .expect("public session verifies");
+        let anyone = (Session::public(t1), public);
+        verify_ok(&ctx, anyone, &m, i.clone(), sig.clone(), "public session").await;
         let mut bad = sig.clone();
         bad[10] ^= 1;
-        assert_eq!(
-            code(verify(&ctx, user, public, &mech(m), input.clone(), bad).await),
-            ErrorCode::SignatureInvalid
-        );
-        assert_eq!(
-            code(verify(&ctx, user, public, &mech(m), input, sig[..63].to_vec()).await),
-            ErrorCode::SignatureLenRange
-        );
+        let short = sig[..63].to_vec();
+        #[rustfmt::skip]
+        check_refusals(&ctx, vec![
+            ("flipped bit", user, Use::Verify(public, m.clone(), i.clone(), bad), SignatureInvalid),
+            ("short signature", user, Use::Verify(public, m, i, short), SignatureLenRange),
+        ]).await;
     }
-    // Wrong halves and wrong mechanisms.
-    let data = SignInput::Data(digest.clone());
-    assert_eq!(
-        code(sign(&ctx, user, public, &mech(ck::CKM_ECDSA), data.clone()).await),
-        ErrorCode::KeyTypeInconsistent
-    );
-    assert_eq!(
-        code(
-            sign(
-                &ctx,
-                user,
-                private,
-                &mech(ck::CKM_SHA256_RSA_PKCS),
-                data.clone()
-            )
-            .await
-        ),
-        ErrorCode::KeyTypeInconsistent
-    );
-    assert_eq!(
-        code(sign(&ctx, user, private, &mech(ck::CKM_ECDSA_SHA1), data.clone()).await),
-        ErrorCode::MechanismInvalid
-    );
-    // Sessions: public session and SO cannot use the private key; another token cannot
-    // see it at all.
-    assert_eq!(
-        code(
-            sign(
-                &ctx,
-                Session::public(t1),
-                private,
-                &mech(ck::CKM_ECDSA),
-                data.clone()
-            )
-            .await
-        ),
-        ErrorCode::UserNotLoggedIn
-    );
-    assert_eq!(
-        code(
-            sign(
-                &ctx,
-                Session::so(t1),
-                private,
-                &mech(ck::CKM_ECDSA),
-                data.clone()
-            )
-            .await
-        ),
-        ErrorCode::UserNotLoggedIn
-    );
-    assert_eq!(
-        code(
-            sign(
-                &ctx,
-                Session::user(t2),
-                private,
-                &mech(ck::CKM_ECDSA),
-                data.clone()
-            )
-            .await
-        ),
-        ErrorCode::KeyHandleInvalid
-    );
+    // Wrong halves and wrong mechanisms; sessions: public session and SO cannot use the
+    // private key; another token cannot see it at all.
+    let data = || SignInput::Data(digest.clone());
+    let ecdsa = |key| Use::Sign(key, mech(ck::CKM_ECDSA), data());
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("public half signs", user, ecdsa(public), KeyTypeInconsistent),
+        ("RSA mechanism", user, Use::Sign(private, mech(ck::CKM_SHA256_RSA_PKCS), data()), KeyTypeInconsistent),
+        ("ECDSA-SHA1", user, Use::Sign(private, mech(ck::CKM_ECDSA_SHA1), data()), MechanismInvalid),
+        ("public session", Session::public(t1), ecdsa(private), UserNotLoggedIn),
+        ("SO", Session::so(t1), ecdsa(private), UserNotLoggedIn),
+        ("other token", Session::user(t2), ecdsa(private), KeyHandleInvalid),
+    ]).await;
     // Turning CKA_SIGN off (allowed: it narrows) stops signing at the node.
     set_attributes(&ctx, user, private, &[at_bool(ck::CKA_SIGN, false)])
         .await
         .expect("off");
-    assert_eq!(
-        code(sign(&ctx, user, private, &mech(ck::CKM_ECDSA), data).await),
-        ErrorCode::KeyFunctionNotPermitted
-    );
+    check_refusals(
+        &ctx,
+        vec![("sign off", user, ecdsa(private), KeyFunctionNotPermitted)],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn usage_and_allowed_mechanisms_are_enforced() {
+    use ErrorCode::*;
     let Fixture { ctx, t1, .. } = fixture();
     let user = Session::user(t1);
-    let data = SignInput::Data(vec![1; 32]);
+    let data = || input(&[1; 32]);
     let (_, no_sign) = ec_pair(&ctx, user, vec![at_bool(ck::CKA_SIGN, false)]).await;
-    assert_eq!(
-        code(sign(&ctx, user, no_sign, &mech(ck::CKM_ECDSA), data.clone()).await),
-        ErrorCode::KeyFunctionNotPermitted
-    );
-    // The chip's blob does not permit it either: widening is refused.
-    assert_eq!(
-        code(set_attributes(&ctx, user, no_sign, &[at_bool(ck::CKA_SIGN, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
     let allowed = ck::CKM_ECDSA.to_le_bytes().to_vec();
     let (_, only_raw) = ec_pair(&ctx, user, vec![at(ck::CKA_ALLOWED_MECHANISMS, &allowed)]).await;
-    sign(&ctx, user, only_raw, &mech(ck::CKM_ECDSA), data.clone())
-        .await
-        .expect("allowed");
-    assert_eq!(
-        code(sign(&ctx, user, only_raw, &mech(ck::CKM_ECDSA_SHA256), data).await),
-        ErrorCode::MechanismInvalid
-    );
-    assert_eq!(
-        code(set_attributes(&ctx, user, only_raw, &[at(ck::CKA_ALLOWED_MECHANISMS, &[])]).await),
-        ErrorCode::AttributeReadOnly
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("sign off", user, Use::Sign(no_sign, mech(ck::CKM_ECDSA), data()), KeyFunctionNotPermitted),
+        // The chip's blob does not permit it either: widening is refused.
+        ("sign on again", user, Use::Set(no_sign, at_bool(ck::CKA_SIGN, true)), AttributeReadOnly),
+    ]).await;
+    sign_ok(&ctx, user, only_raw, &mech(ck::CKM_ECDSA), data()).await;
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("not allowed", user, Use::Sign(only_raw, mech(ck::CKM_ECDSA_SHA256), data()), MechanismInvalid),
+        ("allowed mechanisms", user, Use::Set(only_raw, at(ck::CKA_ALLOWED_MECHANISMS, &[])), AttributeReadOnly),
+    ]).await;
 }
 
 #[tokio::test]
@@ -323,30 +305,14 @@ async fn key_pair_template_errors() {
             "case {i}"
         );
     }
-    assert_eq!(
-        code(generate_key_pair(&ctx, Session::public(t1), &ec, &[], &[]).await),
-        ErrorCode::UserNotLoggedIn
-    );
-    assert_eq!(
-        code(generate_key(&ctx, user, &mech(ck::CKM_AES_KEY_GEN), &[]).await),
-        ErrorCode::TemplateIncomplete
-    );
-    assert_eq!(
-        code(
-            generate_key(
-                &ctx,
-                user,
-                &mech(ck::CKM_AES_KEY_GEN),
-                &[at_ulong(ck::CKA_VALUE_LEN, 20)]
-            )
-            .await
-        ),
-        ErrorCode::AttributeValueInvalid
-    );
-    assert_eq!(
-        code(generate_key(&ctx, user, &mech(ck::CKM_DES3_KEY_GEN), &[]).await),
-        ErrorCode::MechanismInvalid
-    );
+    let aes_gen = mech(ck::CKM_AES_KEY_GEN);
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("public session", Session::public(t1), Use::GenPair(ec, vec![], vec![]), ErrorCode::UserNotLoggedIn),
+        ("AES without length", user, Use::Gen(aes_gen.clone(), vec![]), ErrorCode::TemplateIncomplete),
+        ("AES of 20 bytes", user, Use::Gen(aes_gen, vec![at_ulong(ck::CKA_VALUE_LEN, 20)]), ErrorCode::AttributeValueInvalid),
+        ("DES3", user, Use::Gen(mech(ck::CKM_DES3_KEY_GEN), vec![]), ErrorCode::MechanismInvalid),
+    ]).await;
     assert!(objects::find_objects(&ctx, user, &[])
         .await
         .expect("find")
@@ -839,102 +805,55 @@ async fn sm2_sign_verify_and_encrypt() {
 
 #[tokio::test]
 async fn aes_gcm_cbc_and_sm4() {
+    use ErrorCode::*;
     let Fixture { ctx, t1, .. } = fixture();
     let user = Session::user(t1);
     let key = aes(&ctx, user, 32, vec![]).await;
-    assert_eq!(
-        bytes(&ctx, user, key, ck::CKA_KEY_TYPE).await,
-        ulong_value(ck::CKK_AES)
-    );
-    assert_eq!(
-        bytes(&ctx, user, key, ck::CKA_VALUE_LEN).await,
-        ulong_value(32)
-    );
-    assert_eq!(
-        attr(&ctx, user, key, ck::CKA_VALUE).await,
-        AttrValue::Sensitive
-    );
-    let ct = encrypt(&ctx, user, key, &gcm(7), b"account 42".to_vec())
-        .await
-        .expect("gcm");
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, key, &[
+        (ck::CKA_KEY_TYPE, val(ulong_value(ck::CKK_AES))),
+        (ck::CKA_VALUE_LEN, val(ulong_value(32))),
+        (ck::CKA_VALUE, AttrValue::Sensitive),
+    ]).await;
+    let ct = check_round_trip(&ctx, user, (key, key), &gcm(7), b"account 42").await;
     assert_eq!(ct.len(), 10 + 16);
-    assert_eq!(
-        decrypt(&ctx, user, key, &gcm(7), ct.clone())
-            .await
-            .expect("open"),
-        b"account 42"
-    );
     let mut tampered = ct.clone();
     tampered[0] ^= 1;
-    assert_eq!(
-        code(decrypt(&ctx, user, key, &gcm(7), tampered).await),
-        ErrorCode::EncryptedDataInvalid
-    );
-    assert_eq!(
-        code(decrypt(&ctx, user, key, &gcm(8), ct).await),
-        ErrorCode::EncryptedDataInvalid
-    );
-    assert_eq!(
-        code(decrypt(&ctx, user, key, &gcm(7), vec![0; 15]).await),
-        ErrorCode::EncryptedDataLenRange
-    );
-    let cbc_pad = Mechanism {
-        ckm: ck::CKM_AES_CBC_PAD,
-        param: MechParam::Iv(vec![1; 16]),
-    };
-    let ct = encrypt(&ctx, user, key, &cbc_pad, b"0123456789abcdef".to_vec())
-        .await
-        .expect("cbc");
+    let ct = check_round_trip(
+        &ctx,
+        user,
+        (key, key),
+        &iv_mech(ck::CKM_AES_CBC_PAD, 1),
+        b"0123456789abcdef",
+    )
+    .await;
     assert_eq!(ct.len(), 32);
-    assert_eq!(
-        decrypt(&ctx, user, key, &cbc_pad, ct).await.expect("cbc"),
-        b"0123456789abcdef"
-    );
-    let cbc = Mechanism {
-        ckm: ck::CKM_AES_CBC,
-        param: MechParam::Iv(vec![1; 16]),
-    };
-    assert_eq!(
-        code(encrypt(&ctx, user, key, &cbc, vec![0; 15]).await),
-        ErrorCode::DataLenRange
-    );
-    // Not for signing; not with a GCM key as HMAC key.
-    assert_eq!(
-        code(
-            sign(
-                &ctx,
-                user,
-                key,
-                &mech(ck::CKM_SHA256_HMAC),
-                SignInput::Data(vec![1])
-            )
-            .await
-        ),
-        ErrorCode::KeyTypeInconsistent
-    );
     // SM4.
     let sm4 = generate_key(&ctx, user, &mech(vendor::CKM_SM4_KEY_GEN), &[])
         .await
         .expect("sm4");
-    assert_eq!(
-        bytes(&ctx, user, sm4, ck::CKA_KEY_TYPE).await,
-        ulong_value(vendor::CKK_SM4)
-    );
-    let m = Mechanism {
-        ckm: vendor::CKM_SM4_CBC_PAD,
-        param: MechParam::Iv(vec![9; 16]),
-    };
-    let ct = encrypt(&ctx, user, sm4, &m, b"sm4 data".to_vec())
+    check_attrs(
+        &ctx,
+        user,
+        sm4,
+        &[(ck::CKA_KEY_TYPE, val(ulong_value(vendor::CKK_SM4)))],
+    )
+    .await;
+    let m = iv_mech(vendor::CKM_SM4_CBC_PAD, 9);
+    check_round_trip(&ctx, user, (sm4, sm4), &m, b"sm4 data").await;
+    let ct7 = encrypt(&ctx, user, key, &gcm(7), b"account 42".to_vec())
         .await
-        .expect("sm4");
-    assert_eq!(
-        decrypt(&ctx, user, sm4, &m, ct).await.expect("sm4"),
-        b"sm4 data"
-    );
-    assert_eq!(
-        code(encrypt(&ctx, user, key, &m, vec![1]).await),
-        ErrorCode::KeyTypeInconsistent
-    );
+        .expect("gcm");
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("tampered", user, Use::Decrypt(key, gcm(7), tampered), EncryptedDataInvalid),
+        ("other IV", user, Use::Decrypt(key, gcm(8), ct7), EncryptedDataInvalid),
+        ("shorter than the tag", user, Use::Decrypt(key, gcm(7), vec![0; 15]), EncryptedDataLenRange),
+        ("CBC of 15 bytes", user, Use::Encrypt(key, iv_mech(ck::CKM_AES_CBC, 1), vec![0; 15]), DataLenRange),
+        // Not for signing; not with a GCM key as HMAC key.
+        ("HMAC with AES", user, Use::Sign(key, mech(ck::CKM_SHA256_HMAC), input(&[1])), KeyTypeInconsistent),
+        ("SM4 with AES", user, Use::Encrypt(key, m, vec![1]), KeyTypeInconsistent),
+    ]).await;
 }
 
 #[tokio::test]
@@ -1155,66 +1074,20 @@ async fn hmac_sign_and_verify() {
     .await
     .expect("hmac key");
     let msg = b"MAC this".to_vec();
-    let mac = sign(
-        &ctx,
-        user,
-        key,
-        &mech(ck::CKM_SHA256_HMAC),
-        SignInput::Data(msg.clone()),
-    )
-    .await
-    .expect("mac");
+    let sha256 = mech(ck::CKM_SHA256_HMAC);
+    let mac = sign_ok(&ctx, user, key, &sha256, input(&msg)).await;
     let expected = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &value), &msg);
     assert_eq!(mac, expected.as_ref());
-    verify(
-        &ctx,
-        user,
-        key,
-        &mech(ck::CKM_SHA256_HMAC),
-        SignInput::Data(msg.clone()),
-        mac.clone(),
-    )
-    .await
-    .expect("verify");
+    verify_ok(&ctx, (user, key), &sha256, input(&msg), mac.clone(), "mac").await;
     let mut bad = mac.clone();
     bad[0] ^= 1;
-    assert_eq!(
-        code(
-            verify(
-                &ctx,
-                user,
-                key,
-                &mech(ck::CKM_SHA256_HMAC),
-                SignInput::Data(msg.clone()),
-                bad
-            )
-            .await
-        ),
-        ErrorCode::SignatureInvalid
-    );
-    assert_eq!(
-        code(
-            verify(
-                &ctx,
-                user,
-                key,
-                &mech(ck::CKM_SHA256_HMAC),
-                SignInput::Data(msg.clone()),
-                mac[..16].to_vec()
-            )
-            .await
-        ),
-        ErrorCode::SignatureLenRange
-    );
-    let mac512 = sign(
-        &ctx,
-        user,
-        key,
-        &mech(ck::CKM_SHA512_HMAC),
-        SignInput::Data(msg.clone()),
-    )
-    .await
-    .expect("mac512");
+    let short = mac[..16].to_vec();
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("flipped bit", user, Use::Verify(key, sha256.clone(), input(&msg), bad), ErrorCode::SignatureInvalid),
+        ("short mac", user, Use::Verify(key, sha256, input(&msg), short), ErrorCode::SignatureLenRange),
+    ]).await;
+    let mac512 = sign_ok(&ctx, user, key, &mech(ck::CKM_SHA512_HMAC), input(&msg)).await;
     assert_eq!(mac512.len(), 64);
     // A generated generic secret MACs too.
     let gen = generate_key(
@@ -1225,25 +1098,9 @@ async fn hmac_sign_and_verify() {
     )
     .await
     .expect("gen");
-    let mac = sign(
-        &ctx,
-        user,
-        gen,
-        &mech(ck::CKM_SHA384_HMAC),
-        SignInput::Data(msg.clone()),
-    )
-    .await
-    .expect("mac");
-    verify(
-        &ctx,
-        user,
-        gen,
-        &mech(ck::CKM_SHA384_HMAC),
-        SignInput::Data(msg),
-        mac,
-    )
-    .await
-    .expect("verify");
+    let sha384 = mech(ck::CKM_SHA384_HMAC);
+    let mac = sign_ok(&ctx, user, gen, &sha384, input(&msg)).await;
+    verify_ok(&ctx, (user, gen), &sha384, input(&msg), mac, "generated").await;
 }
 
 #[tokio::test]

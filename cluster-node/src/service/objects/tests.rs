@@ -1,13 +1,14 @@
 //! Tests of the object model.
 
 use cloudkey_protocol::ck;
-use cloudkey_protocol::msg::{AttrValue, Attribute, ObjectId};
+use cloudkey_protocol::msg::{AttrValue, Attribute, Mechanism, ObjectId, SignInput};
 use cloudkey_protocol::ErrorCode;
 
 use super::*;
+use crate::service::keys::{decrypt, encrypt, sign, verify};
 use crate::service::mechanism::{KeyAlg, P256_OID_DER};
 use crate::service::testkit::committed::{
-    copy_object, create_object, destroy_object, set_attributes,
+    copy_object, create_object, destroy_object, generate_key, generate_key_pair, set_attributes,
 };
 use crate::service::testkit::{fixture, Fixture};
 use crate::service::{Ctx, Session};
@@ -33,6 +34,66 @@ pub(crate) fn at(ty: u64, v: &[u8]) -> Attribute {
     Attribute::bytes(ty, v.to_vec())
 }
 
+/// An attribute's value as `get_attributes` gives it.
+pub(crate) fn val(v: impl AsRef<[u8]>) -> AttrValue {
+    AttrValue::Value(v.as_ref().to_vec())
+}
+
+/// Reads the listed attributes of `id` in one call and checks each against its row.
+pub(crate) async fn check_attrs(ctx: &Ctx, s: Session, id: ObjectId, want: &[(u64, AttrValue)]) {
+    let types: Vec<u64> = want.iter().map(|(ty, _)| *ty).collect();
+    let got = get_attributes(ctx, s, id, &types).await.expect("get");
+    assert_eq!(got.len(), want.len());
+    for ((ty, want), got) in want.iter().zip(got) {
+        assert_eq!(&got, want, "attribute 0x{ty:x} of {id}");
+    }
+}
+
+/// One call into the object or key services, for a table of refusals.
+pub(crate) enum Use {
+    Get(ObjectId, u64),
+    Create(Vec<Attribute>),
+    Copy(ObjectId, Vec<Attribute>),
+    Set(ObjectId, Attribute),
+    Destroy(ObjectId),
+    Gen(Mechanism, Vec<Attribute>),
+    GenPair(Mechanism, Vec<Attribute>, Vec<Attribute>),
+    Sign(ObjectId, Mechanism, SignInput),
+    Verify(ObjectId, Mechanism, SignInput, Vec<u8>),
+    Encrypt(ObjectId, Mechanism, Vec<u8>),
+    Decrypt(ObjectId, Mechanism, Vec<u8>),
+}
+
+impl Use {
+    async fn run(self, ctx: &Ctx, s: Session) -> Result<()> {
+        match self {
+            Use::Get(id, ty) => get_attributes(ctx, s, id, &[ty]).await.map(drop),
+            Use::Create(t) => create_object(ctx, s, &t).await.map(drop),
+            Use::Copy(id, t) => copy_object(ctx, s, id, &t).await.map(drop),
+            Use::Set(id, a) => set_attributes(ctx, s, id, &[a]).await,
+            Use::Destroy(id) => destroy_object(ctx, s, id).await,
+            Use::Gen(m, t) => generate_key(ctx, s, &m, &t).await.map(drop),
+            Use::GenPair(m, p, q) => generate_key_pair(ctx, s, &m, &p, &q).await.map(drop),
+            Use::Sign(k, m, i) => sign(ctx, s, k, &m, i).await.map(drop),
+            Use::Verify(k, m, i, sig) => verify(ctx, s, k, &m, i, sig).await,
+            Use::Encrypt(k, m, d) => encrypt(ctx, s, k, &m, d).await.map(drop),
+            Use::Decrypt(k, m, d) => decrypt(ctx, s, k, &m, d).await.map(drop),
+        }
+    }
+}
+
+/// A case of a refusal table: its name, who asks, what, and the code it must get.
+pub(crate) type Refusal = (&'static str, Session, Use, ErrorCode);
+
+/// Runs the cases in order; each must be refused with its code.
+pub(crate) async fn check_refusals(ctx: &Ctx, cases: Vec<Refusal>) {
+    for (name, s, u, want) in cases {
+        let r = u.run(ctx, s).await;
+        assert!(r.is_err(), "{name}: expected {want:?}, got {r:?}");
+        assert_eq!(code(r), want, "{name}");
+    }
+}
+
 fn value(ctx: &Ctx, s: Session, id: ObjectId, ty: u64) -> AttrValue {
     futures::executor::block_on(get_attributes(ctx, s, id, &[ty]))
         .expect("get")
@@ -49,6 +110,23 @@ fn data(label: &[u8], private: bool) -> Vec<Attribute> {
     ]
 }
 
+/// A template of `class`, `key_type`, then `rest`.
+fn key(class: u64, key_type: u64, rest: Vec<Attribute>) -> Vec<Attribute> {
+    let mut t = vec![
+        at_ulong(ck::CKA_CLASS, class),
+        at_ulong(ck::CKA_KEY_TYPE, key_type),
+    ];
+    t.extend(rest);
+    t
+}
+
+/// An AES key with a 16-byte value, then `rest`.
+fn aes16(rest: Vec<Attribute>) -> Vec<Attribute> {
+    let mut t = vec![at(ck::CKA_VALUE, &[1; 16])];
+    t.extend(rest);
+    key(ck::CKO_SECRET_KEY, ck::CKK_AES, t)
+}
+
 #[tokio::test]
 async fn data_objects_defaults_visibility_and_writes() {
     let Fixture { ctx, t1, t2 } = fixture();
@@ -63,125 +141,73 @@ async fn data_objects_defaults_visibility_and_writes() {
         .await
         .expect("create");
     // Defaults (Base §4.4, §4.5).
-    let got = get_attributes(
-        &ctx,
-        user,
-        pubobj,
-        &[
-            ck::CKA_MODIFIABLE,
-            ck::CKA_COPYABLE,
-            ck::CKA_DESTROYABLE,
-            ck::CKA_APPLICATION,
-            ck::CKA_VALUE,
-            ck::CKA_UNIQUE_ID,
-            ck::CKA_SIGN,
-        ],
-    )
-    .await
-    .expect("get");
-    assert_eq!(got[0], AttrValue::Value(vec![1]));
-    assert_eq!(got[1], AttrValue::Value(vec![1]));
-    assert_eq!(got[2], AttrValue::Value(vec![1]));
-    assert_eq!(got[3], AttrValue::Value(vec![]));
-    assert_eq!(got[4], AttrValue::Value(b"payload".to_vec()));
-    assert_eq!(got[5], AttrValue::Value(pubobj.to_string().into_bytes()));
-    assert_eq!(got[6], AttrValue::Invalid);
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, pubobj, &[
+        (ck::CKA_MODIFIABLE, val([1])),
+        (ck::CKA_COPYABLE, val([1])),
+        (ck::CKA_DESTROYABLE, val([1])),
+        (ck::CKA_APPLICATION, val([])),
+        (ck::CKA_VALUE, val(b"payload")),
+        (ck::CKA_UNIQUE_ID, val(pubobj.to_string())),
+        (ck::CKA_SIGN, AttrValue::Invalid),
+    ]).await;
 
     // Visibility: the public session and the SO see only the public object.
-    assert_eq!(
-        find_objects(&ctx, user, &[]).await.expect("find"),
-        vec![pubobj, privobj]
-    );
-    assert_eq!(
-        find_objects(&ctx, public, &[]).await.expect("find"),
-        vec![pubobj]
-    );
-    assert_eq!(
-        find_objects(&ctx, so, &[]).await.expect("find"),
-        vec![pubobj]
-    );
-    assert_eq!(
-        code(get_attributes(&ctx, public, privobj, &[ck::CKA_LABEL]).await),
-        ErrorCode::UserNotLoggedIn
-    );
-    assert_eq!(
-        code(get_attributes(&ctx, so, privobj, &[ck::CKA_LABEL]).await),
-        ErrorCode::UserNotLoggedIn
-    );
-    // Another token sees nothing of t1.
     let other = Session::user(t2);
-    assert!(find_objects(&ctx, other, &[])
-        .await
-        .expect("find")
-        .is_empty());
-    assert_eq!(
-        code(get_attributes(&ctx, other, pubobj, &[ck::CKA_LABEL]).await),
-        ErrorCode::ObjectHandleInvalid
-    );
-    assert_eq!(
-        code(destroy_object(&ctx, other, pubobj).await),
-        ErrorCode::ObjectHandleInvalid
-    );
-
-    // Writes need a login; the SO writes public objects only.
-    assert_eq!(
-        code(create_object(&ctx, public, &data(b"x", false)).await),
-        ErrorCode::UserNotLoggedIn
-    );
-    assert_eq!(
-        code(create_object(&ctx, so, &data(b"x", true)).await),
-        ErrorCode::UserNotLoggedIn
-    );
+    for (s, want) in [
+        (user, vec![pubobj, privobj]),
+        (public, vec![pubobj]),
+        (so, vec![pubobj]),
+        // Another token sees nothing of t1.
+        (other, vec![]),
+    ] {
+        assert_eq!(
+            find_objects(&ctx, s, &[]).await.expect("find"),
+            want,
+            "{s:?}"
+        );
+    }
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("public reads private", public, Use::Get(privobj, ck::CKA_LABEL), ErrorCode::UserNotLoggedIn),
+        ("SO reads private", so, Use::Get(privobj, ck::CKA_LABEL), ErrorCode::UserNotLoggedIn),
+        ("other token reads", other, Use::Get(pubobj, ck::CKA_LABEL), ErrorCode::ObjectHandleInvalid),
+        ("other token destroys", other, Use::Destroy(pubobj), ErrorCode::ObjectHandleInvalid),
+        // Writes need a login; the SO writes public objects only.
+        ("public creates", public, Use::Create(data(b"x", false)), ErrorCode::UserNotLoggedIn),
+        ("SO creates private", so, Use::Create(data(b"x", true)), ErrorCode::UserNotLoggedIn),
+    ]).await;
     let so_obj = create_object(&ctx, so, &data(b"so", false))
         .await
         .expect("so create");
-    assert_eq!(
-        code(set_attributes(&ctx, public, pubobj, &[at(ck::CKA_LABEL, b"y")]).await),
-        ErrorCode::UserNotLoggedIn
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("public sets", public, Use::Set(pubobj, at(ck::CKA_LABEL, b"y")), ErrorCode::UserNotLoggedIn),
+    ]).await;
 
     // Find matches bytes exactly.
-    let found = find_objects(&ctx, user, &[at(ck::CKA_LABEL, b"priv")])
-        .await
-        .expect("find");
-    assert_eq!(found, vec![privobj]);
-    let found = find_objects(&ctx, user, &[at_bool(ck::CKA_PRIVATE, false)])
-        .await
-        .expect("find");
-    assert_eq!(found, vec![pubobj, so_obj]);
-    assert!(find_objects(&ctx, user, &[at(ck::CKA_LABEL, b"pri")])
-        .await
-        .expect("find")
-        .is_empty());
+    for (template, want) in [
+        (at(ck::CKA_LABEL, b"priv"), vec![privobj]),
+        (at_bool(ck::CKA_PRIVATE, false), vec![pubobj, so_obj]),
+        (at(ck::CKA_LABEL, b"pri"), vec![]),
+    ] {
+        let found = find_objects(&ctx, user, std::slice::from_ref(&template))
+            .await
+            .expect("find");
+        assert_eq!(found, want, "{template:?}");
+    }
 
     // Set, copy, destroy.
     set_attributes(&ctx, user, pubobj, &[at(ck::CKA_LABEL, b"renamed")])
         .await
         .expect("set");
-    assert_eq!(
-        value(&ctx, user, pubobj, ck::CKA_LABEL),
-        AttrValue::Value(b"renamed".to_vec())
-    );
-    assert_eq!(
-        code(set_attributes(&ctx, user, pubobj, &[at_bool(ck::CKA_PRIVATE, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    assert_eq!(
-        code(
-            set_attributes(
-                &ctx,
-                user,
-                pubobj,
-                &[at_ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE)]
-            )
-            .await
-        ),
-        ErrorCode::AttributeReadOnly
-    );
-    assert_eq!(
-        code(set_attributes(&ctx, user, pubobj, &[at_bool(ck::CKA_SIGN, true)]).await),
-        ErrorCode::AttributeTypeInvalid
-    );
+    assert_eq!(value(&ctx, user, pubobj, ck::CKA_LABEL), val(b"renamed"));
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("private on", user, Use::Set(pubobj, at_bool(ck::CKA_PRIVATE, true)), ErrorCode::AttributeReadOnly),
+        ("class", user, Use::Set(pubobj, at_ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE)), ErrorCode::AttributeReadOnly),
+        ("sign on data", user, Use::Set(pubobj, at_bool(ck::CKA_SIGN, true)), ErrorCode::AttributeTypeInvalid),
+    ]).await;
     // A copy may become private and non-modifiable.
     let copy = copy_object(
         &ctx,
@@ -194,205 +220,85 @@ async fn data_objects_defaults_visibility_and_writes() {
     )
     .await
     .expect("copy");
-    assert_eq!(
-        value(&ctx, user, copy, ck::CKA_LABEL),
-        AttrValue::Value(b"renamed".to_vec())
-    );
-    assert_eq!(
-        value(&ctx, user, copy, ck::CKA_UNIQUE_ID),
-        AttrValue::Value(copy.to_string().into_bytes())
-    );
-    assert_eq!(
-        code(set_attributes(&ctx, user, copy, &[at(ck::CKA_LABEL, b"z")]).await),
-        ErrorCode::ActionProhibited
-    );
-    assert_eq!(
-        code(copy_object(&ctx, user, copy, &[at_bool(ck::CKA_MODIFIABLE, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, copy, &[
+        (ck::CKA_LABEL, val(b"renamed")),
+        (ck::CKA_UNIQUE_ID, val(copy.to_string())),
+    ]).await;
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("label of a non-modifiable copy", user, Use::Set(copy, at(ck::CKA_LABEL, b"z")), ErrorCode::ActionProhibited),
+        ("copy modifiable again", user, Use::Copy(copy, vec![at_bool(ck::CKA_MODIFIABLE, true)]), ErrorCode::AttributeReadOnly),
+    ]).await;
     // Non-copyable, non-destroyable (one-way).
     set_attributes(&ctx, user, pubobj, &[at_bool(ck::CKA_COPYABLE, false)])
         .await
         .expect("set");
-    assert_eq!(
-        code(set_attributes(&ctx, user, pubobj, &[at_bool(ck::CKA_COPYABLE, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    assert_eq!(
-        code(copy_object(&ctx, user, pubobj, &[]).await),
-        ErrorCode::ActionProhibited
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("copyable again", user, Use::Set(pubobj, at_bool(ck::CKA_COPYABLE, true)), ErrorCode::AttributeReadOnly),
+        ("copy non-copyable", user, Use::Copy(pubobj, vec![]), ErrorCode::ActionProhibited),
+    ]).await;
     set_attributes(&ctx, user, privobj, &[at_bool(ck::CKA_DESTROYABLE, false)])
         .await
         .expect("set");
-    assert_eq!(
-        code(destroy_object(&ctx, user, privobj).await),
-        ErrorCode::ActionProhibited
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("destroy non-destroyable", user, Use::Destroy(privobj), ErrorCode::ActionProhibited),
+    ]).await;
     destroy_object(&ctx, user, pubobj).await.expect("destroy");
-    assert_eq!(
-        code(get_attributes(&ctx, user, pubobj, &[ck::CKA_LABEL]).await),
-        ErrorCode::ObjectHandleInvalid
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("read destroyed", user, Use::Get(pubobj, ck::CKA_LABEL), ErrorCode::ObjectHandleInvalid),
+    ]).await;
 }
 
 #[tokio::test]
 async fn template_errors() {
+    use ErrorCode::*;
     let Fixture { ctx, t1, .. } = fixture();
     let user = Session::user(t1);
+    let class = |c| at_ulong(ck::CKA_CLASS, c);
+    let data = |a: Attribute| vec![class(ck::CKO_DATA), a];
+    let secret = ck::CKO_SECRET_KEY;
+    let (public, private) = (ck::CKO_PUBLIC_KEY, ck::CKO_PRIVATE_KEY);
+    let p384 = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    let x509 = at_ulong(ck::CKA_CERTIFICATE_TYPE, ck::CKC_X_509);
+    let ec_pub = |params: &[u8], rest: Vec<Attribute>| {
+        let mut t = vec![at(ck::CKA_EC_PARAMS, params)];
+        t.extend(rest);
+        key(public, ck::CKK_EC, t)
+    };
+    #[rustfmt::skip]
     let cases: Vec<(Vec<Attribute>, ErrorCode)> = vec![
-        (vec![at(ck::CKA_LABEL, b"x")], ErrorCode::TemplateIncomplete),
-        (
-            vec![at_ulong(ck::CKA_CLASS, ck::CKO_HW_FEATURE)],
-            ErrorCode::AttributeValueInvalid,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_DATA),
-                at_bool(ck::CKA_SIGN, true),
-            ],
-            ErrorCode::AttributeTypeInvalid,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_DATA),
-                at(ck::CKA_TOKEN, &[2]),
-            ],
-            ErrorCode::AttributeValueInvalid,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_DATA),
-                at(ck::CKA_UNIQUE_ID, b"x"),
-            ],
-            ErrorCode::AttributeReadOnly,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_DATA),
-                at(ck::CKA_LABEL, b"a"),
-                at(ck::CKA_LABEL, b"b"),
-            ],
-            ErrorCode::TemplateInconsistent,
-        ),
+        (vec![at(ck::CKA_LABEL, b"x")], TemplateIncomplete),
+        (vec![class(ck::CKO_HW_FEATURE)], AttributeValueInvalid),
+        (data(at_bool(ck::CKA_SIGN, true)), AttributeTypeInvalid),
+        (data(at(ck::CKA_TOKEN, &[2])), AttributeValueInvalid),
+        (data(at(ck::CKA_UNIQUE_ID, b"x")), AttributeReadOnly),
+        (vec![class(ck::CKO_DATA), at(ck::CKA_LABEL, b"a"), at(ck::CKA_LABEL, b"b")], TemplateInconsistent),
         // Keys.
-        (
-            vec![at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY)],
-            ErrorCode::TemplateIncomplete,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
-            ],
-            ErrorCode::TemplateIncomplete,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
-                at(ck::CKA_VALUE, &[1; 20]),
-            ],
-            ErrorCode::AttributeValueInvalid,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
-                at(ck::CKA_VALUE, &[1; 16]),
-                at_bool(ck::CKA_LOCAL, false),
-            ],
-            ErrorCode::AttributeReadOnly,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
-                at(ck::CKA_VALUE, &[1; 16]),
-                at_ulong(ck::CKA_VALUE_LEN, 32),
-            ],
-            ErrorCode::TemplateInconsistent,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_RSA),
-                at(ck::CKA_VALUE, &[1; 16]),
-            ],
-            ErrorCode::TemplateInconsistent,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
-                at(ck::CKA_VALUE, &[1; 16]),
-                at_bool(ck::CKA_TRUSTED, true),
-            ],
-            ErrorCode::AttributeReadOnly,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_EC),
-                at(
-                    ck::CKA_EC_PARAMS,
-                    &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
-                ),
-                at(ck::CKA_EC_POINT, &[4; 65]),
-            ],
-            ErrorCode::CurveNotSupported,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_EC),
-                at(ck::CKA_EC_PARAMS, P256_OID_DER),
-                at(ck::CKA_EC_POINT, &[4; 65]),
-            ],
-            ErrorCode::AttributeValueInvalid,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_EC),
-                at(ck::CKA_EC_PARAMS, P256_OID_DER),
-            ],
-            ErrorCode::TemplateIncomplete,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_PRIVATE_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_RSA),
-                at(ck::CKA_MODULUS, &[0xc1; 256]),
-                at(ck::CKA_PUBLIC_EXPONENT, &[1, 0, 1]),
-            ],
-            ErrorCode::TemplateIncomplete,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_PRIVATE_KEY),
-                at_ulong(ck::CKA_KEY_TYPE, ck::CKK_EC),
-                at(ck::CKA_EC_PARAMS, P256_OID_DER),
-                at(ck::CKA_VALUE, &[1; 32]),
-                at_bool(ck::CKA_ALWAYS_AUTHENTICATE, true),
-            ],
-            ErrorCode::AttributeValueInvalid,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE),
-                at_ulong(ck::CKA_CERTIFICATE_TYPE, ck::CKC_X_509),
-            ],
-            ErrorCode::TemplateIncomplete,
-        ),
-        (
-            vec![
-                at_ulong(ck::CKA_CLASS, ck::CKO_CERTIFICATE),
-                at_ulong(ck::CKA_CERTIFICATE_TYPE, ck::CKC_X_509),
-                at(ck::CKA_VALUE, b"not DER"),
-            ],
-            ErrorCode::TemplateIncomplete,
-        ),
+        (vec![class(secret)], TemplateIncomplete),
+        (key(secret, ck::CKK_AES, vec![]), TemplateIncomplete),
+        (key(secret, ck::CKK_AES, vec![at(ck::CKA_VALUE, &[1; 20])]), AttributeValueInvalid),
+        (aes16(vec![at_bool(ck::CKA_LOCAL, false)]), AttributeReadOnly),
+        (aes16(vec![at_ulong(ck::CKA_VALUE_LEN, 32)]), TemplateInconsistent),
+        (key(secret, ck::CKK_RSA, vec![at(ck::CKA_VALUE, &[1; 16])]), TemplateInconsistent),
+        (aes16(vec![at_bool(ck::CKA_TRUSTED, true)]), AttributeReadOnly),
+        (ec_pub(&p384, vec![at(ck::CKA_EC_POINT, &[4; 65])]), CurveNotSupported),
+        (ec_pub(P256_OID_DER, vec![at(ck::CKA_EC_POINT, &[4; 65])]), AttributeValueInvalid),
+        (ec_pub(P256_OID_DER, vec![]), TemplateIncomplete),
+        (key(private, ck::CKK_RSA, vec![
+            at(ck::CKA_MODULUS, &[0xc1; 256]),
+            at(ck::CKA_PUBLIC_EXPONENT, &[1, 0, 1]),
+        ]), TemplateIncomplete),
+        (key(private, ck::CKK_EC, vec![
+            at(ck::CKA_EC_PARAMS, P256_OID_DER),
+            at(ck::CKA_VALUE, &[1; 32]),
+            at_bool(ck::CKA_ALWAYS_AUTHENTICATE, true),
+        ]), AttributeValueInvalid),
+        (vec![class(ck::CKO_CERTIFICATE), x509.clone()], TemplateIncomplete),
+        (vec![class(ck::CKO_CERTIFICATE), x509, at(ck::CKA_VALUE, b"not DER")], TemplateIncomplete),
     ];
     for (i, (template, want)) in cases.into_iter().enumerate() {
         assert_eq!(
@@ -434,45 +340,31 @@ async fn certificates_take_their_names_from_the_der() {
     .await
     .expect("cert");
     let (_, parsed) = x509_parser::parse_x509_certificate(&der).expect("parse");
-    let got = get_attributes(
-        &ctx,
-        Session::public(t1),
-        id,
-        &[
-            ck::CKA_SUBJECT,
-            ck::CKA_ISSUER,
-            ck::CKA_SERIAL_NUMBER,
-            ck::CKA_CHECK_VALUE,
-            ck::CKA_PRIVATE,
-            ck::CKA_PUBLIC_KEY_INFO,
-        ],
-    )
-    .await
-    .expect("get");
-    assert_eq!(got[0], AttrValue::Value(parsed.subject().as_raw().to_vec()));
-    assert_eq!(got[1], AttrValue::Value(parsed.issuer().as_raw().to_vec()));
-    let AttrValue::Value(serial) = &got[2] else {
+    let public = Session::public(t1);
+    let AttrValue::Value(serial) = value(&ctx, public, id, ck::CKA_SERIAL_NUMBER) else {
         panic!("serial")
     };
     assert_eq!(serial[0], 0x02);
     assert_eq!(der::strip(&serial[2..]), der::strip(parsed.raw_serial()));
     let sha1 = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY, &der);
-    assert_eq!(got[3], AttrValue::Value(sha1.as_ref()[..3].to_vec()));
-    assert_eq!(got[4], AttrValue::Value(vec![0]));
-    assert_eq!(got[5], AttrValue::Value(parsed.public_key().raw.to_vec()));
+    #[rustfmt::skip]
+    check_attrs(&ctx, public, id, &[
+        (ck::CKA_SUBJECT, val(parsed.subject().as_raw())),
+        (ck::CKA_ISSUER, val(parsed.issuer().as_raw())),
+        (ck::CKA_CHECK_VALUE, val(&sha1.as_ref()[..3])),
+        (ck::CKA_PRIVATE, val([0])),
+        (ck::CKA_PUBLIC_KEY_INFO, val(parsed.public_key().raw)),
+    ]).await;
     // Only CKA_ID, CKA_ISSUER, CKA_SERIAL_NUMBER (and the label) change; CKA_TRUSTED is
     // the SO's.
     set_attributes(&ctx, user, id, &[at(ck::CKA_ID, b"\x02")])
         .await
         .expect("id");
-    assert_eq!(
-        code(set_attributes(&ctx, user, id, &[at(ck::CKA_VALUE, b"x")]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    assert_eq!(
-        code(set_attributes(&ctx, user, id, &[at_bool(ck::CKA_TRUSTED, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("certificate value", user, Use::Set(id, at(ck::CKA_VALUE, b"x")), ErrorCode::AttributeReadOnly),
+        ("user trusts", user, Use::Set(id, at_bool(ck::CKA_TRUSTED, true)), ErrorCode::AttributeReadOnly),
+    ]).await;
     set_attributes(&ctx, Session::so(t1), id, &[at_bool(ck::CKA_TRUSTED, true)])
         .await
         .expect("SO trusts");
@@ -490,37 +382,23 @@ async fn public_keys_by_value() {
     let user = Session::user(t1);
     let point = p256_point(7);
     // A raw point is stored as the DER OCTET STRING.
-    let id = create_object(
-        &ctx,
-        user,
-        &[
-            at_ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
-            at_ulong(ck::CKA_KEY_TYPE, ck::CKK_EC),
+    let ec_t = key(
+        ck::CKO_PUBLIC_KEY,
+        ck::CKK_EC,
+        vec![
             at(ck::CKA_EC_PARAMS, P256_OID_DER),
             at(ck::CKA_EC_POINT, &point),
         ],
-    )
-    .await
-    .expect("ec public");
-    let got = get_attributes(
-        &ctx,
-        user,
-        id,
-        &[
-            ck::CKA_EC_POINT,
-            ck::CKA_PRIVATE,
-            ck::CKA_VERIFY,
-            ck::CKA_WRAP,
-            ck::CKA_LOCAL,
-        ],
-    )
-    .await
-    .expect("get");
-    assert_eq!(got[0], AttrValue::Value(der::ec_point_der(&point)));
-    assert_eq!(got[1], AttrValue::Value(vec![0]));
-    assert_eq!(got[2], AttrValue::Value(vec![1]));
-    assert_eq!(got[3], AttrValue::Value(vec![0]));
-    assert_eq!(got[4], AttrValue::Value(vec![0]));
+    );
+    let id = create_object(&ctx, user, &ec_t).await.expect("ec public");
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, id, &[
+        (ck::CKA_EC_POINT, val(der::ec_point_der(&point))),
+        (ck::CKA_PRIVATE, val([0])),
+        (ck::CKA_VERIFY, val([1])),
+        (ck::CKA_WRAP, val([0])),
+        (ck::CKA_LOCAL, val([0])),
+    ]).await;
     // Usage flags of public keys change both ways.
     set_attributes(&ctx, user, id, &[at_bool(ck::CKA_WRAP, true)])
         .await
@@ -538,10 +416,7 @@ async fn public_keys_by_value() {
             .as_bytes()
             .to_vec()
     };
-    assert_eq!(
-        value(&ctx, user, id, ck::CKA_PUBLIC_KEY_INFO),
-        AttrValue::Value(spki)
-    );
+    assert_eq!(value(&ctx, user, id, ck::CKA_PUBLIC_KEY_INFO), val(spki));
 
     // An RSA public key: CKA_MODULUS_BITS is computed.
     let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
@@ -550,66 +425,48 @@ async fn public_keys_by_value() {
         rsa.public_key().clone()
     };
     let n = public.modulus().big_endian_without_leading_zero().to_vec();
-    let id = create_object(
-        &ctx,
-        user,
-        &[
-            at_ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
-            at_ulong(ck::CKA_KEY_TYPE, ck::CKK_RSA),
+    let rsa_t = |extra: Vec<Attribute>| {
+        let mut t = vec![
             at(ck::CKA_MODULUS, &n),
             at(ck::CKA_PUBLIC_EXPONENT, &[1, 0, 1]),
-        ],
-    )
-    .await
-    .expect("rsa public");
-    assert_eq!(
-        value(&ctx, user, id, ck::CKA_MODULUS_BITS),
-        AttrValue::Value(ulong_value(2048))
-    );
-    assert_eq!(
-        value(&ctx, user, id, ck::CKA_PUBLIC_KEY_INFO),
-        AttrValue::Value({
-            use aws_lc_rs::encoding::AsDer;
-            let der: aws_lc_rs::encoding::PublicKeyX509Der<'_> = public.as_der().expect("der");
-            der.as_ref().to_vec()
-        })
-    );
-    assert_eq!(
-        code(
-            create_object(
-                &ctx,
-                user,
-                &[
-                    at_ulong(ck::CKA_CLASS, ck::CKO_PUBLIC_KEY),
-                    at_ulong(ck::CKA_KEY_TYPE, ck::CKK_RSA),
-                    at(ck::CKA_MODULUS, &n),
-                    at(ck::CKA_PUBLIC_EXPONENT, &[1, 0, 1]),
-                    at_ulong(ck::CKA_MODULUS_BITS, 1024),
-                ],
-            )
-            .await
-        ),
-        ErrorCode::TemplateInconsistent
-    );
+        ];
+        t.extend(extra);
+        key(ck::CKO_PUBLIC_KEY, ck::CKK_RSA, t)
+    };
+    let id = create_object(&ctx, user, &rsa_t(vec![]))
+        .await
+        .expect("rsa public");
+    let spki = {
+        use aws_lc_rs::encoding::AsDer;
+        let der: aws_lc_rs::encoding::PublicKeyX509Der<'_> = public.as_der().expect("der");
+        der.as_ref().to_vec()
+    };
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, id, &[
+        (ck::CKA_MODULUS_BITS, val(ulong_value(2048))),
+        (ck::CKA_PUBLIC_KEY_INFO, val(spki)),
+    ]).await;
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("modulus bits disagree", user, Use::Create(rsa_t(vec![at_ulong(ck::CKA_MODULUS_BITS, 1024)])), ErrorCode::TemplateInconsistent),
+    ]).await;
 }
 
 #[tokio::test]
 async fn secret_keys_by_value_stay_secret() {
+    use ErrorCode::AttributeReadOnly;
     let Fixture { ctx, t1, .. } = fixture();
     let user = Session::user(t1);
-    let id = create_object(
-        &ctx,
-        user,
-        &[
-            at_ulong(ck::CKA_CLASS, ck::CKO_SECRET_KEY),
-            at_ulong(ck::CKA_KEY_TYPE, ck::CKK_AES),
+    let t = key(
+        ck::CKO_SECRET_KEY,
+        ck::CKK_AES,
+        vec![
             at(ck::CKA_VALUE, &[0x42; 32]),
             at_bool(ck::CKA_SENSITIVE, false),
             at_bool(ck::CKA_EXTRACTABLE, true),
         ],
-    )
-    .await
-    .expect("aes");
+    );
+    let id = create_object(&ctx, user, &t).await.expect("aes");
     let o = ctx.state.object(&id).expect("object");
     assert!(o.record.blob.is_some());
     assert!(
@@ -619,75 +476,45 @@ async fn secret_keys_by_value_stay_secret() {
             .all(|v| !v.windows(32).any(|w| w == [0x42; 32])),
         "the key value is not in the record"
     );
-    let got = get_attributes(
-        &ctx,
-        user,
-        id,
-        &[
-            ck::CKA_VALUE,
-            ck::CKA_VALUE_LEN,
-            ck::CKA_LOCAL,
-            ck::CKA_ALWAYS_SENSITIVE,
-            ck::CKA_NEVER_EXTRACTABLE,
-            ck::CKA_KEY_GEN_MECHANISM,
-            ck::CKA_PRIVATE,
-            ck::CKA_ENCRYPT,
-            ck::CKA_WRAP,
-            ck::CKA_MODULUS,
-        ],
-    )
-    .await
-    .expect("get");
-    assert_eq!(got[0], AttrValue::Sensitive);
-    assert_eq!(got[1], AttrValue::Value(ulong_value(32)));
-    assert_eq!(got[2], AttrValue::Value(vec![0]));
-    assert_eq!(got[3], AttrValue::Value(vec![0]));
-    assert_eq!(got[4], AttrValue::Value(vec![0]));
-    assert_eq!(
-        got[5],
-        AttrValue::Value(ulong_value(ck::CK_UNAVAILABLE_INFORMATION))
-    );
-    assert_eq!(got[6], AttrValue::Value(vec![1]));
-    assert_eq!(got[7], AttrValue::Value(vec![1]));
-    assert_eq!(got[8], AttrValue::Value(vec![0]));
-    assert_eq!(got[9], AttrValue::Invalid);
+    #[rustfmt::skip]
+    check_attrs(&ctx, user, id, &[
+        (ck::CKA_VALUE, AttrValue::Sensitive),
+        (ck::CKA_VALUE_LEN, val(ulong_value(32))),
+        (ck::CKA_LOCAL, val([0])),
+        (ck::CKA_ALWAYS_SENSITIVE, val([0])),
+        (ck::CKA_NEVER_EXTRACTABLE, val([0])),
+        (ck::CKA_KEY_GEN_MECHANISM, val(ulong_value(ck::CK_UNAVAILABLE_INFORMATION))),
+        (ck::CKA_PRIVATE, val([1])),
+        (ck::CKA_ENCRYPT, val([1])),
+        (ck::CKA_WRAP, val([0])),
+        (ck::CKA_MODULUS, AttrValue::Invalid),
+    ]).await;
     // Key material never matches a search.
     assert!(find_objects(&ctx, user, &[at(ck::CKA_VALUE, &[0x42; 32])])
         .await
         .expect("find")
         .is_empty());
     // §4.10: SENSITIVE only false → true, EXTRACTABLE only true → false; chip-bound usage
-    // flags only off.
-    set_attributes(&ctx, user, id, &[at_bool(ck::CKA_SENSITIVE, true)])
-        .await
-        .expect("sensitive");
-    assert_eq!(
-        code(set_attributes(&ctx, user, id, &[at_bool(ck::CKA_SENSITIVE, false)]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    set_attributes(&ctx, user, id, &[at_bool(ck::CKA_EXTRACTABLE, false)])
-        .await
-        .expect("unextractable");
-    assert_eq!(
-        code(set_attributes(&ctx, user, id, &[at_bool(ck::CKA_EXTRACTABLE, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    assert_eq!(
-        code(set_attributes(&ctx, user, id, &[at_bool(ck::CKA_WRAP, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    set_attributes(&ctx, user, id, &[at_bool(ck::CKA_DECRYPT, false)])
-        .await
-        .expect("decrypt off");
-    assert_eq!(
-        code(set_attributes(&ctx, user, id, &[at_bool(ck::CKA_DECRYPT, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
+    // flags only off. Each row: the allowed change, then the refused one.
+    #[rustfmt::skip]
+    let one_way = [
+        (Some(at_bool(ck::CKA_SENSITIVE, true)), at_bool(ck::CKA_SENSITIVE, false)),
+        (Some(at_bool(ck::CKA_EXTRACTABLE, false)), at_bool(ck::CKA_EXTRACTABLE, true)),
+        (None, at_bool(ck::CKA_WRAP, true)),
+        (Some(at_bool(ck::CKA_DECRYPT, false)), at_bool(ck::CKA_DECRYPT, true)),
+    ];
+    for (allowed, refused) in one_way {
+        if let Some(a) = allowed {
+            let what = format!("{a:?}");
+            set_attributes(&ctx, user, id, &[a])
+                .await
+                .unwrap_or_else(|e| panic!("{what}: {e:?}"));
+        }
+        let r = set_attributes(&ctx, user, id, std::slice::from_ref(&refused)).await;
+        assert_eq!(code(r), AttributeReadOnly, "{refused:?}");
+    }
     // ALWAYS_SENSITIVE stays false: the key was not sensitive from the start.
-    assert_eq!(
-        value(&ctx, user, id, ck::CKA_ALWAYS_SENSITIVE),
-        AttrValue::Value(vec![0])
-    );
+    assert_eq!(value(&ctx, user, id, ck::CKA_ALWAYS_SENSITIVE), val([0]));
     // A copy shares the blob; it cannot widen usage either.
     let copy = copy_object(&ctx, user, id, &[at(ck::CKA_LABEL, b"copy")])
         .await
@@ -696,15 +523,12 @@ async fn secret_keys_by_value_stay_secret() {
         ctx.state.object(&copy).expect("copy").record.blob,
         o.record.blob
     );
-    assert_eq!(
-        code(copy_object(&ctx, user, id, &[at_bool(ck::CKA_DECRYPT, true)]).await),
-        ErrorCode::AttributeReadOnly
-    );
-    // The public session does not see the (private) key at all.
-    assert_eq!(
-        code(get_attributes(&ctx, Session::public(t1), id, &[ck::CKA_LABEL]).await),
-        ErrorCode::UserNotLoggedIn
-    );
+    #[rustfmt::skip]
+    check_refusals(&ctx, vec![
+        ("copy widens decrypt", user, Use::Copy(id, vec![at_bool(ck::CKA_DECRYPT, true)]), AttributeReadOnly),
+        // The public session does not see the (private) key at all.
+        ("public reads", Session::public(t1), Use::Get(id, ck::CKA_LABEL), ErrorCode::UserNotLoggedIn),
+    ]).await;
 }
 
 #[test]
