@@ -33,10 +33,11 @@ pub const CA_CERT: &str = "ca.pem";
 pub const CA_KEY: &str = "ca.key";
 /// The DNS name in every node certificate; clients verify it whatever address they dialled.
 pub const NODE_DNS_NAME: &str = "cloudkey-node";
-/// Years a leaf certificate is valid.
-const LEAF_YEARS: i32 = 5;
-/// Years the CA certificate is valid.
-const CA_YEARS: i32 = 20;
+/// Days a leaf certificate (node, operator, client) is valid: short, and renewed with
+/// [`rotate`] (`cloudkey pki rotate`).
+pub const LEAF_DAYS: u64 = 90;
+/// Days the CA certificate is valid (its key stays offline with the operators).
+const CA_DAYS: u64 = 20 * 365 + 5;
 
 /// Whom a certificate identifies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -68,6 +69,13 @@ impl Identity {
             Self::Operator(name) => format!("operator-{name}"),
             Self::Client(name) => format!("client-{name}"),
         }
+    }
+
+    /// The identity whose certificate files are named `stem` ([`Identity::file_stem`]), if any.
+    #[must_use]
+    pub fn from_file_stem(stem: &str) -> Option<Self> {
+        let (role, name) = stem.split_once('-')?;
+        Self::parse(role, name).ok()
     }
 
     /// Builds an identity from a role word (`node`, `operator`, `client`) and a name or id, by
@@ -242,7 +250,7 @@ pub fn init_pki_with(dir: &Path, opts: &InitOptions) -> Result<PkiPaths> {
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    set_validity(&mut params, CA_YEARS);
+    set_validity(&mut params, CA_DAYS);
     let cert = params.self_signed(&key).map_err(rcgen_err)?;
     // Key first: a CA certificate without its key would block a retry without --force.
     write_file(&ca_key, key.serialize_pem().as_bytes(), 0o600)?;
@@ -316,7 +324,7 @@ fn issue_with(dir: &Path, issuer: &Issuer<'_, KeyPair>, who: &Identity) -> Resul
             .insert(0, ExtendedKeyUsagePurpose::ServerAuth);
     }
     params.use_authority_key_identifier_extension = true;
-    set_validity(&mut params, LEAF_YEARS);
+    set_validity(&mut params, LEAF_DAYS);
     let cert = params.signed_by(&key, issuer).map_err(rcgen_err)?;
     let paths = CertPaths::of(dir, who);
     write_file(&paths.key, key.serialize_pem().as_bytes(), 0o600)?;
@@ -342,15 +350,41 @@ fn remove_leaves(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Valid from yesterday (clocks differ) for `years` years, at day granularity.
-fn set_validity(params: &mut CertificateParams, years: i32) {
-    let days = SystemTime::now()
+/// Valid from yesterday (clocks differ) for `days` days, at day granularity.
+fn set_validity(params: &mut CertificateParams, days: u64) {
+    let today = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() / 86_400);
-    let (y, m, d) = civil_from_days(days.saturating_sub(1));
+    let start = today.saturating_sub(1);
+    let (y, m, d) = civil_from_days(start);
     params.not_before = rcgen::date_time_ymd(y, m, d);
-    // 28 exists in every month, so the end date is always valid.
-    params.not_after = rcgen::date_time_ymd(y + years, m, d.min(28));
+    let (y, m, d) = civil_from_days(start.saturating_add(days));
+    params.not_after = rcgen::date_time_ymd(y, m, d);
+}
+
+/// Issues every leaf certificate in `dir` again from its CA, with a fresh key and a fresh
+/// [`LEAF_DAYS`] lifetime, and returns what it issued. The identities stay; the old
+/// certificates and keys are replaced (restart each node, and give each operator and client
+/// its new files).
+///
+/// # Errors
+/// As [`issue`]; [`NodeError::Io`] when `dir` cannot be listed.
+pub fn rotate(dir: &Path) -> Result<Vec<(Identity, CertPaths)>> {
+    let mut who = Vec::new();
+    for entry in fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let entry = entry.map_err(|e| io_err(dir, e))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".pem")) else {
+            continue;
+        };
+        if let Some(id) = Identity::from_file_stem(stem) {
+            who.push(id);
+        }
+    }
+    who.sort_by_key(Identity::file_stem);
+    who.into_iter()
+        .map(|w| issue(dir, &w, true).map(|paths| (w, paths)))
+        .collect()
 }
 
 /// Gregorian date of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
@@ -488,6 +522,32 @@ mod tests {
             let m = cloudkey_protocol::tls::TlsMaterial::load(&files).unwrap();
             assert_eq!(m.identity().unwrap().uri(), who.uri());
         }
+    }
+
+    #[test]
+    fn leaves_live_ninety_days_and_rotate_with_fresh_keys() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let paths = init_pki(dir.path(), 2, &["admin"], &["app"]).expect("init");
+        let read = |p: &Path| std::fs::read_to_string(p).expect("read");
+        let leaf = paths.node(1).expect("node 1").clone();
+        let pem = read(&leaf.cert);
+        let (_, parsed) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("pem");
+        let cert = parsed.parse_x509().expect("x509");
+        let v = cert.validity();
+        let days = (v.not_after.timestamp() - v.not_before.timestamp()) / 86_400;
+        assert_eq!(u64::try_from(days).ok(), Some(LEAF_DAYS), "{v:?}");
+        let old_key = read(&leaf.key);
+        let rotated = rotate(dir.path()).expect("rotate");
+        let names: Vec<String> = rotated.iter().map(|(w, _)| w.to_string()).collect();
+        assert_eq!(rotated.len(), 4, "{names:?}");
+        assert!(rotated.iter().any(|(w, _)| *w == Identity::Node(2)));
+        assert_ne!(read(&leaf.key), old_key, "a fresh key");
+        assert_ne!(read(&leaf.cert), pem, "a fresh certificate");
+        assert_eq!(
+            Identity::from_file_stem("client-app"),
+            Some(Identity::Client("app".into()))
+        );
+        assert_eq!(Identity::from_file_stem("ca"), None);
     }
 
     #[test]

@@ -445,3 +445,40 @@ async fn applications_see_no_counters_or_governance_and_the_cli_takes_no_pin_arg
     login_as(&app, made, UserType::So, "so-pin-1234").await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_rotate_reissues_every_leaf_and_the_restarted_cluster_serves_with_them() -> Result<()> {
+    let mut cluster = Cluster::start_init(3).await?;
+    let token = util::create_token(cluster.admin(), "rotated").await?;
+    cluster.settle(cluster.admin()).await?;
+    let node_cert = cluster.pki_dir().join("node-1.pem");
+    let before = std::fs::read(&node_cert)?;
+    let pki = cluster.pki_dir().to_string_lossy().into_owned();
+    let out = cli(vec!["pki".into(), "rotate".into(), "--dir".into(), pki], "").await?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.contains("valid 90 days"),
+        "pki rotate: {stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in ["node-1", "node-2", "node-3", "operator-admin", "client-app"] {
+        ensure!(stdout.contains(id), "{id} reissued: {stdout}");
+    }
+    ensure!(
+        std::fs::read(&node_cert)? != before,
+        "node 1's certificate was replaced"
+    );
+    // Every node restarted on its new certificate and key; clients on their new files.
+    for id in cluster.ids() {
+        cluster.stop(id).await?;
+        cluster.restart(id).await?;
+    }
+    cluster.wait_ready().await?;
+    let app = cluster.client(Role::Client)?;
+    let auth = util::login(&app, token).await?;
+    let key = util::generate_ec(&app, &auth, "after-rotate")
+        .await?
+        .private;
+    util::call(&app, util::sign_req(&auth, key, b"rotated")).await?;
+    Ok(())
+}

@@ -111,6 +111,14 @@ pub enum PkiCommand {
         /// Node id, or operator or client name.
         name: String,
     },
+    /// Issues every node, operator and client certificate in DIR again, with a fresh key and
+    /// a fresh lifetime (leaf certificates last 90 days). Restart each node and hand out the
+    /// new files afterwards.
+    Rotate {
+        /// The PKI directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 /// Certificate roles.

@@ -41,6 +41,16 @@ pub(crate) fn pki_command(cmd: PkiCommand) -> anyhow::Result<()> {
             role,
             name,
         } => pki_issue(&dir, force, role, &name),
+        PkiCommand::Rotate { dir } => {
+            for (who, p) in pki::rotate(&dir)? {
+                println!("{:<8} {} ({who})", "reissued", p.cert.display());
+            }
+            println!(
+                "valid {} days; restart each node and hand out the new operator and client files",
+                pki::LEAF_DAYS
+            );
+            Ok(())
+        }
     }
 }
 
