@@ -286,6 +286,15 @@ impl Slot {
         }))
     }
 
+    /// Replaces the grant of login `epoch` (renewed, or logged in again), if that login is
+    /// still the slot's.
+    fn replace_grant(&self, epoch: u64, grant: SessionGrant, expires_unix_ms: u64) {
+        if let Some(l) = lock(&self.login).as_mut().filter(|l| l.epoch == epoch) {
+            l.grant = grant;
+            l.expires_unix_ms = expires_unix_ms;
+        }
+    }
+
     /// Replaces the remembered PIN after `C_SetPIN` by the logged-in user.
     pub(crate) fn update_pin(&self, user: UserType, pin: &[u8]) {
         if let Some(l) = lock(&self.login).as_mut().filter(|l| l.user == user) {
@@ -487,10 +496,7 @@ impl Module {
                 expires_unix_ms,
             }) => {
                 tracing::debug!(slot = slot.id, "session grant renewed");
-                if let Some(l) = lock(&slot.login).as_mut().filter(|l| l.epoch == epoch) {
-                    l.grant = grant;
-                    l.expires_unix_ms = expires_unix_ms;
-                }
+                slot.replace_grant(epoch, grant, expires_unix_ms);
                 Ok(())
             }
             Ok(_) => Err(unexpected("renew_session")),
@@ -528,12 +534,8 @@ impl Module {
                 grant,
                 expires_unix_ms,
             }) => {
-                let mut l = lock(&slot.login);
-                if let Some(l) = l.as_mut().filter(|l| l.epoch == epoch) {
-                    l.grant = grant;
-                    l.expires_unix_ms = expires_unix_ms;
-                }
                 // (The login the old grant named has ended or expired: nothing to end.)
+                slot.replace_grant(epoch, grant, expires_unix_ms);
                 Ok(())
             }
             Ok(_) => Err(unexpected("login")),

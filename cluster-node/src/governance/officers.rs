@@ -72,6 +72,12 @@ impl Governance {
 
     /// `OfficerFailed`: one more wrong PIN; locked at `max_failures`.
     pub(super) fn officer_failed(&mut self, name: &str, max_failures: u32) -> Outcome {
+        self.count_officer_failure(name, max_failures, "officer_pin_failed")
+    }
+
+    /// Counts one more failure (or attempt) of an officer's PIN; locked at `max_failures`.
+    /// `what` names the command in the audit summary.
+    fn count_officer_failure(&mut self, name: &str, max_failures: u32, what: &str) -> Outcome {
         let Some(o) = self.officers.get_mut(name) else {
             return refuse(ErrorCode::ArgumentsBad, format!("no officer {name}"));
         };
@@ -79,7 +85,7 @@ impl Governance {
         let (count, locked) = (o.failures, o.failures >= max_failures);
         Ok((
             GovResult::Failures { count, locked },
-            format!("officer_pin_failed name={name} count={count} locked={locked}"),
+            format!("{what} name={name} count={count} locked={locked}"),
         ))
     }
 
@@ -95,11 +101,7 @@ impl Governance {
             }
             _ => {}
         }
-        let (result, summary) = self.officer_failed(name, max_failures)?;
-        Ok((
-            result,
-            summary.replacen("officer_pin_failed", "officer_pin_attempt", 1),
-        ))
+        self.count_officer_failure(name, max_failures, "officer_pin_attempt")
     }
 
     /// `OfficerSucceeded`: clears the failure counter.

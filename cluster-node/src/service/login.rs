@@ -168,14 +168,14 @@ const PEPPERED: &str = "$cloudkey-pepper-v1";
 /// # Errors
 /// The chip's (`Unavailable` while this node's chips do not hold the domain), hashing errors.
 pub async fn hash_pin(ctx: &NodeCtx, pin: &Secret) -> Result<PinHash> {
-    let pepper = Secret(
-        ctx.domain
-            .pin_pepper(&ctx.svc.state, pin.expose())
-            .await?
-            .to_vec(),
-    );
-    let phc = ctx.pins.hash(&pepper).await?;
+    let phc = ctx.pins.hash(&pepper(ctx, pin).await?).await?;
     Ok(PinHash(format!("{PEPPERED}{}", phc.0)))
+}
+
+/// The pepper of `pin`, from a chip of the domain (`ChipDomain::pin_pepper`).
+async fn pepper(ctx: &NodeCtx, pin: &Secret) -> Result<Secret> {
+    let pepper = ctx.domain.pin_pepper(&ctx.svc.state, pin.expose()).await?;
+    Ok(Secret(pepper.to_vec()))
 }
 
 /// How a PIN compares with a stored hash.
@@ -196,12 +196,7 @@ pub enum PinMatch {
 pub async fn verify_pin(ctx: &NodeCtx, pin: &Secret, hash: &PinHash) -> Result<PinMatch> {
     match hash.0.strip_prefix(PEPPERED) {
         Some(phc) => {
-            let pepper = Secret(
-                ctx.domain
-                    .pin_pepper(&ctx.svc.state, pin.expose())
-                    .await?
-                    .to_vec(),
-            );
+            let pepper = pepper(ctx, pin).await?;
             let right = ctx.pins.verify(&pepper, &PinHash(phc.to_owned())).await?;
             Ok(if right { PinMatch::Yes } else { PinMatch::No })
         }
@@ -297,8 +292,9 @@ fn token_of(ctx: &NodeCtx, token: TokenId) -> Result<Arc<Token>> {
 }
 
 /// Checks `pin` against `user`'s PIN of `token`, after counting the attempt cluster-wide, and
-/// returns the digest of the PIN hash it matched ([`PinHash::digest`]). A right PIN leaves the
-/// attempt counted: the command the caller commits next (the login, the new PIN, the
+/// returns what [`LoginOpened`](Command::LoginOpened) needs ([`Checked`]: the digest of the
+/// hash it matched, and a peppered re-hash of an older one). A right PIN leaves the attempt
+/// counted: the command the caller commits next (the login, the new PIN, the
 /// re-initialisation) clears the counter.
 ///
 /// # Errors

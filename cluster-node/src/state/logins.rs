@@ -73,11 +73,7 @@ impl State {
         if count >= cluster.max_failures {
             return refuse(ErrorCode::PinLocked, "the PIN is locked");
         }
-        let Applied { result, summary } = self.apply_login_failed(cluster, token, user)?;
-        Ok(Applied {
-            result,
-            summary: summary.replacen("login_failed", "login_attempt", 1),
-        })
+        self.count_failure(cluster, token, user, "login_attempt")
     }
 
     /// `LoginOpened`: a PIN checked right against the hash whose digest is `pin`. Clears the
@@ -123,7 +119,7 @@ impl State {
                 expires_ms,
             },
         );
-        self.logins.insert(token, Arc::new(logins));
+        self.set_logins(token, logins);
         Ok(Applied {
             result: CommandResult::Login {
                 id: index,
@@ -159,7 +155,7 @@ impl State {
         };
         entry.expires_ms = now_ms.saturating_add(cluster.session_ttl_ms);
         let expires_ms = entry.expires_ms;
-        self.logins.insert(token, Arc::new(logins));
+        self.set_logins(token, logins);
         Ok(Applied {
             result: CommandResult::Login {
                 id: login,

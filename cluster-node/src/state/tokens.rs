@@ -47,9 +47,9 @@ pub struct Token {
     /// Failed user logins since the last success or unlock.
     pub user_failures: u32,
     /// The log index of the command that created this token or last re-initialised it
-    /// (`Command::CreateToken`, `Command::InitToken`); apply sets it. Session grants carry it and
-    /// `service::login::verify_grant` voids a grant whose generation differs, so a login made
-    /// before `C_InitToken`, or before the token was deleted and its id reused, never survives.
+    /// (`Command::CreateToken`, `Command::InitToken`); apply sets it. Nothing reads it since
+    /// session grants name their login instead (which `C_InitToken` and deletion end, see
+    /// `state::logins`); it stays because the snapshot encoding holds it.
     #[serde(default)]
     pub generation: u64,
 }
@@ -208,6 +208,18 @@ impl State {
         token: TokenId,
         user: UserType,
     ) -> Result<Applied, Refusal> {
+        self.count_failure(cluster, token, user, "login_failed")
+    }
+
+    /// Counts one more failure (or attempt) of `user`'s PIN; locked at `max_failures`. `what`
+    /// names the command in the audit summary.
+    pub(super) fn count_failure(
+        &self,
+        cluster: &ClusterInfo,
+        token: TokenId,
+        user: UserType,
+        what: &str,
+    ) -> Result<Applied, Refusal> {
         let mut t = (*self.token_or_refuse(token)?).clone();
         let counter = match user {
             UserType::So => &mut t.so_failures,
@@ -228,7 +240,7 @@ impl State {
         Ok(Applied {
             result: CommandResult::Failures { count, locked },
             summary: format!(
-                "login_failed token={token} user={} count={count} locked={locked}",
+                "{what} token={token} user={} count={count} locked={locked}",
                 user_name(user)
             ),
         })
