@@ -25,6 +25,7 @@
 
 pub mod error;
 pub mod frame;
+pub mod identity;
 pub mod nvram;
 pub mod pool;
 pub mod serial;
@@ -279,6 +280,15 @@ pub trait ChipExt: Chip {
     fn domain_import(&self, package: &[u8]) -> Result<DomainInfo> {
         self.execute(&Request::DomainImport(package.to_vec()))?
             .into_domain()
+    }
+
+    /// Answers an identity challenge ([`identity::Challenge`]): proves that this chip holds
+    /// the private half of its identity key.
+    ///
+    /// # Errors
+    /// [`ChipError::DataInvalid`] for a malformed challenge.
+    fn identity_proof(&self, challenge: &identity::Challenge) -> Result<Vec<u8>> {
+        self.execute(&challenge.request())?.into_bytes()
     }
 }
 

@@ -363,6 +363,8 @@ fn request() -> impl Strategy<Value = Request> {
         any::<u32>().prop_map(Request::Random),
         Just(Request::DomainGenerate),
         bytes(70).prop_map(Request::DomainExport),
+        (bytes(70), bytes(40))
+            .prop_map(|(challenge, nonce)| Request::IdentityProof { challenge, nonce }),
         bytes(200).prop_map(Request::DomainImport),
     ]
 }

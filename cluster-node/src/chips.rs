@@ -380,7 +380,7 @@ impl ChipDomain {
         let want = cluster.domain_kcv;
         let mut first_error = None;
         for i in 0..self.pool.len() {
-            if let Err(e) = self.sync_chip(i, want, donor).await {
+            if let Err(e) = self.sync_chip(i, want, state, donor).await {
                 tracing::warn!(chip = i, error = %e, "chip not in the cluster's domain yet");
                 first_error.get_or_insert(e);
             }
@@ -394,7 +394,13 @@ impl ChipDomain {
         }
     }
 
-    async fn sync_chip(&self, i: usize, want: [u8; 8], donor: &PeerDonor) -> Result<()> {
+    async fn sync_chip(
+        &self,
+        i: usize,
+        want: [u8; 8],
+        state: &State,
+        donor: &PeerDonor,
+    ) -> Result<()> {
         let info = self.info(i).await?;
         match info.domain {
             Some(d) if d.kcv == want => return Ok(()),
@@ -408,6 +414,24 @@ impl ChipDomain {
                 )));
             }
             None => {}
+        }
+        // The domain goes only to chips an operator enrolled for this node (`state::chips`),
+        // from a local chip as from a peer (which checks the same).
+        match state.enrolled_chip(&info.identity_key) {
+            Some(chip) if chip.node == donor.id => {}
+            _ => {
+                return Err(NodeError::refuse(
+                    cloudkey_protocol::ErrorCode::ActionProhibited,
+                    format!(
+                        "chip {i} (serial {}, identity {}) is not enrolled for node {}; an \
+                         operator enrols it with `cloudkey chip enroll --node {}`",
+                        info.serial,
+                        hex::encode(&cloudkey_chip::identity::fingerprint(&info.identity_key)[..8]),
+                        donor.id,
+                        donor.id
+                    ),
+                ))
+            }
         }
         // A local chip that has the domain is the cheapest donor.
         let local = (0..self.pool.len()).find(|&j| j != i && self.has_domain(j, Some(want)));
@@ -487,6 +511,54 @@ impl ChipDomain {
         tracing::info!("session MAC key derived");
         Ok(mac)
     }
+}
+
+/// A chip's identity key and its answer to an identity challenge (`cloudkey_chip::identity`):
+/// what a node answers a [`PeerRequest::ProveChips`] with.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChipProof {
+    /// The identity key (uncompressed P-256 point).
+    #[serde(with = "serde_bytes")]
+    pub identity: Vec<u8>,
+    /// The chip's model.
+    pub model: String,
+    /// The chip's serial number.
+    pub serial: String,
+    /// The proof tag.
+    #[serde(with = "serde_bytes")]
+    pub tag: Vec<u8>,
+}
+
+/// Each chip of `pool` that answers, with its answer to the challenge `challenge`, `nonce`.
+/// A chip that does not answer is left out (and logged).
+pub async fn prove_identities(pool: &ChipPool, challenge: &[u8], nonce: &[u8]) -> Vec<ChipProof> {
+    let mut proofs = Vec::with_capacity(pool.len());
+    for i in 0..pool.len() {
+        let info = match pool.call_on(i, ChipRequest::Info, &[]).await {
+            Ok(r) => r.into_info(),
+            Err(e) => Err(e),
+        };
+        let request = ChipRequest::IdentityProof {
+            challenge: challenge.to_vec(),
+            nonce: nonce.to_vec(),
+        };
+        let tag = match pool.call_on(i, request, &[]).await {
+            Ok(r) => r.into_bytes(),
+            Err(e) => Err(e),
+        };
+        match (info, tag) {
+            (Ok(info), Ok(tag)) => proofs.push(ChipProof {
+                identity: info.identity_key,
+                model: info.model,
+                serial: info.serial,
+                tag,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(chip = i, error = %e, "chip cannot prove its identity");
+            }
+        }
+    }
+    proofs
 }
 
 /// Where a chip without the domain gets a package: the leader, then the other members.

@@ -22,10 +22,11 @@ use cloudkey_protocol::{ErrorCode, WireError, PROTOCOL_VERSION};
 use tracing::Instrument as _;
 
 use crate::error::{NodeError, Result};
+use crate::raft::{with_authority, Authority};
 use crate::service::login;
 /// The node context lives in [`crate::service`]; re-exported here for the server and the bin.
 pub use crate::service::NodeCtx;
-use crate::service::{self, admin, gov, keys, objects, Session};
+use crate::service::{self, admin, chips, gov, keys, objects, Session};
 
 /// Admits a request from a certificate of `role` by the request's spec ([`Request::spec`]):
 /// what the spec's sender does not permit is refused, node certificates always.
@@ -95,8 +96,16 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
         ));
     }
     admit(&peer.role, &req.request)?;
-    if req.request.spec().current {
+    let spec = req.request.spec();
+    if spec.current {
         current(ctx)?;
+    }
+    if spec.leader && !ctx.raft.is_leader() {
+        // The caller's own connection (and PIN) is the authority of these writes, and a node
+        // does not pass that on (`raft::authority`): the client asks the leader.
+        return Err(NodeError::NotLeader {
+            leader: ctx.raft.leader_addr(),
+        });
     }
     if ctx.svc.state.applied() < req.min_applied {
         ctx.svc
@@ -118,7 +127,17 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
         Deadline::Membership => ctx.limits.admin_deadline,
         Deadline::Request => ctx.limits.request_deadline,
     };
-    match tokio::time::timeout(deadline, dispatch(ctx, peer, req.request)).await {
+    // A session write forwarded to the leader carries the caller's grant and certificate
+    // identity, which the leader checks again (`raft::authority`).
+    let authority = match req.request.auth() {
+        Some(auth) if spec.write && auth.grant.is_some() => Authority::Grant {
+            auth: auth.clone(),
+            identity: peer.uri(),
+        },
+        _ => Authority::Node,
+    };
+    let run = with_authority(authority, dispatch(ctx, peer, req.request));
+    match tokio::time::timeout(deadline, run).await {
         Ok(r) => r,
         Err(_) => Err(NodeError::Timeout(format!(
             "the request did not complete within {deadline:?}"
@@ -239,7 +258,7 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
     let svc = &ctx.svc;
     Ok(match req {
         Request::Status => Response::Status(admin::status(ctx)),
-        Request::Init { members } => done(admin::init(ctx, &members).await)?,
+        Request::Init { members } => done(admin::init(ctx, peer, &members).await)?,
         Request::AddNode(member) => done(admin::add_node(ctx, &member).await)?,
         Request::RemoveNode { id } => done(admin::remove_node(ctx, id).await)?,
         Request::CreateToken {
@@ -496,6 +515,15 @@ async fn dispatch_other(ctx: &NodeCtx, peer: &PeerIdentity, req: Request) -> Res
             payload,
             admin,
         } => Response::Tmk(gov::tmk_fetch(ctx, peer, &terminal, &payload, &admin).await?),
+        Request::ListChips => Response::Chips(chips::list_chips(ctx)),
+        Request::EnrollChips { node } => {
+            let (plan, g) = chips::enroll_chips(ctx, peer, node).await?;
+            Response::Chips(plan.commit(svc, g.as_ref()).await?)
+        }
+        Request::RetireChip { fingerprint } => {
+            let (plan, g) = chips::retire_chip(ctx, peer, fingerprint).await?;
+            done(plan.commit(svc, g.as_ref()).await)?
+        }
     })
 }
 
@@ -641,7 +669,7 @@ mod tests {
     use super::*;
 
     /// The requests that needed an operator certificate before the request specs.
-    const OPERATOR_ONLY: [&str; 15] = [
+    const OPERATOR_ONLY: [&str; 18] = [
         "init",
         "add_node",
         "remove_node",
@@ -657,6 +685,9 @@ mod tests {
         "audit_export",
         "add_terminal",
         "list_terminals",
+        "list_chips",
+        "enroll_chips",
+        "retire_chip",
     ];
 
     fn code(r: Result<()>) -> Option<ErrorCode> {

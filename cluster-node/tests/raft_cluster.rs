@@ -5,9 +5,10 @@
 //! Every wait is on a condition (openraft's metrics waits, the applied index), bounded.
 
 use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cloudkey_chip::pool::{ChipPool, PoolConfig};
@@ -16,11 +17,12 @@ use cloudkey_chip::{
     BlobHeader, Chip, ChipExt as _, KeyId, KeySpec, KeyType, KeyUsage, BLOB_VERSION,
 };
 use cloudkey_node::raft::{
-    serve_peer, PeerContext, PeerError, PeerNetwork, PeerRequest, PeerResponse, RaftNode,
-    RaftTimings,
+    serve_peer, Authority, Authorizer, PeerContext, PeerError, PeerNetwork, PeerRequest,
+    PeerResponse, RaftNode, RaftTimings,
 };
 use cloudkey_node::state::{
-    verify_chain, ClusterInfo, Command, CommandResult, ObjectRecord, PinHash, State,
+    verify_chain, ClusterInfo, Command, CommandClass, CommandResult, EnrolledChip, ObjectRecord,
+    PinHash, State,
 };
 use cloudkey_node::NodeError;
 use cloudkey_protocol::frame::{self, reset};
@@ -74,6 +76,25 @@ struct TestNode {
     chip: Arc<SoftChip>,
     endpoint: quinn::Endpoint,
     accept: JoinHandle<()>,
+    /// The cluster's running nodes, to write a leader-only command through the leader.
+    running: Running,
+}
+
+type Running = Arc<Mutex<HashMap<u64, RaftNode>>>;
+
+/// These tests are of the Raft layer: every forwarded session write is let through (the
+/// service layer's check of the caller's grant is tested with real nodes, in `tests/`).
+#[derive(Debug)]
+struct AllowSessions;
+
+impl Authorizer for AllowSessions {
+    fn authorize<'a>(
+        &'a self,
+        _cmd: &'a Command,
+        _authority: &'a Authority,
+    ) -> futures::future::BoxFuture<'a, cloudkey_node::Result<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 impl TestNode {
@@ -83,6 +104,7 @@ impl TestNode {
 
     /// Stops Raft and closes the endpoint.
     async fn stop(self) {
+        self.running.lock().unwrap().remove(&self.id);
         self.raft.shutdown().await.expect("shutdown");
         self.accept.abort();
         // The port is free once the closed connections have drained; a restart's `bind`
@@ -95,6 +117,7 @@ struct Cluster {
     pki: Pki,
     root: TempDir,
     config: Config,
+    running: Running,
 }
 
 impl Cluster {
@@ -104,6 +127,7 @@ impl Cluster {
             pki: Pki::new(),
             root: tempfile::tempdir().expect("tempdir"),
             config,
+            running: Running::default(),
         }
     }
 
@@ -134,8 +158,10 @@ impl Cluster {
         let ctx = PeerContext {
             raft: raft.clone(),
             pool: Arc::new(pool),
+            authorizer: Arc::new(AllowSessions),
         };
         let accept = tokio::spawn(accept_loop(endpoint.clone(), ctx));
+        self.running.lock().unwrap().insert(id, raft.clone());
         TestNode {
             id,
             addr,
@@ -143,6 +169,7 @@ impl Cluster {
             chip,
             endpoint,
             accept,
+            running: self.running.clone(),
         }
     }
 
@@ -262,7 +289,36 @@ fn default_config() -> Config {
     RaftTimings::default().config().expect("config")
 }
 
+/// The Raft node of the leader `node` knows.
+async fn leader_of(node: &TestNode) -> RaftNode {
+    let leader = wait_leader(node, None).await;
+    let raft = node.running.lock().unwrap().get(&leader).cloned();
+    raft.unwrap_or_else(|| panic!("leader {leader} is not running"))
+}
+
+/// Commits `cmd` through `node`; a command only a leader serving its caller commits
+/// (`CommandClass::Direct`) through the leader, as a client would after `NotLeader`. Returns
+/// once `node` applied it.
 async fn write(node: &TestNode, cmd: Command) -> (CommandResult, u64) {
+    if cmd.class() == CommandClass::Direct {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let leader = wait_leader(node, None).await;
+            let raft = node.running.lock().unwrap().get(&leader).cloned();
+            if let Some(raft) = raft {
+                match raft.write(cmd.clone()).await {
+                    Ok((result, index)) => {
+                        wait_applied(node, index).await;
+                        return (result, index);
+                    }
+                    Err(NodeError::NotLeader { .. }) if Instant::now() < deadline => {}
+                    Err(e) => panic!("write through the leader: {e}"),
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader took the write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let (result, index) = node.raft.write(cmd).await.expect("write");
     assert!(
         node.state().applied() >= index,
@@ -306,7 +362,12 @@ async fn three_nodes_replicate_and_forward_writes() {
     assert!(leader_node.raft.is_leader() && !follower.raft.is_leader());
 
     let kcv = nodes[0].chip.domain_generate().expect("domain").kcv;
-    // Writes through a follower are forwarded to the leader.
+    // Writes through a follower are forwarded to the leader; a command only the leader
+    // serving its caller commits is not (the client asks the leader).
+    assert!(matches!(
+        follower.raft.write(token("forwarded")).await,
+        Err(NodeError::NotLeader { leader: Some(_) })
+    ));
     let (r, _) = write(follower, Command::Init(cluster_info(kcv))).await;
     assert_eq!(r, CommandResult::Done);
     let (r, _) = write(follower, token("payments")).await;
@@ -355,8 +416,80 @@ async fn three_nodes_replicate_and_forward_writes() {
         assert!(n.state().object(&ObjectId([2; 16])).is_none());
     }
 
-    // Domain transfer over the peer network: node 2's chip gets node 1's domain key.
+    // A member may not forward what needs a caller: an operator's act, a login's counter.
+    for cmd in [
+        token("by a node"),
+        Command::LoginSucceeded {
+            token: TokenId(1),
+            user: UserType::User,
+        },
+    ] {
+        let resp = follower
+            .raft
+            .network()
+            .call(
+                &leader_node.addr.to_string(),
+                PeerRequest::Forward(cmd),
+                WAIT,
+            )
+            .await
+            .expect("answer");
+        assert!(
+            matches!(&resp, PeerResponse::Error(PeerError::Forbidden(m)) if m.contains("leader serving its caller")),
+            "{resp:?}"
+        );
+    }
+
+    // Domain transfer over the peer network: node 2's chip gets node 1's domain key, once
+    // enrolled for node 2; never to a chip of another node or to an identity not enrolled.
     let identity = nodes[1].chip.info().expect("info").identity_key;
+    let stranger = SoftChip::new(SoftChipConfig::default())
+        .expect("chip")
+        .info()
+        .expect("info")
+        .identity_key;
+    let export = |to: &TestNode, identity: Vec<u8>| {
+        let network = to.raft.network().clone();
+        let addr = nodes[0].addr.to_string();
+        async move {
+            network
+                .call(
+                    &addr,
+                    PeerRequest::DomainExport {
+                        recipient_identity: identity,
+                    },
+                    WAIT,
+                )
+                .await
+                .expect("domain export")
+        }
+    };
+    let enrolled = |identity: &[u8], node: u64| EnrolledChip {
+        identity: identity.to_vec(),
+        node,
+        model: "test".into(),
+        serial: format!("chip of node {node}"),
+        by: "operator/test".into(),
+        enrolled_ms: 0,
+    };
+    let resp = export(&nodes[1], identity.clone()).await;
+    assert!(
+        matches!(&resp, PeerResponse::Error(PeerError::Forbidden(m)) if m.contains("not enrolled")),
+        "{resp:?}"
+    );
+    let (r, i) = write(
+        &nodes[0],
+        Command::EnrollChips(vec![enrolled(&identity, 2), enrolled(&stranger, 3)]),
+    )
+    .await;
+    assert_eq!(r, CommandResult::Enrolled(2));
+    wait_applied(&nodes[0], i).await;
+    // Node 2 asking for node 3's chip is refused.
+    let resp = export(&nodes[1], stranger).await;
+    assert!(
+        matches!(&resp, PeerResponse::Error(PeerError::Forbidden(m)) if m.contains("enrolled for node 3")),
+        "{resp:?}"
+    );
     let resp = nodes[1]
         .raft
         .network()
@@ -404,7 +537,10 @@ async fn three_nodes_replicate_and_forward_writes() {
         .network()
         .call(
             &follower.addr.to_string(),
-            PeerRequest::Forward(token("direct")),
+            PeerRequest::Forward(Command::LoginAttempt {
+                token: TokenId(1),
+                user: UserType::User,
+            }),
             WAIT,
         )
         .await
@@ -751,15 +887,20 @@ async fn nodes_join_and_leave() {
         .await
         .expect("add node 2");
     assert_eq!(wait_leader(&nodes[1], None).await, 1);
-    // Through a follower: forwarded to the leader.
-    nodes[1]
-        .raft
+    // Not through a follower: a membership change is an operator's, made by the leader the
+    // operator asks (`raft::authority`).
+    assert!(matches!(
+        nodes[1].raft.add_node(3, nodes[2].addr.to_string()).await,
+        Err(NodeError::NotLeader { leader: Some(_) })
+    ));
+    leader_of(&nodes[1])
+        .await
         .add_node(3, nodes[2].addr.to_string())
         .await
         .expect("add node 3");
     // Adding again changes nothing.
-    nodes[1]
-        .raft
+    leader_of(&nodes[1])
+        .await
         .add_node(3, nodes[2].addr.to_string())
         .await
         .expect("add node 3 again");
@@ -793,7 +934,11 @@ async fn nodes_join_and_leave() {
             >= 3
     );
 
-    nodes[2].raft.remove_node(3).await.expect("remove node 3");
+    leader_of(&nodes[2])
+        .await
+        .remove_node(3)
+        .await
+        .expect("remove node 3");
     nodes[0]
         .raft
         .raft()
@@ -805,8 +950,8 @@ async fn nodes_join_and_leave() {
         .await
         .expect("membership");
     assert_eq!(nodes[1].raft.voters(), vec![1, 2]);
-    nodes[0]
-        .raft
+    leader_of(&nodes[0])
+        .await
         .remove_node(3)
         .await
         .expect("removing again is a no-op");

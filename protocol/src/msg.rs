@@ -607,6 +607,40 @@ pub enum Request {
         /// The login.
         auth: Auth,
     },
+    /// Operator: the chip registry → [`Response::Chips`].
+    ListChips,
+    /// Operator: enrol the chips of member `node` (each proves possession of its identity
+    /// key to the node serving the request) → [`Response::Chips`], the node's enrolled chips.
+    EnrollChips {
+        /// The member whose chips to enrol.
+        node: u64,
+    },
+    /// Operator: remove a chip identity from the registry (the domain is never exported to it
+    /// again) → [`Response::Done`].
+    RetireChip {
+        /// SHA-256 of the chip's identity key ([`ChipEntry::fingerprint`]).
+        fingerprint: [u8; 32],
+    },
+}
+
+/// One chip of the cluster's chip registry: the domain key is exported only to these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChipEntry {
+    /// The node whose chip it is.
+    pub node: u64,
+    /// SHA-256 of its identity key: what operators compare with the chip's own display.
+    pub fingerprint: [u8; 32],
+    /// Its identity key (uncompressed P-256 point).
+    #[serde(with = "serde_bytes")]
+    pub identity: Vec<u8>,
+    /// Model, as the chip reported it.
+    pub model: String,
+    /// Serial number, as the chip reported it.
+    pub serial: String,
+    /// Who enrolled it.
+    pub by: String,
+    /// When (milliseconds since the Unix epoch).
+    pub enrolled_ms: u64,
 }
 
 /// Who may send a request, by the role its TLS certificate gives ([`Role`]). Node certificates
@@ -680,6 +714,12 @@ pub struct RequestSpec {
     /// node), so a key destroyed or a PIN changed through the majority is never used on a
     /// node cut off from it.
     pub current: bool,
+    /// True for writes only the Raft leader serves: operator, officer and terminal writes
+    /// (but `Init`, which a node not yet in a cluster serves), logins and `C_InitToken`. A
+    /// node that is not the leader answers `NotLeader` with the leader's address before
+    /// doing anything, and the client asks the leader: the caller's own connection and PIN
+    /// are its authority, which a node does not pass on.
+    pub leader: bool,
 }
 
 impl RequestSpec {
@@ -692,7 +732,20 @@ impl RequestSpec {
             deadline: Deadline::Request,
             guard: None,
             current: false,
+            leader: false,
         }
+    }
+
+    /// Served only by the leader ([`RequestSpec::leader`]).
+    const fn on_leader(mut self) -> Self {
+        self.leader = true;
+        self
+    }
+
+    /// Served by the node asked, leader or not (`Init`).
+    const fn anywhere(mut self) -> Self {
+        self.leader = false;
+        self
     }
 
     /// Served only by a node that knows it is current.
@@ -702,9 +755,14 @@ impl RequestSpec {
     }
 
     /// A write that must not be sent again when its outcome is unknown.
+    /// A write; the leader's alone when an operator, officer or terminal sends it.
     const fn write(mut self) -> Self {
         self.write = true;
         self.idempotent = false;
+        self.leader = matches!(
+            self.sender,
+            Sender::Operator | Sender::Officer | Sender::Terminal
+        );
         self
     }
 
@@ -734,7 +792,7 @@ impl Request {
         use Sender::{Anyone, Application, Officer, Operator, Terminal};
         match self {
             Self::Status => S::new("status", Anyone),
-            Self::Init { .. } => S::new("init", Operator).write().membership(),
+            Self::Init { .. } => S::new("init", Operator).write().membership().anywhere(),
             Self::AddNode(_) => S::new("add_node", Operator).write().membership(),
             Self::RemoveNode { .. } => S::new("remove_node", Operator).write().membership(),
             Self::CreateToken { .. } => S::new("create_token", Operator).write(),
@@ -742,8 +800,8 @@ impl Request {
             Self::UnlockToken(_) => S::new("unlock_token", Operator).write(),
             Self::ListTokens => S::new("list_tokens", Anyone),
             Self::ListObjects { .. } => S::new("list_objects", Operator),
-            Self::InitToken { .. } => S::new("init_token", Application).write(),
-            Self::Login { .. } => S::new("login", Application).write().current(),
+            Self::InitToken { .. } => S::new("init_token", Application).write().on_leader(),
+            Self::Login { .. } => S::new("login", Application).write().current().on_leader(),
             Self::InitPin { .. } => S::new("init_pin", Application).write(),
             Self::SetPin { .. } => S::new("set_pin", Application).write(),
             Self::CreateObject { .. } => S::new("create_object", Application).write(),
@@ -798,6 +856,42 @@ impl Request {
             Self::TmkFetch { .. } => S::new("tmk_fetch", Terminal).write().idempotent(),
             Self::RenewSession { .. } => S::new("renew_session", Application).write().idempotent(),
             Self::Logout { .. } => S::new("logout", Application).write(),
+            Self::ListChips => S::new("list_chips", Operator),
+            Self::EnrollChips { .. } => S::new("enroll_chips", Operator)
+                .write()
+                .membership()
+                .guarded(GuardedOp::Govern),
+            Self::RetireChip { .. } => S::new("retire_chip", Operator)
+                .write()
+                .guarded(GuardedOp::Govern),
+        }
+    }
+
+    /// The session a token request runs in (its token and grant), `None` for requests without
+    /// one.
+    #[must_use]
+    pub fn auth(&self) -> Option<&Auth> {
+        match self {
+            Self::InitPin { auth, .. }
+            | Self::SetPin { auth, .. }
+            | Self::CreateObject { auth, .. }
+            | Self::CopyObject { auth, .. }
+            | Self::DestroyObject { auth, .. }
+            | Self::GetAttributes { auth, .. }
+            | Self::SetAttributes { auth, .. }
+            | Self::FindObjects { auth, .. }
+            | Self::GenerateKey { auth, .. }
+            | Self::GenerateKeyPair { auth, .. }
+            | Self::Sign { auth, .. }
+            | Self::Verify { auth, .. }
+            | Self::Encrypt { auth, .. }
+            | Self::Decrypt { auth, .. }
+            | Self::WrapKey { auth, .. }
+            | Self::UnwrapKey { auth, .. }
+            | Self::DeriveKey { auth, .. }
+            | Self::RenewSession { auth }
+            | Self::Logout { auth } => Some(auth),
+            _ => None,
         }
     }
 
@@ -1006,6 +1100,11 @@ impl Request {
             },
             Self::RenewSession { auth: auth() },
             Self::Logout { auth: auth() },
+            Self::ListChips,
+            Self::EnrollChips { node: 1 },
+            Self::RetireChip {
+                fingerprint: [0; 32],
+            },
         ]
     }
 }
@@ -1146,6 +1245,8 @@ pub enum Response {
     TmkQr(TmkQr),
     /// A delivered TMK.
     Tmk(TmkDelivery),
+    /// Chips of the registry.
+    Chips(Vec<ChipEntry>),
 }
 
 /// What a client sends on a stream.
@@ -1179,7 +1280,45 @@ mod tests {
 
     /// Every request kind there is; [`Request::spec`]'s match is what makes adding one without
     /// a spec fail to compile, this counts that [`Request::one_of_each`] has them all.
-    const KINDS: usize = 45;
+    const KINDS: usize = 48;
+
+    /// The writes only the leader serves: every operator, officer and terminal write but
+    /// `Init`, and what a PIN alone authorises. Nothing else (key use, session writes) waits
+    /// for the leader.
+    #[test]
+    fn operator_officer_terminal_writes_and_logins_are_the_leaders() {
+        let leader: Vec<&str> = Request::one_of_each()
+            .iter()
+            .filter(|r| r.spec().leader)
+            .map(Request::name)
+            .collect();
+        assert_eq!(
+            leader,
+            [
+                "add_node",
+                "remove_node",
+                "create_token",
+                "delete_token",
+                "unlock_token",
+                "init_token",
+                "login",
+                "add_officer",
+                "set_policy",
+                "approve",
+                "reject",
+                "add_terminal",
+                "tmk_request",
+                "tmk_sms_code",
+                "tmk_apply",
+                "tmk_fetch",
+                "enroll_chips",
+                "retire_chip",
+            ]
+        );
+        for r in Request::one_of_each() {
+            assert!(!r.spec().leader || r.spec().write, "{}", r.name());
+        }
+    }
 
     #[test]
     fn every_request_kind_has_a_spec_with_its_own_name() {
@@ -1199,7 +1338,10 @@ mod tests {
                 spec.deadline == Deadline::Membership,
                 matches!(
                     r,
-                    Request::Init { .. } | Request::AddNode(_) | Request::RemoveNode { .. }
+                    Request::Init { .. }
+                        | Request::AddNode(_)
+                        | Request::RemoveNode { .. }
+                        | Request::EnrollChips { .. }
                 ),
                 "{}",
                 spec.name
@@ -1231,6 +1373,7 @@ mod tests {
             "list_approvals",
             "audit_export",
             "list_terminals",
+            "list_chips",
         ]
         .into_iter()
         .collect();

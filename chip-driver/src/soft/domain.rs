@@ -7,7 +7,6 @@ use std::sync::{Arc, PoisonError};
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::agreement;
 use aws_lc_rs::constant_time;
-use aws_lc_rs::hkdf;
 use aws_lc_rs::hmac;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -177,6 +176,19 @@ impl SoftChip {
         Ok(package)
     }
 
+    /// The answer to an identity challenge ([`crate::identity`]).
+    pub(super) fn identity_proof(&self, challenge: &[u8], nonce: &[u8]) -> Result<Vec<u8>> {
+        self.pause();
+        crate::identity::proof_tag(
+            &self.identity,
+            challenge,
+            &self.identity_public,
+            challenge,
+            nonce,
+        )
+        .map(|t| t.to_vec())
+    }
+
     pub(super) fn domain_import(&self, package: &[u8]) -> Result<DomainInfo> {
         self.pause();
         let invalid = |why: &str| ChipError::DomainPackageInvalid(why.to_string());
@@ -245,21 +257,11 @@ pub(super) fn transfer_key(
     ephemeral_public: &[u8],
     recipient: &[u8],
 ) -> Result<LessSafeKey> {
-    let mut salt = Vec::with_capacity(2 * P256_POINT_LEN);
-    salt.extend_from_slice(ephemeral_public);
-    salt.extend_from_slice(recipient);
-    let mut key = Zeroizing::new([0u8; 32]);
-    agreement::agree(
+    let key = crate::identity::ecdh_hkdf(
         private,
-        agreement::UnparsedPublicKey::new(&agreement::ECDH_P256, peer),
-        ChipError::DataInvalid("not a P-256 public key".into()),
-        |z| {
-            hkdf::Salt::new(hkdf::HKDF_SHA256, &salt)
-                .extract(z)
-                .expand(&[DOMAIN_TRANSFER_INFO], hkdf::HKDF_SHA256)
-                .and_then(|okm| okm.fill(&mut key[..]))
-                .map_err(|_| internal("HKDF failed"))
-        },
+        peer,
+        &[ephemeral_public, recipient],
+        DOMAIN_TRANSFER_INFO,
     )?;
     let unbound = UnboundKey::new(&aead::AES_256_GCM, &key[..])
         .map_err(|_| internal("cannot key AES-256-GCM"))?;

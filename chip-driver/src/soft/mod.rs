@@ -454,6 +454,9 @@ impl Chip for SoftChip {
             Request::DomainGenerate => Response::Domain(self.domain_generate()?),
             Request::DomainExport(recipient) => Response::Bytes(self.domain_export(recipient)?),
             Request::DomainImport(package) => Response::Domain(self.domain_import(package)?),
+            Request::IdentityProof { challenge, nonce } => {
+                Response::Bytes(self.identity_proof(challenge, nonce)?)
+            }
         })
     }
 }

@@ -83,6 +83,10 @@ impl Request {
             }
             Self::Random(n) => w.extend_from_slice(&n.to_be_bytes()),
             Self::DomainExport(b) | Self::DomainImport(b) => put_bytes(&mut w, b),
+            Self::IdentityProof { challenge, nonce } => {
+                put_bytes(&mut w, challenge);
+                put_bytes(&mut w, nonce);
+            }
         }
         w
     }
@@ -148,6 +152,10 @@ impl Request {
             cmd::DOMAIN_GENERATE => Self::DomainGenerate,
             cmd::DOMAIN_EXPORT => Self::DomainExport(r.bytes("identity key")?.to_vec()),
             cmd::DOMAIN_IMPORT => Self::DomainImport(r.bytes("package")?.to_vec()),
+            cmd::IDENTITY_PROOF => Self::IdentityProof {
+                challenge: r.bytes("challenge")?.to_vec(),
+                nonce: r.bytes("nonce")?.to_vec(),
+            },
             other => {
                 return Err(ChipError::Protocol(format!(
                     "unknown command 0x{other:02x}"

@@ -78,9 +78,11 @@ pub mod cmd {
     pub const DOMAIN_EXPORT: u8 = 0x41;
     /// Import a domain key package.
     pub const DOMAIN_IMPORT: u8 = 0x42;
+    /// Prove possession of the chip's identity key ([`crate::identity`]).
+    pub const IDENTITY_PROOF: u8 = 0x43;
 
     /// Every command code, in numeric order.
-    pub const ALL: [u8; 19] = [
+    pub const ALL: [u8; 20] = [
         INFO,
         SELF_TEST,
         GENERATE_KEY_PAIR,
@@ -100,6 +102,7 @@ pub mod cmd {
         DOMAIN_GENERATE,
         DOMAIN_EXPORT,
         DOMAIN_IMPORT,
+        IDENTITY_PROOF,
     ];
 
     /// The name of a command code (as [`Request::name`](super::Request::name)), `None` for an
@@ -126,6 +129,7 @@ pub mod cmd {
             DOMAIN_GENERATE => "domain_generate",
             DOMAIN_EXPORT => "domain_export",
             DOMAIN_IMPORT => "domain_import",
+            IDENTITY_PROOF => "identity_proof",
             _ => return None,
         })
     }
@@ -264,6 +268,14 @@ pub enum Request {
     DomainExport(Vec<u8>),
     /// [`crate::ChipExt::domain_import`] of this package.
     DomainImport(Vec<u8>),
+    /// [`crate::ChipExt::identity_proof`]: the chip's answer to an identity challenge
+    /// ([`crate::identity`]).
+    IdentityProof {
+        /// The verifier's ephemeral P-256 public key (uncompressed, 65 bytes).
+        challenge: Vec<u8>,
+        /// The verifier's nonce.
+        nonce: Vec<u8>,
+    },
 }
 
 impl Request {
@@ -290,6 +302,7 @@ impl Request {
             Self::DomainGenerate => cmd::DOMAIN_GENERATE,
             Self::DomainExport(_) => cmd::DOMAIN_EXPORT,
             Self::DomainImport(_) => cmd::DOMAIN_IMPORT,
+            Self::IdentityProof { .. } => cmd::IDENTITY_PROOF,
         }
     }
 
@@ -321,7 +334,8 @@ impl Request {
             | Self::Random(_)
             | Self::DomainGenerate
             | Self::DomainExport(_)
-            | Self::DomainImport(_) => (None, None),
+            | Self::DomainImport(_)
+            | Self::IdentityProof { .. } => (None, None),
         };
         first.into_iter().chain(second)
     }
@@ -451,6 +465,7 @@ impl Request {
             Self::UnwrapKey { mech, wrapped, .. } => wrap_len(mech) + wrapped.len(),
             Self::DeriveEcdh { peer_point, .. } => peer_point.len(),
             Self::DomainExport(b) | Self::DomainImport(b) => b.len(),
+            Self::IdentityProof { challenge, nonce } => challenge.len() + nonce.len(),
         };
         variable
             .saturating_add(FIXED)
@@ -475,7 +490,8 @@ impl Request {
             | Self::EvictKey(_)
             | Self::PublicKey(_)
             | Self::Sign { .. }
-            | Self::Verify { .. } => SMALL,
+            | Self::Verify { .. }
+            | Self::IdentityProof { .. } => SMALL,
             Self::Info
             | Self::GenerateKeyPair(_)
             | Self::GenerateSecretKey(_)
@@ -538,7 +554,8 @@ fn shape(code: u8) -> Option<Shape> {
         | cmd::DECRYPT
         | cmd::WRAP_KEY
         | cmd::RANDOM
-        | cmd::DOMAIN_EXPORT => Shape::Bytes,
+        | cmd::DOMAIN_EXPORT
+        | cmd::IDENTITY_PROOF => Shape::Bytes,
         cmd::DOMAIN_GENERATE | cmd::DOMAIN_IMPORT => Shape::Domain,
         _ => return None,
     })

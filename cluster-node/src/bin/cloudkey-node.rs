@@ -201,6 +201,7 @@ async fn run(config: Config, prepared: Prepared) -> Result<(), NodeError> {
     let peers = PeerContext {
         raft: raft.clone(),
         pool: pool.clone(),
+        authorizer: ctx.clone(),
     };
     let server = Server::start(endpoint, ctx, peers);
     // Watch the signals before announcing the address: a SIGTERM sent right after `LISTENING`

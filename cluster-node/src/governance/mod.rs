@@ -260,6 +260,38 @@ pub enum GovCommand {
 }
 
 impl GovCommand {
+    /// Who may have it committed through a forward (`crate::state::CommandClass`).
+    #[must_use]
+    pub fn class(&self) -> crate::state::CommandClass {
+        use crate::state::CommandClass::{Direct, Node};
+        match self {
+            // Counted attempts, read barriers, audit bookkeeping a node writes on its own, and
+            // opening or consuming an approval (which needs officers' approvals to mean
+            // anything).
+            Self::OfficerAttempt { .. }
+            | Self::Barrier
+            | Self::SetAuditKey(_)
+            | Self::Checkpoint { .. }
+            | Self::Usage { .. }
+            | Self::Propose { .. }
+            | Self::Consume { .. } => Node,
+            // Operator, officer and terminal acts; the two officer counters of before
+            // attempts were counted first (a forged success would clear a counter).
+            Self::AddOfficer { .. }
+            | Self::OfficerFailed { .. }
+            | Self::OfficerSucceeded { .. }
+            | Self::SetPolicy { .. }
+            | Self::Approve { .. }
+            | Self::Reject { .. }
+            | Self::AddTerminal(_)
+            | Self::TmkRequest { .. }
+            | Self::SmsIssued { .. }
+            | Self::TmkApply { .. }
+            | Self::TmkInjected { .. }
+            | Self::TmkCheck { .. } => Direct,
+        }
+    }
+
     /// Name for logs.
     #[must_use]
     pub fn kind(&self) -> &'static str {

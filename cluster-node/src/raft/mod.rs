@@ -9,6 +9,7 @@
 //! Writes go to the leader: a follower forwards them ([`PeerRequest::Forward`]) and then waits
 //! until it has applied the entry itself, so a response from any node covers its own write.
 
+pub mod authority;
 pub mod freshness;
 pub mod log_store;
 pub mod network;
@@ -29,7 +30,8 @@ pub use self::network::{
 };
 pub use self::state_machine::StateMachine;
 use crate::error::{NodeError, Result};
-use crate::state::{Command, CommandResult, State};
+use crate::state::{Command, CommandClass, CommandResult, State};
+pub use authority::{with_authority, Authority, Authorizer};
 pub use freshness::Freshness;
 
 openraft::declare_raft_types!(
@@ -130,14 +132,20 @@ enum LeaderOp {
 }
 
 impl LeaderOp {
-    fn request(&self) -> PeerRequest {
+    /// The request that forwards this operation to the leader, with the caller's authority
+    /// ([`authority`]); `None` for what only a leader serving the caller itself may do
+    /// (membership changes and [`CommandClass::Direct`] commands).
+    fn request(&self) -> Option<PeerRequest> {
         match self {
-            Self::Write(cmd) => PeerRequest::Forward(cmd.clone()),
-            Self::AddNode { id, addr } => PeerRequest::AddNode {
-                id: *id,
-                addr: addr.clone(),
+            Self::Write(cmd) => match cmd.class() {
+                CommandClass::Node => Some(PeerRequest::Forward(cmd.clone())),
+                CommandClass::Session => Some(PeerRequest::ForwardAs {
+                    cmd: cmd.clone(),
+                    authority: authority::current(),
+                }),
+                CommandClass::Direct => None,
             },
-            Self::RemoveNode { id } => PeerRequest::RemoveNode { id: *id },
+            Self::AddNode { .. } | Self::RemoveNode { .. } => None,
         }
     }
 }
@@ -527,10 +535,14 @@ impl RaftNode {
                     }
                 }
                 Some((leader, Some(addr))) => {
+                    let Some(request) = op.request() else {
+                        // The caller asks the leader itself (`authority`).
+                        return Err(NodeError::NotLeader { leader: Some(addr) });
+                    };
                     let res = self
                         .inner
                         .network
-                        .call_inner(&addr, op.request(), remaining)
+                        .call_inner(&addr, request, remaining)
                         .await;
                     match res {
                         Ok(resp) => match self.remote_outcome(resp, deadline).await {
@@ -603,29 +615,14 @@ impl RaftNode {
         }
     }
 
-    /// Serves a forwarded operation: only as the leader.
-    pub(crate) async fn serve_forwarded(&self, req: PeerRequest) -> PeerResponse {
-        let op = match req {
-            PeerRequest::Forward(cmd) => LeaderOp::Write(cmd),
-            PeerRequest::AddNode { id, addr } => LeaderOp::AddNode { id, addr },
-            PeerRequest::RemoveNode { id } => LeaderOp::RemoveNode { id },
-            other => {
-                return PeerResponse::Error(PeerError::Failed(format!(
-                    "{} is not a leader operation",
-                    other.kind()
-                )))
-            }
-        };
+    /// Serves a forwarded write (whose caller's authority was checked): only as the leader.
+    pub(crate) async fn serve_forwarded(&self, cmd: Command) -> PeerResponse {
         if !self.is_leader() {
             return PeerResponse::Error(PeerError::NotLeader {
                 leader: self.leader_addr(),
             });
         }
-        let deadline = match op {
-            LeaderOp::Write(_) => WRITE_DEADLINE,
-            _ => MEMBERSHIP_DEADLINE,
-        };
-        match self.run_local(&op, deadline).await {
+        match self.run_local(&LeaderOp::Write(cmd), WRITE_DEADLINE).await {
             Ok(Outcome::Written { result, index }) => PeerResponse::Written { result, index },
             Ok(Outcome::Done) => PeerResponse::Done,
             Err(e) => PeerResponse::Error(PeerError::from(&e)),

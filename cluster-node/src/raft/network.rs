@@ -37,8 +37,10 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::authority::Authorizer;
 use super::{RaftNode, TypeConfig};
 use crate::error::{NodeError, Result};
+use crate::state::CommandClass;
 use crate::state::CommandResult;
 
 /// Connections kept in the pool at most (peers are few; this bounds misuse).
@@ -64,8 +66,17 @@ pub enum PeerRequest {
     Vote(openraft::raft::VoteRequest<u64>),
     /// A chunk of a Raft snapshot.
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A write for the leader to commit. → [`PeerResponse::Written`].
+    /// A write for the leader to commit: only a [`CommandClass::Node`] command
+    /// (`super::authority`). → [`PeerResponse::Written`].
     Forward(crate::state::Command),
+    /// A [`CommandClass::Session`] write for the leader to commit, with its caller's proof,
+    /// which the leader checks again (`super::authority`). → [`PeerResponse::Written`].
+    ForwardAs {
+        /// The write.
+        cmd: crate::state::Command,
+        /// The caller's proof.
+        authority: super::authority::Authority,
+    },
     /// Add a node as a voter (leader only). → [`PeerResponse::Done`].
     AddNode {
         /// Node id.
@@ -88,6 +99,18 @@ pub enum PeerRequest {
     /// The index a quorum confirms as current (leader only; `crate::raft::freshness`).
     /// → [`PeerResponse::ReadIndex`].
     ReadIndex,
+    /// Each local chip's identity key with its answer to this identity challenge
+    /// (`cloudkey_chip::identity`), for enrolment in the chip registry. Any node certificate
+    /// may ask: a node being added is asked before it is a member, and the answers are public.
+    /// → [`PeerResponse::ChipProofs`].
+    ProveChips {
+        /// The verifier's ephemeral P-256 point.
+        #[serde(with = "serde_bytes")]
+        challenge: Vec<u8>,
+        /// The verifier's nonce.
+        #[serde(with = "serde_bytes")]
+        nonce: Vec<u8>,
+    },
 }
 
 impl PeerRequest {
@@ -99,10 +122,12 @@ impl PeerRequest {
             Self::Vote(_) => "vote",
             Self::InstallSnapshot(_) => "install_snapshot",
             Self::Forward(_) => "forward",
+            Self::ForwardAs { .. } => "forward_as",
             Self::AddNode { .. } => "add_node",
             Self::RemoveNode { .. } => "remove_node",
             Self::DomainExport { .. } => "domain_export",
             Self::ReadIndex => "read_index",
+            Self::ProveChips { .. } => "prove_chips",
         }
     }
 }
@@ -133,6 +158,8 @@ pub enum PeerResponse {
     Error(PeerError),
     /// To [`PeerRequest::ReadIndex`]: the confirmed index.
     ReadIndex(u64),
+    /// To [`PeerRequest::ProveChips`].
+    ChipProofs(Vec<crate::chips::ChipProof>),
 }
 
 impl PeerResponse {
@@ -148,6 +175,7 @@ impl PeerResponse {
             Self::DomainPackage(_) => "domain_package",
             Self::Error(_) => "error",
             Self::ReadIndex(_) => "read_index",
+            Self::ChipProofs(_) => "chip_proofs",
         }
     }
 }
@@ -346,6 +374,23 @@ impl PeerNetwork {
         for slot in drained {
             slot.close(b"shutdown");
         }
+    }
+
+    /// [`PeerNetwork::call`] to node `expect` only: refused, with nothing sent, when the
+    /// certificate of the node at `addr` names another node.
+    ///
+    /// # Errors
+    /// As [`PeerNetwork::call`].
+    pub async fn call_expecting(
+        &self,
+        addr: &str,
+        expect: u64,
+        req: PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse> {
+        self.call_node(addr, Some(expect), &req, timeout)
+            .await
+            .map_err(|e| e.into_node_error(addr))
     }
 
     pub(crate) async fn call_inner(
@@ -598,12 +643,22 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 }
 
 /// What [`serve_peer`] needs.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PeerContext {
     /// The local Raft node.
     pub raft: RaftNode,
     /// The local chips (for domain export).
     pub pool: Arc<ChipPool>,
+    /// The check of a forwarded write's caller (`super::authority`).
+    pub authorizer: Arc<dyn Authorizer>,
+}
+
+impl std::fmt::Debug for PeerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerContext")
+            .field("raft", &self.raft)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Serves one incoming `cloudkey-raft/1` connection until it closes: checks that the client
@@ -725,6 +780,7 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
         // certificate of this cluster's CA alone is not enough (a removed node keeps its
         // certificate, and one may be issued before its node is added).
         req @ (PeerRequest::Forward(_)
+        | PeerRequest::ForwardAs { .. }
         | PeerRequest::AddNode { .. }
         | PeerRequest::RemoveNode { .. }
         | PeerRequest::DomainExport { .. }
@@ -740,12 +796,60 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
                 "node {peer} is not a member of this cluster"
             )))
         }
-        req @ (PeerRequest::Forward(_)
-        | PeerRequest::AddNode { .. }
-        | PeerRequest::RemoveNode { .. }) => ctx.raft.serve_forwarded(req).await,
+        // A node certificate alone is not a caller's authority (`super::authority`).
+        PeerRequest::Forward(cmd) => match cmd.class() {
+            CommandClass::Node => ctx.raft.serve_forwarded(cmd).await,
+            class => forbidden_forward(peer, &cmd, class),
+        },
+        PeerRequest::ForwardAs { cmd, authority } => match cmd.class() {
+            CommandClass::Node => ctx.raft.serve_forwarded(cmd).await,
+            CommandClass::Session => match ctx.authorizer.authorize(&cmd, &authority).await {
+                Ok(()) => ctx.raft.serve_forwarded(cmd).await,
+                Err(e) => {
+                    tracing::warn!(peer, command = cmd.kind(), ?authority, error = %e, "forwarded write refused: its caller's proof does not hold");
+                    PeerResponse::Error(PeerError::from(&e))
+                }
+            },
+            CommandClass::Direct => forbidden_forward(peer, &cmd, CommandClass::Direct),
+        },
+        // Membership changes are an operator's, made by the leader the operator asked.
+        req @ (PeerRequest::AddNode { .. } | PeerRequest::RemoveNode { .. }) => {
+            tracing::warn!(
+                peer,
+                request = req.kind(),
+                "forwarded membership change refused"
+            );
+            PeerResponse::Error(PeerError::Forbidden(format!(
+                "{}: membership changes are made only by the leader an operator asks",
+                req.kind()
+            )))
+        }
         PeerRequest::ReadIndex => ctx.raft.serve_read_index().await,
+        PeerRequest::ProveChips { challenge, nonce } => PeerResponse::ChipProofs(
+            crate::chips::prove_identities(&ctx.pool, &challenge, &nonce).await,
+        ),
         PeerRequest::DomainExport { recipient_identity } => {
-            tracing::info!(peer, "domain export requested");
+            // Only to a chip an operator enrolled for the asking node (`state::chips`): a
+            // node certificate alone cannot have the domain sent to a key of its choosing.
+            let fp = hex::encode(&cloudkey_chip::identity::fingerprint(&recipient_identity)[..8]);
+            match ctx.raft.state().enrolled_chip(&recipient_identity) {
+                Some(chip) if chip.node == peer => {}
+                Some(chip) => {
+                    tracing::warn!(peer, chip = %fp, owner = chip.node, "domain export refused: the chip is enrolled for another node");
+                    return PeerResponse::Error(PeerError::Forbidden(format!(
+                        "chip {fp} is enrolled for node {}, not node {peer}",
+                        chip.node
+                    )));
+                }
+                None => {
+                    tracing::warn!(peer, chip = %fp, "domain export refused: chip not enrolled");
+                    return PeerResponse::Error(PeerError::Forbidden(format!(
+                        "chip {fp} is not enrolled in the chip registry (cloudkey chip enroll \
+                         --node {peer})"
+                    )));
+                }
+            }
+            tracing::info!(peer, chip = %fp, "domain export requested");
             let call = ctx
                 .pool
                 .call(ChipRequest::DomainExport(recipient_identity), &[]);
@@ -759,6 +863,24 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
             }
         }
     }
+}
+
+/// The refusal of a forwarded write that needs more than a node certificate.
+fn forbidden_forward(peer: u64, cmd: &crate::state::Command, class: CommandClass) -> PeerResponse {
+    tracing::warn!(
+        peer,
+        command = cmd.kind(),
+        ?class,
+        "forwarded write refused: no caller's authority"
+    );
+    PeerResponse::Error(PeerError::Forbidden(match class {
+        CommandClass::Direct => format!(
+            "{} is committed only by the leader serving its caller (an operator, officer or \
+             terminal connects to the leader)",
+            cmd.kind()
+        ),
+        _ => format!("{} needs its caller's session grant or PIN", cmd.kind()),
+    }))
 }
 
 #[cfg(test)]

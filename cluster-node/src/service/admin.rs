@@ -10,12 +10,12 @@ use cloudkey_protocol::ck;
 use cloudkey_protocol::msg::{
     ChipLoad, Member, NodeStatus, ObjectSummary, Secret, TokenId, TokenInfo,
 };
-use cloudkey_protocol::tls::Role;
+use cloudkey_protocol::tls::{PeerIdentity, Role};
 use cloudkey_protocol::ErrorCode;
 
 use crate::error::{NodeError, Result};
 use crate::service::login::{self, check_label, check_pin_len};
-use crate::service::{NodeCtx, Plan};
+use crate::service::{chips, gov, NodeCtx, Plan};
 use crate::state::{ClusterInfo, Command, CommandResult, Object, Token};
 
 /// Most members a cluster is bootstrapped with.
@@ -59,7 +59,7 @@ impl Drop for InitGuard<'_> {
 /// # Errors
 /// `ActionProhibited` when the cluster is already initialised; `ArgumentsBad` for bad members;
 /// `Busy` while another init runs; chip and Raft errors.
-pub async fn init(ctx: &NodeCtx, members: &[Member]) -> Result<()> {
+pub async fn init(ctx: &NodeCtx, peer: &PeerIdentity, members: &[Member]) -> Result<()> {
     if ctx.svc.state.cluster().is_some() {
         return Err(refuse(
             ErrorCode::ActionProhibited,
@@ -120,7 +120,27 @@ pub async fn init(ctx: &NodeCtx, members: &[Member]) -> Result<()> {
         max_failures: ctx.security.max_login_failures,
         session_ttl_ms: u64::try_from(ctx.security.session_ttl.as_millis()).unwrap_or(u64::MAX),
     };
-    match ctx.write_admin(Command::Init(info)).await {
+    // The founding members' chips, each proving possession of its identity key: the only
+    // chips the domain may be exported to until an operator enrols more. A member that does
+    // not answer now is enrolled later (`cloudkey chip enroll --node ID`).
+    let by = gov::identity_string(peer);
+    let mut chips = Vec::new();
+    for m in members {
+        match chips::verified_chips(ctx, m.id, &m.addr, &by).await {
+            Ok(c) => chips.extend(c),
+            Err(e) if m.id == ctx.id => return Err(e),
+            Err(e) => tracing::warn!(
+                node = m.id,
+                error = %e,
+                "chips of a founding member not enrolled (cloudkey chip enroll --node {})",
+                m.id
+            ),
+        }
+    }
+    match ctx
+        .write_admin(Command::InitWithChips { info, chips })
+        .await
+    {
         Ok(_) => {}
         // A retried write whose first attempt was committed: fine if it is our domain.
         Err(NodeError::Refused(_))

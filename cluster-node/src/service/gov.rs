@@ -270,7 +270,7 @@ pub async fn add_officer(
 }
 
 /// [`guard`] for a change to governance itself (a cluster `govern` rule).
-async fn govern_guard(
+pub(crate) async fn govern_guard(
     ctx: &NodeCtx,
     peer: &PeerIdentity,
     params: &impl Serialize,

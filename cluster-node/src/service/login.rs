@@ -523,6 +523,20 @@ async fn verified_login(ctx: &NodeCtx, peer: &PeerIdentity, auth: &Auth) -> Resu
     verify(ctx, peer, auth.token, grant).await
 }
 
+/// The session and login id behind `auth`'s grant presented by `peer` (a leader's check of a
+/// forwarded write, `crate::raft::authority`).
+///
+/// # Errors
+/// As [`verify_grant`], and `UserNotLoggedIn` without a grant.
+pub(crate) async fn grant_login(
+    ctx: &NodeCtx,
+    peer: &PeerIdentity,
+    auth: &Auth,
+) -> Result<(Session, u64)> {
+    let v = verified_login(ctx, peer, auth).await?;
+    Ok((v.session, v.login))
+}
+
 /// Renews a live login: a fresh grant, good for another `session_ttl`, for the certificate
 /// that logged in. No PIN is checked again.
 ///

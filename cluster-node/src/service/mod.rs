@@ -32,6 +32,8 @@
 //! flag is refused with `CKR_ATTRIBUTE_READ_ONLY`, because the chip would refuse the use anyway.
 
 pub mod admin;
+pub mod chips;
+pub mod forward;
 pub mod gov;
 pub mod keys;
 pub mod login;

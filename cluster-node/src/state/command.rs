@@ -4,7 +4,7 @@ use cloudkey_protocol::msg::{ObjectId, TokenId, UserType};
 use cloudkey_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-use super::{ClusterInfo, Holder, ObjectRecord, PinHash};
+use super::{ClusterInfo, EnrolledChip, Holder, ObjectRecord, PinHash};
 use crate::governance::GovCommand;
 
 /// A replicated change.
@@ -133,9 +133,70 @@ pub enum Command {
         /// The proposing node's clock.
         now_ms: u64,
     },
+    /// Cluster bootstrap with the founding members' chips: [`Command::Init`] and
+    /// [`Command::EnrollChips`] in one entry.
+    InitWithChips {
+        /// The cluster settings.
+        info: ClusterInfo,
+        /// The founding members' chips, each checked for possession of its identity key.
+        chips: Vec<EnrolledChip>,
+    },
+    /// Enrol chip identities in the registry (`super::chips`). → [`CommandResult::Enrolled`].
+    EnrollChips(Vec<EnrolledChip>),
+    /// Remove a chip identity (by fingerprint) from the registry.
+    RetireChip([u8; 32]),
+}
+
+/// Who may have a command committed, when a node forwards it to the leader
+/// (`crate::raft::authority`): a node certificate alone is not a caller's authority.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CommandClass {
+    /// Any member may forward it: bookkeeping a node writes on its own (counted login
+    /// attempts, audit checkpoints and usage, read barriers) or that is refused once the
+    /// cluster is initialised. Forging one can at worst deny service (lock a PIN by counting
+    /// attempts, burn an approval), never grant anything.
+    Node,
+    /// Forwarded only with the caller's live session grant, which the leader checks again
+    /// (object and PIN changes, renewals, logouts).
+    Session,
+    /// Committed only by a leader serving the caller itself, never forwarded: operator,
+    /// officer and terminal acts, authenticated by the caller's own TLS connection to the
+    /// leader, and what a PIN alone authorises (a login, `C_InitToken`), checked by that
+    /// leader.
+    Direct,
 }
 
 impl Command {
+    /// Who may have this command committed through a forward ([`CommandClass`]).
+    #[must_use]
+    pub fn class(&self) -> CommandClass {
+        match self {
+            Self::Init(_) | Self::InitWithChips { .. } | Self::LoginAttempt { .. } => {
+                CommandClass::Node
+            }
+            Self::SetPin { .. }
+            | Self::PutObjects(_)
+            | Self::SetAttributes { .. }
+            | Self::DestroyObject(_)
+            | Self::LoginRenewed { .. }
+            | Self::LoginClosed { .. } => CommandClass::Session,
+            // The two counters of before attempts were counted first are never written any
+            // more; forwarded, they could clear a counter.
+            // What a PIN alone authorises: checked by the leader the caller asked.
+            Self::LoginOpened { .. } | Self::InitToken { .. } => CommandClass::Direct,
+            Self::CreateToken { .. }
+            | Self::DeleteToken(_)
+            | Self::Unlock(_)
+            | Self::LoginFailed { .. }
+            | Self::LoginSucceeded { .. }
+            | Self::EnrollChips(_)
+            | Self::RetireChip(_) => CommandClass::Direct,
+            Self::Gov(g) => g.class(),
+            // An approval does not stand for its requester: the change is judged as itself.
+            Self::Guarded { inner, .. } => inner.class(),
+        }
+    }
+
     /// The command's name, for logs (never its contents).
     #[must_use]
     pub fn kind(&self) -> &'static str {
@@ -157,6 +218,9 @@ impl Command {
             Self::LoginOpened { .. } => "login_opened",
             Self::LoginRenewed { .. } => "login_renewed",
             Self::LoginClosed { .. } => "login_closed",
+            Self::InitWithChips { .. } => "init_with_chips",
+            Self::EnrollChips(_) => "enroll_chips",
+            Self::RetireChip(_) => "retire_chip",
         }
     }
 }
@@ -189,6 +253,8 @@ pub enum CommandResult {
     },
     /// Not applied (the state did not allow it); the state is unchanged.
     Refused(Refusal),
+    /// Chip identities enrolled (those not enrolled before).
+    Enrolled(u32),
     /// A login opened or renewed: its id and when it expires.
     Login {
         /// The login's id (the log index that opened it).

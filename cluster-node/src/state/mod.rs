@@ -16,6 +16,7 @@
 //! [`State::apply`] dispatches each command to one function.
 
 mod audit;
+mod chips;
 mod cluster;
 mod command;
 mod gov;
@@ -32,10 +33,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use audit::{verify_chain, AuditRecord};
+pub use chips::{EnrolledChip, MAX_ENROLLED_CHIPS};
 use cloudkey_protocol::msg::{ObjectId, TokenId};
 use cloudkey_protocol::ErrorCode;
 pub use cluster::ClusterInfo;
-pub use command::{Command, CommandResult, Refusal};
+pub use command::{Command, CommandClass, CommandResult, Refusal};
 use dashmap::DashMap;
 pub use logins::{Holder, LoginEntry, MAX_LOGINS_PER_TOKEN};
 pub use objects::{Object, ObjectRecord};
@@ -66,6 +68,8 @@ pub struct State {
     pub(crate) next_token: AtomicU64,
     /// The live logins of each token ([`logins`]).
     pub(crate) logins: DashMap<TokenId, Arc<logins::TokenLogins>>,
+    /// The chip registry ([`chips`]), by identity fingerprint.
+    pub(crate) chips: RwLock<std::collections::BTreeMap<[u8; 32], EnrolledChip>>,
 }
 
 impl Default for State {
@@ -81,6 +85,7 @@ impl Default for State {
             applied_tx: watch::Sender::new(0),
             next_token: AtomicU64::new(FIRST_TOKEN_ID),
             logins: DashMap::new(),
+            chips: RwLock::new(std::collections::BTreeMap::new()),
         }
     }
 }
@@ -217,6 +222,18 @@ impl State {
         let Some(cluster) = self.cluster() else {
             return match cmd {
                 Command::Init(info) => self.apply_init(info),
+                Command::InitWithChips { info, chips } => {
+                    // Validate both before changing anything.
+                    if info.max_failures == 0 {
+                        return refuse(ErrorCode::ArgumentsBad, "max_failures must be at least 1");
+                    }
+                    let enrolled = self.apply_enroll_chips(chips)?;
+                    let init = self.apply_init(info)?;
+                    Ok(Applied {
+                        result: init.result,
+                        summary: format!("{}; {}", init.summary, enrolled.summary),
+                    })
+                }
                 _ => refuse(
                     ErrorCode::ClusterNotInitialized,
                     "the cluster is not initialised",
@@ -224,7 +241,7 @@ impl State {
             };
         };
         match cmd {
-            Command::Init(_) => refuse(
+            Command::Init(_) | Command::InitWithChips { .. } => refuse(
                 ErrorCode::ActionProhibited,
                 "the cluster is already initialised",
             ),
@@ -280,6 +297,8 @@ impl State {
                 login,
                 now_ms,
             } => self.apply_login_closed(*token, *login, *now_ms),
+            Command::EnrollChips(chips) => self.apply_enroll_chips(chips),
+            Command::RetireChip(fp) => self.apply_retire_chip(fp),
         }
     }
 }

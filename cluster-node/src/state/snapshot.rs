@@ -9,24 +9,36 @@ use serde::{Deserialize, Serialize};
 
 use super::logins::TokenLogins;
 use super::{
-    verify_chain, AuditRecord, ClusterInfo, LoginEntry, Object, ObjectRecord, State, Token,
-    FIRST_TOKEN_ID,
+    verify_chain, AuditRecord, ClusterInfo, EnrolledChip, LoginEntry, Object, ObjectRecord, State,
+    Token, FIRST_TOKEN_ID,
 };
 use crate::error::{NodeError, Result};
 use crate::governance::Governance;
 
 /// Version of the [`State::snapshot_bytes`] encoding.
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
 
 /// The [`State::snapshot_bytes`] encoding: the version-1 fields, then (since version 2) the
-/// governance state, then (since version 3) the live logins. postcard writes a nested struct's
-/// fields in place, so a version-1 snapshot is exactly the bytes of its [`SnapshotBase`] and a
-/// version-2 one those of a [`SnapshotV2`].
+/// governance state, then (since version 3) the live logins, then (since version 4) the chip
+/// registry. postcard writes a nested struct's fields in place, so a version-1 snapshot is
+/// exactly the bytes of its [`SnapshotBase`], a version-2 one those of a [`SnapshotV2`] and a
+/// version-3 one those of a [`SnapshotV3`].
 #[derive(Serialize, Deserialize)]
 pub(super) struct StateSnapshot {
     pub(super) base: SnapshotBase,
     pub(super) gov: Governance,
     /// Live logins: token, login id, entry.
+    pub(super) logins: Vec<(TokenId, u64, LoginEntry)>,
+    /// The chip registry, by fingerprint.
+    pub(super) chips: Vec<EnrolledChip>,
+}
+
+/// A version-3 snapshot: no chip registry (a cluster of that time enrols the chips it adds
+/// from now on; chips that hold the domain keep it).
+#[derive(Serialize, Deserialize)]
+pub(super) struct SnapshotV3 {
+    pub(super) base: SnapshotBase,
+    pub(super) gov: Governance,
     pub(super) logins: Vec<(TokenId, u64, LoginEntry)>,
 }
 
@@ -76,6 +88,7 @@ impl State {
             },
             gov: self.with_gov(Clone::clone),
             logins: self.all_logins(),
+            chips: self.enrolled_chips(),
         };
         // Serialising plain data into a Vec cannot fail.
         postcard::to_stdvec(&snap).unwrap_or_default()
@@ -90,24 +103,29 @@ impl State {
     /// [`NodeError::Decode`] when the bytes do not decode, [`NodeError::Storage`] when they do
     /// not hold a consistent state.
     pub fn restore(&self, bytes: &[u8]) -> Result<()> {
-        let (snap, gov, logins) = match postcard::from_bytes::<StateSnapshot>(bytes) {
-            Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov, s.logins),
-            _ => match postcard::from_bytes::<SnapshotV2>(bytes) {
-                Ok(v2) if v2.base.version == 2 => (v2.base, v2.gov, Vec::new()),
-                _ => match postcard::from_bytes::<SnapshotBase>(bytes) {
-                    Ok(v1) if v1.version == 1 => (v1, Governance::default(), Vec::new()),
-                    Ok(other) => {
-                        return Err(NodeError::Storage(format!(
-                            "state snapshot version {} (expected {SNAPSHOT_VERSION})",
-                            other.version
-                        )))
-                    }
-                    Err(e) => {
-                        return Err(NodeError::Decode {
-                            what: "state snapshot".into(),
-                            source: Box::new(e),
-                        })
-                    }
+        let (snap, gov, logins, chips) = match postcard::from_bytes::<StateSnapshot>(bytes) {
+            Ok(s) if s.base.version == SNAPSHOT_VERSION => (s.base, s.gov, s.logins, s.chips),
+            _ => match postcard::from_bytes::<SnapshotV3>(bytes) {
+                Ok(v3) if v3.base.version == 3 => (v3.base, v3.gov, v3.logins, Vec::new()),
+                _ => match postcard::from_bytes::<SnapshotV2>(bytes) {
+                    Ok(v2) if v2.base.version == 2 => (v2.base, v2.gov, Vec::new(), Vec::new()),
+                    _ => match postcard::from_bytes::<SnapshotBase>(bytes) {
+                        Ok(v1) if v1.version == 1 => {
+                            (v1, Governance::default(), Vec::new(), Vec::new())
+                        }
+                        Ok(other) => {
+                            return Err(NodeError::Storage(format!(
+                                "state snapshot version {} (expected {SNAPSHOT_VERSION})",
+                                other.version
+                            )))
+                        }
+                        Err(e) => {
+                            return Err(NodeError::Decode {
+                                what: "state snapshot".into(),
+                                source: Box::new(e),
+                            })
+                        }
+                    },
                 },
             },
         };
@@ -169,6 +187,7 @@ impl State {
         for (token, l) in by_token {
             self.logins.insert(token, Arc::new(l));
         }
+        self.set_chips(chips);
         self.next_token
             .store(snap.next_token.max(FIRST_TOKEN_ID), Ordering::Release);
         self.set_applied(snap.applied);

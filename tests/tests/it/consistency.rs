@@ -23,12 +23,10 @@ async fn a_key_created_through_one_node_signs_at_once_through_another() -> Resul
     // One client, endpoints [A, C]: `call_node(0)` is A only, `call_node(1)` is C only, and
     // both carry the client's highest applied index.
     let client = cluster.client_on(Role::Client, &[a, c])?;
-    let auth = util::auth_of(
-        token,
-        client
-            .call_node(0, util::login_req(token, util::USER_PIN))
-            .await?,
-    )?;
+    // A login is served by the leader only; the grant is the certificate's, on any node.
+    let leader_client = cluster.client(Role::Client)?;
+    let auth = util::login(&leader_client, token).await?;
+    cluster.settle(&leader_client).await?;
     for i in 0..10 {
         let kp = key_pair_of(
             client

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use cloudkey_protocol::client::Client;
-use cloudkey_protocol::msg::Auth;
+use cloudkey_protocol::msg::{Auth, Request, Response};
 use cloudkey_tests::{wait_for, Cluster, Role};
 
 use crate::util::{self, bytes_of, key_pair_of, point_of, KeyPair};
@@ -212,7 +212,8 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_key() -> Result<()>
 
     // The killed node comes back, catches up and serves the keys made while it was down. Its
     // chips come back blank (their sealed nvram removed, as if they had been replaced), so they
-    // must obtain the domain key again, chip to chip, from a peer.
+    // must obtain the domain key again, chip to chip, from a peer: once an operator enrolled
+    // the new chips (the domain goes to enrolled chips only).
     let mut blanked = 0;
     for entry in std::fs::read_dir(cluster.data_dir(leader))? {
         let path = entry?.path();
@@ -225,6 +226,27 @@ async fn killing_the_leader_under_load_loses_no_acknowledged_key() -> Result<()>
     let target = cluster.status(new_leader).await?.applied;
     let restarted_at = Instant::now();
     cluster.restart(leader).await?;
+    // The operator's act; enrolling again changes nothing, so an operator whose answer was
+    // lost (the admin client's old connection to the killed node) runs it again.
+    let enrolled = wait_for(
+        "the new chips enrolled",
+        Duration::from_secs(30),
+        || async {
+            match cluster
+                .admin()
+                .call(Request::EnrollChips { node: leader })
+                .await
+            {
+                Ok(Response::Chips(c)) => Some(c),
+                _ => None,
+            }
+        },
+    )
+    .await?;
+    ensure!(
+        !enrolled.is_empty() && enrolled.iter().all(|c| c.node == leader),
+        "enrolled {enrolled:?}"
+    );
     wait_for(
         "the restarted node to catch up",
         Duration::from_secs(60),

@@ -45,6 +45,7 @@ mod governance_cli;
 mod loadtest_smoke;
 mod malformed;
 mod mtls;
+mod node_trust;
 mod p11;
 mod p11_raw;
 mod partition;

@@ -49,6 +49,9 @@ pub enum Command {
     /// Cluster membership.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The chip registry: the chips the domain key may be exported to.
+    #[command(subcommand)]
+    Chip(ChipCommand),
     /// Asks every configured node for its status: members, leader, term, applied index, chips.
     Status,
     /// Tokens (PKCS#11 slots).
@@ -146,6 +149,27 @@ pub enum NodeCommand {
     Remove {
         /// Raft node id.
         id: u64,
+    },
+}
+
+/// `cloudkey chip ...`
+#[derive(Debug, Subcommand)]
+pub enum ChipCommand {
+    /// Lists the enrolled chips: node, fingerprint, model, serial, who enrolled them and when.
+    List,
+    /// Enrols the chips of a member (after a chip was added or replaced; `node add` enrols a
+    /// new node's chips itself). Each chip proves that it holds its identity key; compare the
+    /// fingerprints printed with the chips' own. Under a `govern` quorum rule this opens an
+    /// approval request.
+    Enroll {
+        /// The member's node id.
+        #[arg(long)]
+        node: u64,
+    },
+    /// Retires a chip: the domain key is never exported to it again.
+    Retire {
+        /// Its fingerprint (64 hex digits, as `chip list` prints it).
+        fingerprint: String,
     },
 }
 

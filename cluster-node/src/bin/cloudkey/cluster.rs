@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 use anyhow::anyhow;
 use cloudkey_protocol::client::{Client, ClientSettings};
-use cloudkey_protocol::msg::{Member, Request, Response};
+use cloudkey_protocol::msg::{ChipEntry, Member, Request, Response};
 
 use cloudkey_node::dev::{self, DevDownOptions, DevUpOptions};
 use cloudkey_node::pki::{self, Identity, InitOptions};
 
-use crate::args::{DevCommand, NodeCommand, PkiCommand, Role};
-use crate::call;
+use crate::args::{ChipCommand, DevCommand, NodeCommand, PkiCommand, Role};
 use crate::output::{render_status, StatusReport};
+use crate::{call, unexpected};
 
 /// Runs one `pki` command (no network).
 ///
@@ -153,7 +153,67 @@ async fn add_node(client: &Client, id: u64, addr: String) -> anyhow::Result<()> 
     )
     .await?;
     println!("node {id} ({addr}) added");
-    Ok(())
+    // Its chips get the domain only once enrolled: the operator's act, here as part of adding.
+    enroll(client, id).await
+}
+
+/// Runs one `chip` command.
+///
+/// # Errors
+/// Refusals of the cluster; a malformed fingerprint.
+pub(crate) async fn chip_command(client: &Client, cmd: ChipCommand) -> anyhow::Result<()> {
+    match cmd {
+        ChipCommand::List => match call(client, Request::ListChips).await? {
+            Response::Chips(chips) => {
+                print!("{}", format_chips(&chips));
+                Ok(())
+            }
+            other => Err(unexpected("chip list", &other)),
+        },
+        ChipCommand::Enroll { node } => enroll(client, node).await,
+        ChipCommand::Retire { fingerprint } => {
+            let bytes = hex::decode(fingerprint.trim())
+                .ok()
+                .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    anyhow!("a fingerprint is 64 hex digits (see `cloudkey chip list`)")
+                })?;
+            call(client, Request::RetireChip { fingerprint: bytes }).await?;
+            println!("chip {} retired", hex::encode(bytes));
+            Ok(())
+        }
+    }
+}
+
+async fn enroll(client: &Client, node: u64) -> anyhow::Result<()> {
+    match call(client, Request::EnrollChips { node }).await? {
+        Response::Chips(chips) => {
+            println!("node {node}: {} chip(s) enrolled", chips.len());
+            print!("{}", format_chips(&chips));
+            Ok(())
+        }
+        other => Err(unexpected("chip enroll", &other)),
+    }
+}
+
+/// The registry as a table.
+#[must_use]
+pub fn format_chips(chips: &[ChipEntry]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    for c in chips {
+        let _ = writeln!(
+            out,
+            "node {}  {}  {} {}  enrolled by {} at {}",
+            c.node,
+            hex::encode(c.fingerprint),
+            c.model,
+            c.serial,
+            c.by,
+            c.enrolled_ms
+        );
+    }
+    out
 }
 
 async fn remove_node(client: &Client, id: u64) -> anyhow::Result<()> {

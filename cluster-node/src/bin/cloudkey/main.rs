@@ -142,6 +142,7 @@ async fn cluster_command(
     match cmd {
         Command::Init { members } => cluster::init(settings, members).await?,
         Command::Node(c) => cluster::node_command(client, c).await?,
+        Command::Chip(c) => cluster::chip_command(client, c).await?,
         Command::Status => return Ok(cluster::status_command(client, settings).await),
         Command::Token(c) => token::token_command(client, c).await?,
         Command::Key(c) => token::key_command(client, c).await?,
