@@ -32,7 +32,7 @@ use cloudkey_chip::nvram::SoftNvram;
 use cloudkey_chip::pool::{ChipPool, PoolConfig, PoolKey};
 use cloudkey_chip::serial::{SerialChip, SerialConfig};
 use cloudkey_chip::soft::{SoftChip, SoftChipConfig};
-use cloudkey_chip::wire::Request as ChipRequest;
+use cloudkey_chip::wire::{Request as ChipRequest, Response as ChipResponse};
 use cloudkey_chip::{
     Chip, ChipError, ChipExt as _, ChipInfo, HashAlg, KeyBlob, KeyId, KeySpec, KeyTemplate,
     KeyUsage, SecretBytes, SignMech,
@@ -417,21 +417,11 @@ impl ChipDomain {
         }
         // The domain goes only to chips an operator enrolled for this node (`state::chips`),
         // from a local chip as from a peer (which checks the same).
-        match state.enrolled_chip(&info.identity_key) {
-            Some(chip) if chip.node == donor.id => {}
-            _ => {
-                return Err(NodeError::refuse(
-                    cloudkey_protocol::ErrorCode::ActionProhibited,
-                    format!(
-                        "chip {i} (serial {}, identity {}) is not enrolled for node {}; an \
-                         operator enrols it with `cloudkey chip enroll --node {}`",
-                        info.serial,
-                        hex::encode(&cloudkey_chip::identity::fingerprint(&info.identity_key)[..8]),
-                        donor.id,
-                        donor.id
-                    ),
-                ))
-            }
+        if let Err(refusal) = state.check_enrolled(&info.identity_key, donor.id) {
+            return Err(NodeError::refuse(
+                cloudkey_protocol::ErrorCode::ActionProhibited,
+                format!("chip {i} (serial {}): {}", info.serial, refusal.detail),
+            ));
         }
         // A local chip that has the domain is the cheapest donor.
         let local = (0..self.pool.len()).find(|&j| j != i && self.has_domain(j, Some(want)));
@@ -534,18 +524,18 @@ pub struct ChipProof {
 pub async fn prove_identities(pool: &ChipPool, challenge: &[u8], nonce: &[u8]) -> Vec<ChipProof> {
     let mut proofs = Vec::with_capacity(pool.len());
     for i in 0..pool.len() {
-        let info = match pool.call_on(i, ChipRequest::Info, &[]).await {
-            Ok(r) => r.into_info(),
-            Err(e) => Err(e),
-        };
+        let info = pool
+            .call_on(i, ChipRequest::Info, &[])
+            .await
+            .and_then(ChipResponse::into_info);
         let request = ChipRequest::IdentityProof {
             challenge: challenge.to_vec(),
             nonce: nonce.to_vec(),
         };
-        let tag = match pool.call_on(i, request, &[]).await {
-            Ok(r) => r.into_bytes(),
-            Err(e) => Err(e),
-        };
+        let tag = pool
+            .call_on(i, request, &[])
+            .await
+            .and_then(ChipResponse::into_bytes);
         match (info, tag) {
             (Ok(info), Ok(tag)) => proofs.push(ChipProof {
                 identity: info.identity_key,

@@ -19,6 +19,7 @@ use cloudkey_protocol::msg::{
 };
 use cloudkey_protocol::tls::{PeerIdentity, Role};
 use cloudkey_protocol::{ErrorCode, WireError, PROTOCOL_VERSION};
+use futures::future::Either;
 use tracing::Instrument as _;
 
 use crate::error::{NodeError, Result};
@@ -123,20 +124,25 @@ async fn check_and_run(ctx: &NodeCtx, peer: &PeerIdentity, req: ClientRequest) -
                 )
             })?;
     }
-    let deadline = match req.request.spec().deadline {
+    let deadline = match spec.deadline {
         Deadline::Membership => ctx.limits.admin_deadline,
         Deadline::Request => ctx.limits.request_deadline,
     };
     // A session write forwarded to the leader carries the caller's grant and certificate
-    // identity, which the leader checks again (`raft::authority`).
+    // identity, which the leader checks again (`raft::authority`). Reads (signing among
+    // them) forward nothing and run as they are.
     let authority = match req.request.auth() {
-        Some(auth) if spec.write && auth.grant.is_some() => Authority::Grant {
+        Some(auth) if spec.write && auth.grant.is_some() => Some(Authority::Grant {
             auth: auth.clone(),
             identity: peer.uri(),
-        },
-        _ => Authority::Node,
+        }),
+        _ => None,
     };
-    let run = with_authority(authority, dispatch(ctx, peer, req.request));
+    let run = dispatch(ctx, peer, req.request);
+    let run = match authority {
+        Some(a) => Either::Left(with_authority(a, run)),
+        None => Either::Right(run),
+    };
     match tokio::time::timeout(deadline, run).await {
         Ok(r) => r,
         Err(_) => Err(NodeError::Timeout(format!(

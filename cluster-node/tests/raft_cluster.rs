@@ -289,11 +289,17 @@ fn default_config() -> Config {
     RaftTimings::default().config().expect("config")
 }
 
+/// The Raft node of the leader `node` knows, if that node is running.
+async fn running_leader(node: &TestNode) -> Option<RaftNode> {
+    let leader = wait_leader(node, None).await;
+    node.running.lock().unwrap().get(&leader).cloned()
+}
+
 /// The Raft node of the leader `node` knows.
 async fn leader_of(node: &TestNode) -> RaftNode {
-    let leader = wait_leader(node, None).await;
-    let raft = node.running.lock().unwrap().get(&leader).cloned();
-    raft.unwrap_or_else(|| panic!("leader {leader} is not running"))
+    running_leader(node)
+        .await
+        .expect("the leader this node knows is running")
 }
 
 /// Commits `cmd` through `node`; a command only a leader serving its caller commits
@@ -303,9 +309,7 @@ async fn write(node: &TestNode, cmd: Command) -> (CommandResult, u64) {
     if cmd.class() == CommandClass::Direct {
         let deadline = Instant::now() + WAIT;
         loop {
-            let leader = wait_leader(node, None).await;
-            let raft = node.running.lock().unwrap().get(&leader).cloned();
-            if let Some(raft) = raft {
+            if let Some(raft) = running_leader(node).await {
                 match raft.write(cmd.clone()).await {
                     Ok((result, index)) => {
                         wait_applied(node, index).await;

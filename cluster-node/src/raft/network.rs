@@ -831,25 +831,11 @@ async fn dispatch(peer: u64, ctx: &PeerContext, req: PeerRequest) -> PeerRespons
         PeerRequest::DomainExport { recipient_identity } => {
             // Only to a chip an operator enrolled for the asking node (`state::chips`): a
             // node certificate alone cannot have the domain sent to a key of its choosing.
-            let fp = hex::encode(&cloudkey_chip::identity::fingerprint(&recipient_identity)[..8]);
-            match ctx.raft.state().enrolled_chip(&recipient_identity) {
-                Some(chip) if chip.node == peer => {}
-                Some(chip) => {
-                    tracing::warn!(peer, chip = %fp, owner = chip.node, "domain export refused: the chip is enrolled for another node");
-                    return PeerResponse::Error(PeerError::Forbidden(format!(
-                        "chip {fp} is enrolled for node {}, not node {peer}",
-                        chip.node
-                    )));
-                }
-                None => {
-                    tracing::warn!(peer, chip = %fp, "domain export refused: chip not enrolled");
-                    return PeerResponse::Error(PeerError::Forbidden(format!(
-                        "chip {fp} is not enrolled in the chip registry (cloudkey chip enroll \
-                         --node {peer})"
-                    )));
-                }
+            if let Err(refusal) = ctx.raft.state().check_enrolled(&recipient_identity, peer) {
+                tracing::warn!(peer, detail = %refusal.detail, "domain export refused");
+                return PeerResponse::Error(PeerError::Forbidden(refusal.detail));
             }
-            tracing::info!(peer, chip = %fp, "domain export requested");
+            tracing::info!(peer, "domain export requested");
             let call = ctx
                 .pool
                 .call(ChipRequest::DomainExport(recipient_identity), &[]);
@@ -879,7 +865,7 @@ fn forbidden_forward(peer: u64, cmd: &crate::state::Command, class: CommandClass
              terminal connects to the leader)",
             cmd.kind()
         ),
-        _ => format!("{} needs its caller's session grant or PIN", cmd.kind()),
+        _ => format!("{} needs its caller's session grant", cmd.kind()),
     }))
 }
 

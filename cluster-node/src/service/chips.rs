@@ -169,13 +169,7 @@ pub async fn retire_chip(
     fp: [u8; 32],
 ) -> Result<(Plan<()>, Option<Guard>)> {
     ctx.svc.state.cluster().ok_or(NodeError::NotInitialized)?;
-    if !ctx
-        .svc
-        .state
-        .enrolled_chips()
-        .iter()
-        .any(|c| fingerprint(&c.identity) == fp)
-    {
+    if ctx.svc.state.enrolled_chip(&fp).is_none() {
         return Err(refuse(
             ErrorCode::ArgumentsBad,
             format!("chip {} is not enrolled", hex::encode(&fp[..8])),

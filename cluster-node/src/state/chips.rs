@@ -47,13 +47,38 @@ impl EnrolledChip {
 }
 
 impl State {
-    /// The enrolled chip with identity key `identity`, if any.
+    /// The enrolled chip whose identity key has fingerprint `fp`, if any.
     #[must_use]
-    pub fn enrolled_chip(&self, identity: &[u8]) -> Option<EnrolledChip> {
-        self.chips
-            .read()
-            .ok()
-            .and_then(|c| c.get(&fingerprint(identity)).cloned())
+    pub fn enrolled_chip(&self, fp: &[u8; 32]) -> Option<EnrolledChip> {
+        self.chips.read().ok().and_then(|c| c.get(fp).cloned())
+    }
+
+    /// `Ok` when the chip with identity key `identity` is enrolled for node `node`: the one
+    /// rule of where the domain key may go, for a peer's export and a node's own chips alike.
+    /// The refusal names the chip (the first 8 bytes of its fingerprint) and why.
+    ///
+    /// # Errors
+    /// `Forbidden` when the chip is not enrolled, or is enrolled for another node.
+    pub fn check_enrolled(&self, identity: &[u8], node: u64) -> Result<(), Refusal> {
+        let fp = fingerprint(identity);
+        let short = hex::encode(&fp[..8]);
+        match self.enrolled_chip(&fp) {
+            Some(chip) if chip.node == node => Ok(()),
+            Some(chip) => refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "chip {short} is enrolled for node {}, not node {node}",
+                    chip.node
+                ),
+            ),
+            None => refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "chip {short} is not enrolled in the chip registry (cloudkey chip enroll \
+                     --node {node})"
+                ),
+            ),
+        }
     }
 
     /// Every enrolled chip, by fingerprint.

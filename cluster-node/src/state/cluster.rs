@@ -30,11 +30,18 @@ impl State {
         self.cluster.read().ok().and_then(|c| c.clone())
     }
 
-    /// `Init`: fixes the cluster settings.
-    pub(super) fn apply_init(&self, info: &ClusterInfo) -> Result<Applied, Refusal> {
+    /// Whether `info` may initialise the cluster; [`State::apply_init`] changes nothing
+    /// unless it may.
+    pub(super) fn check_init(info: &ClusterInfo) -> Result<(), Refusal> {
         if info.max_failures == 0 {
             return refuse(ErrorCode::ArgumentsBad, "max_failures must be at least 1");
         }
+        Ok(())
+    }
+
+    /// `Init`: fixes the cluster settings.
+    pub(super) fn apply_init(&self, info: &ClusterInfo) -> Result<Applied, Refusal> {
+        Self::check_init(info)?;
         if let Ok(mut c) = self.cluster.write() {
             *c = Some(info.clone());
         }

@@ -223,10 +223,8 @@ impl State {
             return match cmd {
                 Command::Init(info) => self.apply_init(info),
                 Command::InitWithChips { info, chips } => {
-                    // Validate both before changing anything.
-                    if info.max_failures == 0 {
-                        return refuse(ErrorCode::ArgumentsBad, "max_failures must be at least 1");
-                    }
+                    // Both or neither: the settings are checked before the chips change.
+                    Self::check_init(info)?;
                     let enrolled = self.apply_enroll_chips(chips)?;
                     let init = self.apply_init(info)?;
                     Ok(Applied {
